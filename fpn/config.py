@@ -1,0 +1,111 @@
+"""Configuration of the detector: one nested dataclass, every default from the paper or torchvision.
+
+`FasterRCNNConfig()` is torchvision's `fasterrcnn_resnet50_fpn` (v1): ResNet-50 with frozen BN, FPN with 256
+channels, anchors 32..512 x (0.5, 1, 2), the RPN and RoI-head settings of Lin et al. (2017) / Ren et al. (2015).
+`asdict(config)` is stored in every checkpoint and `FasterRCNNConfig.from_dict` rebuilds it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, Optional, Tuple
+
+
+@dataclass
+class BackboneConfig:
+    depth: int = 50  # ResNet depth: 18, 34 (basic blocks), 50, 101 (bottlenecks)
+    norm: str = "frozen_bn"  # "frozen_bn" (pretrained weights), "bn", or "gn" (training from scratch)
+    gn_groups: int = 32  # groups of GroupNorm when norm == "gn"
+    width: int = 64  # channels of the stem / first stage; 64 is ResNet, smaller gives a narrower variant
+    trainable_stages: int = 3  # stages trained, counted from C5 down (3: C3..C5, stem and C2 frozen; 5: all)
+    weights: Optional[str] = None  # local path of an ImageNet checkpoint in torchvision's key layout
+
+
+@dataclass
+class FPNConfig:
+    out_channels: int = 256  # d = 256 channels on every pyramid level (paper, Sec. 3)
+
+
+@dataclass
+class AnchorConfig:
+    sizes: Tuple[int, ...] = (32, 64, 128, 256, 512)  # one size per level, P2..P6 (paper, Sec. 4.1)
+    aspect_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)  # height / width ratios at every level
+
+
+@dataclass
+class RPNConfig:
+    pre_nms_top_n_train: int = 2000  # proposals kept per level before NMS, training
+    pre_nms_top_n_test: int = 1000  # same, inference
+    post_nms_top_n_train: int = 2000  # proposals kept per image after NMS, training
+    post_nms_top_n_test: int = 1000  # same, inference
+    nms_thresh: float = 0.7  # IoU threshold of the proposal NMS
+    fg_iou_thresh: float = 0.7  # anchors with IoU >= this are positive
+    bg_iou_thresh: float = 0.3  # anchors with IoU < this are negative
+    batch_size_per_image: int = 256  # anchors sampled per image for the loss
+    positive_fraction: float = 0.5  # at most this fraction of them positive
+    score_thresh: float = 0.0  # proposals with objectness probability below this are dropped
+    min_size: float = 1e-3  # proposals smaller than this (px) are dropped
+
+
+@dataclass
+class RoIHeadsConfig:
+    pooler_resolution: int = 7  # RoIAlign output size (7x7, paper Sec. 4.2)
+    sampling_ratio: int = 2  # bilinear samples per bin side (<= 0: adaptive)
+    aligned: bool = False  # half-pixel offset of RoIAlign (torchvision's detector uses False)
+    canonical_scale: int = 224  # k = floor(k0 + log2(sqrt(wh) / 224)), paper Eq. (1)
+    canonical_level: int = 4  # k0 = 4
+    representation_size: int = 1024  # width of the two FC layers (fc6, fc7)
+    fg_iou_thresh: float = 0.5  # RoIs with IoU >= this are foreground
+    bg_iou_thresh: float = 0.5  # RoIs with IoU < this are background
+    batch_size_per_image: int = 512  # RoIs sampled per image for the loss
+    positive_fraction: float = 0.25  # at most this fraction of them foreground
+    bbox_reg_weights: Tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # (wx, wy, ww, wh)
+    score_thresh: float = 0.05  # detections below this score are dropped
+    nms_thresh: float = 0.5  # per-class NMS IoU threshold
+    detections_per_img: int = 100  # detections kept per image
+
+
+@dataclass
+class InputConfig:
+    min_size: int = 800  # shorter side after resizing at inference
+    max_size: int = 1333  # longer side is capped at this
+    train_min_sizes: Tuple[int, ...] = (800,)  # shorter side drawn from these in training (multi-scale)
+    image_mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet RGB mean, images in [0, 1]
+    image_std: Tuple[float, float, float] = (0.229, 0.224, 0.225)  # ImageNet RGB std
+    size_divisible: int = 32  # the padded batch is a multiple of this (the stride of C5)
+
+
+@dataclass
+class FasterRCNNConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FasterRCNNConfig":
+        """Rebuild a config from `to_dict()` output; unknown keys raise a ValueError naming them."""
+        return _from_dict(cls, data, "config")
+
+
+def _from_dict(cls: Any, data: dict, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a dict, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)
+        if is_dataclass(default):
+            kwargs[name] = _from_dict(type(default), value, f"{where}.{name}")
+        elif isinstance(default, tuple) and value is not None:
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
