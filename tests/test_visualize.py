@@ -1,0 +1,159 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fpn.visualize import (
+    PALETTE,
+    colour_for_label,
+    draw_detections,
+    font_size_for,
+    line_width_for,
+    text_colour_for,
+)
+
+NAMES = {1: "person", 2: "bicycle", 3: "car"}
+GREY = (128, 128, 128)
+
+
+def _image(width=200, height=150, colour=GREY):
+    return Image.new("RGB", (width, height), colour)
+
+
+def _changed(before: Image.Image, after: Image.Image) -> np.ndarray:
+    """(H, W) bool: pixels that differ."""
+    return (np.asarray(before, dtype=np.int16) != np.asarray(after, dtype=np.int16)).any(axis=2)
+
+
+def test_box_outline_drawn_in_class_colour_and_input_untouched():
+    image = _image()
+    original = np.asarray(image).copy()
+    out = draw_detections(image, torch.tensor([[50.0, 60.0, 150.0, 130.0]]), torch.tensor([3]),
+                          torch.tensor([0.9]), NAMES)
+    assert out is not image and out.size == image.size and out.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(image), original)
+    pixels = np.asarray(out)
+    colour = np.array(colour_for_label(3))
+    # Left edge and bottom edge of the outline (the label sits above the top-left corner).
+    np.testing.assert_array_equal(pixels[100, 50], colour)
+    np.testing.assert_array_equal(pixels[130, 100], colour)
+    # The box interior away from the label and everything far outside are unchanged.
+    np.testing.assert_array_equal(pixels[110, 120], GREY)
+    np.testing.assert_array_equal(pixels[5, 190], GREY)
+    changed = _changed(image, out)
+    assert changed[60:131, 50:151].any()
+    # Nothing changes right of/below the box, except what the label (top-left) covers.
+    assert not changed[135:, :].any() and not changed[:, 155:].any()
+
+
+def test_label_sits_above_box_on_filled_background():
+    image = _image()
+    out = draw_detections(image, [[50.0, 60.0, 150.0, 130.0]], [1], [0.93], NAMES)
+    changed = _changed(image, out)
+    rows = np.nonzero(changed[:, 50:150].any(axis=1))[0]
+    assert rows.min() < 60  # the label is above the box's top edge
+    label_band = np.asarray(out)[rows.min():60, 50:55]
+    assert (label_band == np.array(colour_for_label(1))).all(axis=-1).mean() > 0.5
+
+
+def test_nothing_drawn_below_threshold():
+    image = _image()
+    boxes = torch.tensor([[10.0, 10.0, 60.0, 60.0], [100.0, 40.0, 190.0, 140.0]])
+    out = draw_detections(image, boxes, torch.tensor([1, 2]), torch.tensor([0.49, 0.2]), NAMES)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(image))
+    # A score exactly at the threshold is drawn; only that box's region changes.
+    out = draw_detections(image, boxes, torch.tensor([1, 2]), torch.tensor([0.3, 0.2]), NAMES,
+                          score_threshold=0.3)
+    changed = _changed(image, out)
+    assert changed[10:61, 10:61].any()
+    assert not changed[70:, 70:].any()
+
+
+def test_empty_detections_return_identical_copy():
+    image = _image()
+    for boxes, labels, scores in (
+        (torch.zeros((0, 4)), torch.zeros((0,), dtype=torch.int64), torch.zeros((0,))),
+        ([], [], []),
+    ):
+        out = draw_detections(image, boxes, labels, scores, NAMES)
+        assert out is not image
+        assert out.mode == image.mode and out.size == image.size
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(image))
+
+
+@pytest.mark.parametrize("box", [
+    [0.0, 0.0, 80.0, 50.0],  # top-left corner: no room above, label goes inside
+    [150.0, 0.0, 199.0, 40.0],  # top-right corner: label shifted left
+    [170.0, 120.0, 199.0, 149.0],  # bottom-right, small box
+    [-30.0, -20.0, 230.0, 170.0],  # larger than the image
+])
+def test_label_stays_inside_image_at_border(box):
+    image = _image()
+    out = draw_detections(image, [box], [2], [0.99], {2: "a-rather-long-class-name"})
+    changed = _changed(image, out)
+    # The label's filled background (class colour) is fully inside: locate it by colour and check its text
+    # pixels (black or white) are inside it too, i.e. the text was not cut off by the border.
+    colour = np.array(colour_for_label(2))
+    text = np.array(text_colour_for(colour_for_label(2)))
+    pixels = np.asarray(out)
+    # Anti-aliased glyphs: count pixels close to the text colour.
+    text_mask = (np.abs(pixels.astype(np.int16) - text).sum(axis=-1) < 120) & changed
+    assert text_mask.sum() > 20  # the text was drawn
+    ys, xs = np.nonzero(text_mask)
+    # Text pixels are surrounded by the label background: a pad of class colour separates them from any border.
+    assert ys.min() >= 1 and xs.min() >= 1 and ys.max() <= 148 and xs.max() <= 198
+    assert (pixels[ys.min() - 1, xs.min():xs.max() + 1] == colour).all(axis=-1).any()
+
+
+def test_text_colour_contrasts_with_background():
+    assert text_colour_for((255, 255, 0)) == (0, 0, 0)
+    assert text_colour_for((0, 0, 128)) == (255, 255, 255)
+    assert text_colour_for((255, 255, 255)) == (0, 0, 0)
+    assert text_colour_for((0, 0, 0)) == (255, 255, 255)
+
+
+def test_palette_is_fixed_by_label():
+    assert colour_for_label(3) == colour_for_label(3 + len(PALETTE)) == PALETTE[3]
+    assert len(set(PALETTE)) == len(PALETTE)
+
+
+def test_line_width_and_font_scale_with_image_size():
+    assert line_width_for(100, 100) == 1
+    assert line_width_for(1333, 800) == 3
+    assert font_size_for(64, 64) == 10
+    assert font_size_for(1333, 800) == 20
+    assert font_size_for(8000, 8000) == 40
+    thin = _changed(_image(), draw_detections(_image(), [[20.0, 20.0, 80.0, 80.0]], [1], [0.9], NAMES))
+    big = _image(1200, 900)
+    thick = _changed(big, draw_detections(big, [[200.0, 200.0, 800.0, 800.0]], [1], [0.9], NAMES))
+    assert thin[50, 15:30].sum() == 1  # a 1 px left edge at 150 px
+    assert thick[500, 190:215].sum() == line_width_for(1200, 900) == 3
+
+
+def test_unknown_label_written_as_number_and_grey_image_converted():
+    image = Image.new("L", (120, 90), 100)
+    out = draw_detections(image, [[10.0, 30.0, 60.0, 80.0]], [57], [0.8], NAMES)
+    assert out.mode == "RGB" and image.mode == "L"
+    np.testing.assert_array_equal(np.asarray(out)[60, 10], colour_for_label(57))
+
+
+def test_highest_score_drawn_on_top():
+    image = _image()
+    boxes = [[40.0, 40.0, 120.0, 120.0], [40.0, 40.0, 120.0, 120.0]]
+    out = draw_detections(image, boxes, [1, 2], [0.95, 0.6], NAMES)
+    np.testing.assert_array_equal(np.asarray(out)[80, 40], colour_for_label(1))
+    out = draw_detections(image, boxes, [1, 2], [0.6, 0.95], NAMES)
+    np.testing.assert_array_equal(np.asarray(out)[80, 40], colour_for_label(2))
+
+
+@pytest.mark.parametrize("boxes, labels, scores, message", [
+    ([[0.0, 0.0, 10.0]], [1], [0.9], "shape"),
+    ([[0.0, 0.0, 10.0, 10.0]], [1, 2], [0.9], "same length"),
+    ([[10.0, 0.0, 5.0, 10.0]], [1], [0.9], "box 0"),
+    ([[0.0, 0.0, float("nan"), 10.0]], [1], [0.9], "not finite"),
+])
+def test_bad_input_raises_value_error(boxes, labels, scores, message):
+    with pytest.raises(ValueError, match=message):
+        draw_detections(_image(), boxes, labels, scores, NAMES)
+    with pytest.raises(ValueError, match="PIL"):
+        draw_detections(np.zeros((10, 10, 3)), [], [], [], NAMES)
