@@ -1,0 +1,22 @@
+"""Detection ops in plain PyTorch: box maths, box coding, anchors, matching, sampling, NMS and RoIAlign.
+
+Boxes are (x1, y1, x2, y2) in absolute pixels everywhere. Each op matches torchvision's semantics; the tests in
+tests/test_ops_*.py check parity with it.
+"""
+from fpn.ops.anchors import AnchorGenerator
+from fpn.ops.box_coder import BoxCoder
+from fpn.ops.boxes import box_area, box_iou, check_boxes, clip_boxes_to_image, remove_small_boxes
+from fpn.ops.matcher import Matcher
+from fpn.ops.sampler import BalancedPositiveNegativeSampler
+
+__all__ = [
+    "AnchorGenerator",
+    "BalancedPositiveNegativeSampler",
+    "BoxCoder",
+    "Matcher",
+    "box_area",
+    "box_iou",
+    "check_boxes",
+    "clip_boxes_to_image",
+    "remove_small_boxes",
+]
