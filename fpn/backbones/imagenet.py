@@ -1,0 +1,90 @@
+"""Loading ImageNet-pretrained ResNet weights saved in torchvision's key layout (e.g. resnet50-*.pth)."""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Mapping
+
+import torch
+from torch import nn
+
+_MAX_LISTED = 10  # keys shown per category in an error message
+
+
+def load_imagenet_weights(model: nn.Module, path: str) -> None:
+    """Copy an ImageNet classification checkpoint into a ResNet backbone, in place.
+
+    The classifier (`fc.*`) and BatchNorm step counters (`*.num_batches_tracked`) are ignored. When the model
+    uses GroupNorm, the checkpoint's BatchNorm statistics (`running_mean`/`running_var`) have nowhere to go
+    and are ignored too; the affine `weight`/`bias` still load, since GroupNorm keeps the `bn*` names.
+
+    Args:
+        model: a fpn.backbones.ResNet (any norm kind).
+        path: local file written by torch.save: a state dict, or a dict holding one under "state_dict"
+            or "model". Loaded with map_location="cpu", weights_only=True.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: the file holds no state dict, or its keys/shapes differ from the model's; the message
+            names the path and lists the missing, unexpected and shape-mismatched keys.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ImageNet checkpoint not found: {path!r}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = _select_state_dict(checkpoint, path)
+    state = _drop_ignored_keys(state, _groupnorm_names(model))
+
+    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        problems = [
+            _describe("missing keys", missing),
+            _describe("unexpected keys", unexpected),
+            _describe("shape mismatches", mismatched),
+        ]
+        raise ValueError(f"{path!r} does not match the backbone: " + "; ".join(p for p in problems if p))
+    # every model key except the step counters is present, so strict=False only skips those counters
+    model.load_state_dict(state, strict=False)
+
+
+def _select_state_dict(checkpoint: object, path: str) -> Dict[str, torch.Tensor]:
+    """The tensor mapping inside a checkpoint: itself, or its "state_dict" / "model" entry."""
+    if isinstance(checkpoint, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(checkpoint.get(key), Mapping):
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, Mapping) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ValueError(
+            f"{path!r} holds no state dict (expected a dict of tensors, possibly under 'state_dict' or "
+            f"'model'; got {type(checkpoint).__name__})"
+        )
+    return dict(checkpoint)
+
+
+def _groupnorm_names(model: nn.Module) -> List[str]:
+    return [name for name, module in model.named_modules() if isinstance(module, nn.GroupNorm)]
+
+
+def _drop_ignored_keys(state: Dict[str, torch.Tensor], groupnorm_names: List[str]) -> Dict[str, torch.Tensor]:
+    """Remove the classifier, step counters, and BatchNorm statistics aimed at GroupNorm layers."""
+    stats_without_home = {f"{name}.{stat}" for name in groupnorm_names for stat in ("running_mean", "running_var")}
+    return {
+        k: v
+        for k, v in state.items()
+        if not k.startswith("fc.") and not k.endswith("num_batches_tracked") and k not in stats_without_home
+    }
+
+
+def _describe(label: str, keys: List[str]) -> str:
+    if not keys:
+        return ""
+    shown = ", ".join(keys[:_MAX_LISTED])
+    more = f", ... ({len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
+    return f"{len(keys)} {label} [{shown}{more}]"

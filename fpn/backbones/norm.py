@@ -1,0 +1,85 @@
+"""Normalisation layers of the backbone: frozen BatchNorm (pretrained weights), BatchNorm, GroupNorm.
+
+Frozen BatchNorm is what detectors fine-tuned from ImageNet use: with 1-2 images per GPU the batch statistics
+are too noisy to learn, so the ImageNet statistics and affine parameters become fixed constants. GroupNorm
+(Wu & He, 2018) does not depend on the batch size and is the choice for training from scratch.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NORM_KINDS = ("frozen_bn", "bn", "gn")
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d whose statistics and affine parameters are buffers, never updated by training.
+
+    Computes `x * scale + shift` with `scale = weight * rsqrt(running_var + eps)` and
+    `shift = bias - running_mean * scale`, in the same order of operations as torchvision's
+    FrozenBatchNorm2d so that outputs agree bit for bit.
+
+    Args:
+        num_features: C, the number of channels of the input (N, C, H, W).
+        eps: added to the variance before the inverse square root.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        if num_features <= 0:
+            raise ValueError(f"FrozenBatchNorm2d: num_features must be positive, got {num_features}")
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        # Checkpoints of nn.BatchNorm2d carry a step counter that has no meaning once the statistics are frozen.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x (N, C, H, W) float. Returns: (N, C, H, W), same dtype."""
+        # (C,) -> (1, C, 1, 1) so the constants broadcast over N, H, W
+        weight = self.weight.reshape(1, -1, 1, 1)
+        bias = self.bias.reshape(1, -1, 1, 1)
+        running_var = self.running_var.reshape(1, -1, 1, 1)
+        running_mean = self.running_mean.reshape(1, -1, 1, 1)
+        scale = weight * (running_var + self.eps).rsqrt()
+        shift = bias - running_mean * scale
+        return x * scale + shift
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+def make_norm(kind: str, channels: int, gn_groups: int = 32) -> nn.Module:
+    """Build the normalisation layer that follows a convolution of the backbone.
+
+    Args:
+        kind: "frozen_bn" (FrozenBatchNorm2d), "bn" (nn.BatchNorm2d) or "gn" (nn.GroupNorm).
+        channels: number of channels C normalised.
+        gn_groups: number of GroupNorm groups; must divide `channels`. Ignored unless kind == "gn".
+
+    Returns:
+        An nn.Module mapping (N, C, H, W) -> (N, C, H, W). Affine weights/biases are named `weight`/`bias`
+        for every kind, so a BatchNorm checkpoint's affine terms load into any of them.
+    """
+    if kind == "frozen_bn":
+        return FrozenBatchNorm2d(channels)
+    if kind == "bn":
+        return nn.BatchNorm2d(channels)
+    if kind == "gn":
+        if gn_groups <= 0 or channels % gn_groups != 0:
+            raise ValueError(
+                f"GroupNorm: gn_groups={gn_groups} must be a positive divisor of the {channels} channels "
+                f"of this layer (choose gn_groups dividing every stage width)"
+            )
+        return nn.GroupNorm(gn_groups, channels)
+    raise ValueError(f"unknown norm kind {kind!r}; expected one of {NORM_KINDS}")
