@@ -1,0 +1,165 @@
+"""Plot a training run's metrics.jsonl: loss terms, learning rate and evaluation APs against the iteration.
+
+    python scripts/plot_metrics.py runs/demo/metrics.jsonl                  # PNGs next to the file
+    python scripts/plot_metrics.py runs/demo/metrics.jsonl --output-dir plots/
+
+metrics.jsonl has one JSON object per line, of two kinds, in any order:
+- training lines: `iter`, `lr` and the losses `loss_objectness`, `loss_rpn_box_reg`, `loss_classifier`,
+  `loss_box_reg`, `loss` (their sum); any other key starting with `loss` is plotted too;
+- evaluation lines: `iter` and COCO's `AP`, `AP50`, `AP75`, `APs`, `APm`, `APl` (in [0, 1] or in %).
+Lines without `iter` (e.g. a run summary) are ignored. Writes `losses.png`, `lr.png` and `ap.png` (each only when
+the file has that data). Needs matplotlib: `pip install -e ".[viz]"`. From Python (e.g. at the end of training):
+
+    from plot_metrics import plot_metrics        # with scripts/ on sys.path
+    paths = plot_metrics("runs/demo/metrics.jsonl", "runs/demo")
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+LOSS_KEYS = ("loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+Series = Dict[str, Tuple[List[float], List[float]]]  # key -> (iterations, values), sorted by iteration
+
+
+def read_metrics(metrics_file) -> List[dict]:
+    """The JSON objects of a metrics.jsonl that have an `iter`; blank lines and lines without `iter` are skipped.
+
+    Raises:
+        FileNotFoundError: naming the file.
+        ValueError: a line that is not a JSON object, or an `iter` that is not a number (naming file and line).
+    """
+    path = Path(metrics_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics file not found: {path}")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}): {line[:80]!r}") from err
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        if "iter" not in row:
+            continue
+        if not isinstance(row["iter"], (int, float)) or isinstance(row["iter"], bool):
+            raise ValueError(f"{path}:{number}: 'iter' must be a number, got {row['iter']!r}")
+        rows.append(row)
+    return rows
+
+
+def collect_series(rows: Sequence[dict], keys: Sequence[str]) -> Series:
+    """Per key, the (iterations, values) of the rows having that key with a number, sorted by iteration.
+
+    Keys no row has are left out; the order of `keys` is kept. Non-finite values (a diverged loss) are kept as
+    they are (matplotlib leaves a gap at NaN).
+    """
+    series: Series = {}
+    for key in keys:
+        points = sorted(
+            (float(row["iter"]), float(row[key]))
+            for row in rows
+            if isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)
+        )
+        if points:
+            series[key] = ([p[0] for p in points], [p[1] for p in points])
+    return series
+
+
+def loss_keys(rows: Sequence[dict]) -> List[str]:
+    """The loss keys to plot: the known ones in their order, then any other `loss*` key, sorted."""
+    others = sorted({k for row in rows for k in row if k.startswith("loss") and k not in LOSS_KEYS})
+    return list(LOSS_KEYS) + others
+
+
+def plot_metrics(metrics_file, output_dir) -> List[Path]:
+    """Write losses.png, lr.png and ap.png (those with data) for a metrics.jsonl.
+
+    Args:
+        metrics_file: path of the run's metrics.jsonl.
+        output_dir: folder for the PNGs, created if needed.
+
+    Returns:
+        The paths written, in the order losses, lr, ap.
+
+    Raises:
+        ImportError: matplotlib is not installed (the message says how to install it).
+        ValueError: a malformed line, or no line with anything to plot.
+    """
+    rows = read_metrics(metrics_file)
+    figure_class = _figure_class()
+    output = Path(output_dir)
+    plots = (
+        ("losses.png", "Training losses", "loss", collect_series(rows, loss_keys(rows)), "-"),
+        ("lr.png", "Learning rate", "learning rate", collect_series(rows, ("lr",)), "-"),
+        ("ap.png", "Evaluation (COCO AP)", "AP", collect_series(rows, AP_KEYS), "o-"),
+    )
+    if not any(series for _, _, _, series, _ in plots):
+        raise ValueError(f"{metrics_file}: no training (loss*, lr) or evaluation (AP*) values with an 'iter'")
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, title, ylabel, series, style in plots:
+        if series:
+            written.append(_save_plot(figure_class, output / name, title, ylabel, series, style))
+    return written
+
+
+def _save_plot(figure_class, path: Path, title: str, ylabel: str, series: Series, style: str) -> Path:
+    figure = figure_class(figsize=(8, 4.5), dpi=100)
+    axes = figure.add_subplot()
+    for key, (iters, values) in series.items():
+        # The total loss stands out; the terms are thinner.
+        width = 2.0 if key in ("loss", "AP") else 1.2
+        axes.plot(iters, values, style, label=key, linewidth=width, markersize=4)
+    finite = [v for _, values in series.values() for v in values if math.isfinite(v)]
+    if ylabel == "loss" and finite and min(finite) > 0 and max(finite) / min(finite) > 100:
+        axes.set_yscale("log")  # losses spanning decades read better on a log axis
+    axes.set(title=title, xlabel="iteration", ylabel=ylabel)
+    axes.grid(True, alpha=0.3)
+    if len(series) > 1:
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
+def _figure_class():
+    """matplotlib's Figure, imported only when plotting (matplotlib is the optional "viz" extra).
+
+    The object-oriented Figure renders with Agg by itself, so no pyplot state or backend switch is involved.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError(
+            'plotting metrics needs matplotlib, which is not installed: pip install -e ".[viz]" '
+            "(or pip install matplotlib)"
+        ) from err
+    return Figure
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Plot losses, learning rate and APs from a metrics.jsonl.")
+    parser.add_argument("metrics_file", help="the run's metrics.jsonl")
+    parser.add_argument("--output-dir", default=None, help="folder for the PNGs (default: the file's folder)")
+    args = parser.parse_args(argv)
+    output_dir = args.output_dir if args.output_dir is not None else Path(args.metrics_file).parent
+    try:
+        paths = plot_metrics(args.metrics_file, output_dir)
+    except (ImportError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "plot_metrics.py"
+_spec = importlib.util.spec_from_file_location("plot_metrics", SCRIPT)
+plot_metrics_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(plot_metrics_module)
+
+
+def _train_line(it, loss):
+    return {"iter": it, "lr": 0.02 * min(1.0, (it + 1) / 10), "loss_objectness": loss * 0.1,
+            "loss_rpn_box_reg": loss * 0.05, "loss_classifier": loss * 0.5, "loss_box_reg": loss * 0.35,
+            "loss": loss}
+
+
+def _eval_line(it, ap):
+    return {"iter": it, "AP": ap, "AP50": ap * 1.6, "AP75": ap * 1.1, "APs": ap * 0.5, "APm": ap, "APl": ap * 1.3}
+
+
+def _write(path: Path, rows, extra_lines=()):
+    lines = [json.dumps(r) for r in rows] + list(extra_lines)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_lines_in_any_order_are_sorted_by_iteration(tmp_path):
+    rows = [_train_line(20, 1.0), _eval_line(20, 0.1), _train_line(0, 2.0), _eval_line(10, 0.05),
+            _train_line(10, 1.5)]
+    metrics = _write(tmp_path / "metrics.jsonl", rows, extra_lines=["", json.dumps({"final_AP": 0.1})])
+    parsed = plot_metrics_module.read_metrics(metrics)
+    assert len(parsed) == 5  # the blank line and the line without "iter" are skipped
+    losses = plot_metrics_module.collect_series(parsed, plot_metrics_module.loss_keys(parsed))
+    assert list(losses) == ["loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"]
+    assert losses["loss"] == ([0.0, 10.0, 20.0], [2.0, 1.5, 1.0])
+    aps = plot_metrics_module.collect_series(parsed, plot_metrics_module.AP_KEYS)
+    assert aps["AP"] == ([10.0, 20.0], [0.05, 0.1])
+    assert aps["AP50"][1] == pytest.approx([0.08, 0.16])
+
+
+def test_extra_loss_keys_are_plotted_after_known_ones():
+    rows = [{"iter": 0, "loss": 1.0, "loss_mask": 0.3, "loss_aux": 0.1, "lr": 0.1}]
+    assert plot_metrics_module.loss_keys(rows)[-2:] == ["loss_aux", "loss_mask"]
+
+
+def test_plot_metrics_writes_three_pngs(tmp_path):
+    rows = [_train_line(i, 2.0 / (1 + i)) for i in range(0, 50, 5)] + [_eval_line(25, 0.1), _eval_line(50, 0.2)]
+    metrics = _write(tmp_path / "metrics.jsonl", rows)
+    paths = plot_metrics_module.plot_metrics(metrics, tmp_path / "plots")
+    assert [p.name for p in paths] == ["losses.png", "lr.png", "ap.png"]
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size == (800, 450)
+            pixels = np.asarray(image.convert("RGB"))
+        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10  # lines, text: not a blank canvas
+
+
+def test_training_only_file_writes_no_ap_plot(tmp_path):
+    metrics = _write(tmp_path / "metrics.jsonl", [_train_line(i, 1.0) for i in range(3)])
+    paths = plot_metrics_module.plot_metrics(metrics, tmp_path)
+    assert [p.name for p in paths] == ["losses.png", "lr.png"]
+    assert not (tmp_path / "ap.png").exists()
+
+
+def test_nothing_to_plot_raises(tmp_path):
+    metrics = _write(tmp_path / "metrics.jsonl", [{"epoch": 1}, {"iter": 3, "note": "x"}])
+    with pytest.raises(ValueError, match="no training"):
+        plot_metrics_module.plot_metrics(metrics, tmp_path)
+
+
+def test_malformed_line_is_named(tmp_path):
+    metrics = _write(tmp_path / "metrics.jsonl", [_train_line(0, 1.0)], extra_lines=["{not json"])
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
+        plot_metrics_module.read_metrics(metrics)
+    _write(metrics, [[1, 2]])
+    with pytest.raises(ValueError, match=r"metrics.jsonl:1: expected a JSON object"):
+        plot_metrics_module.read_metrics(metrics)
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        plot_metrics_module.read_metrics(tmp_path / "missing.jsonl")
+
+
+def test_missing_matplotlib_gives_install_hint(tmp_path, monkeypatch):
+    metrics = _write(tmp_path / "metrics.jsonl", [_train_line(0, 1.0)])
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib...` raise ImportError
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[viz\]"'):
+        plot_metrics_module.plot_metrics(metrics, tmp_path)
+    assert not (tmp_path / "losses.png").exists()
+
+
+def test_command_line(tmp_path):
+    metrics = _write(tmp_path / "metrics.jsonl", [_train_line(0, 1.0), _train_line(1, 0.9), _eval_line(1, 0.1)])
+    done = subprocess.run([sys.executable, str(SCRIPT), str(metrics)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["ap.png", "losses.png", "lr.png"]
+    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope.jsonl")], capture_output=True,
+                          text=True)
+    assert done.returncode == 1 and "nope.jsonl" in done.stderr
