@@ -3,16 +3,22 @@
 Never imports the model. Resizing for the network happens inside the model (see `fpn.data.transforms`).
 """
 from fpn.data.coco import CocoDetection, collate
+from fpn.data.coco_names import COCO_CLASS_NAMES
 from fpn.data.image_io import load_rgb_image, pil_to_tensor01, to_uint8_tensor
+from fpn.data.samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
 from fpn.data.synthetic import SHAPE_NAMES, generate_synthetic_coco
 from fpn.data.transforms import Compose, RandomHorizontalFlip, hflip
 
 __all__ = [
     "CocoDetection",
     "collate",
+    "COCO_CLASS_NAMES",
     "load_rgb_image",
     "pil_to_tensor01",
     "to_uint8_tensor",
+    "GroupedBatchSampler",
+    "InferenceSampler",
+    "TrainingSampler",
     "SHAPE_NAMES",
     "generate_synthetic_coco",
     "Compose",
