@@ -1,0 +1,249 @@
+"""The training loop: one optimiser step (`train_step`) and a block of iterations (`train_iterations`).
+
+Shape shorthand: N images per process per iteration. `scripts/train.py` calls `train_iterations` for the
+iterations between two checkpoints/evaluations; everything a resumed run needs to continue exactly (model,
+optimiser, scheduler, grad scaler, RNG states, iteration) lives outside the loop, in the checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from functools import partial
+from pathlib import Path
+from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Tuple, Union
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from fpn import distributed
+from fpn.visualize import draw_detections
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; training stops before the bad step touches any weight."""
+
+    def __init__(self, iteration: int, term: str, value: float):
+        super().__init__(
+            f"non-finite loss at iteration {iteration}: {term} = {value}; training stopped without writing a "
+            "checkpoint (the last checkpoint in the output directory is the last good state). Lower the LR, "
+            "enable --clip-grad-norm, or check the data."
+        )
+        self.iteration, self.term, self.value = iteration, term, value
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; any other value is passed to torch.device (ValueError if bad)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from error
+
+
+def autocast_factory(device: torch.device, amp: str) -> Callable[[], ContextManager]:
+    """A zero-argument factory of the autocast context for `amp` in {"none", "bf16", "fp16"}."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
+    if AMP_DTYPES[amp] is None:
+        return contextlib.nullcontext
+    return partial(torch.autocast, device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+def build_grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+    """A GradScaler, enabled only for fp16 (bf16 has fp32's range and needs no loss scaling)."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+def move_to_device(
+    images: List[Tensor], targets: List[Dict[str, Tensor]], device: torch.device
+) -> Tuple[List[Tensor], List[Dict[str, Tensor]]]:
+    """Images and the tensors of each target dict on `device` (non-tensor values are kept as they are)."""
+    images = [image.to(device, non_blocking=True) for image in images]
+    targets = [
+        {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets
+    ]
+    return images, targets
+
+
+def train_step(
+    model: nn.Module,
+    images: List[Tensor],
+    targets: List[Dict[str, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    *,
+    iteration: int,
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+    clip_grad_norm: Optional[float] = None,
+) -> Dict[str, float]:
+    """One forward/backward/step on this process's N images (DDP averages the gradients over ranks).
+
+    Args:
+        model: the detector in training mode, possibly wrapped in DistributedDataParallel.
+        images: N float (3, H, W) tensors on the model's device.
+        targets: N dicts with `boxes` (M, 4) xyxy and `labels` (M,) on the same device.
+        optimizer, scaler: SGD and the GradScaler (a disabled scaler is a no-op).
+        iteration: the 1-based number of this step, used in error messages.
+        autocast: factory of the mixed-precision context.
+        clip_grad_norm: clip the global gradient norm to this value (None: no clipping).
+    Returns:
+        {loss term: value averaged over ranks, ..., "loss": their sum}, Python floats.
+    Raises:
+        NonFiniteLossError: a loss term (averaged over ranks, so every rank raises together) is NaN/inf;
+            raised before backward, so no parameter changes.
+    """
+    with autocast():
+        loss_dict = model(images, targets)
+    names = sorted(loss_dict)
+    # (T,) one value per loss term; the mean over ranks is what is logged, and checking it keeps ranks in step.
+    values = distributed.all_reduce_mean(torch.stack([loss_dict[name].detach().float() for name in names]))
+    for name, value in zip(names, values.tolist()):
+        if not math.isfinite(value):
+            raise NonFiniteLossError(iteration, name, value)
+    total = sum(loss_dict[name].float() for name in names)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(total).backward()
+    if clip_grad_norm is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    logged = dict(zip(names, values.tolist()))
+    logged["loss"] = float(sum(logged.values()))
+    return logged
+
+
+class MetricsLog:
+    """Appends JSON lines to `metrics.jsonl` on rank 0 (a no-op on the other ranks and when path is None)."""
+
+    def __init__(self, path: Optional[Union[str, Path]]):
+        self.path = Path(path) if path is not None and distributed.is_main_process() else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: Dict[str, object]) -> None:
+        if self.path is not None:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def train_iterations(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    batches: Iterator[Tuple[List[Tensor], List[Dict[str, Tensor]]]],
+    *,
+    start_iter: int,
+    end_iter: int,
+    device: torch.device,
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+    clip_grad_norm: Optional[float] = None,
+    log_every: int = 20,
+    metrics: Optional[MetricsLog] = None,
+    progress=None,
+) -> int:
+    """Train from `start_iter` completed iterations up to `end_iter`; the scheduler steps once per iteration.
+
+    Args:
+        model: the detector (or its DDP wrapper), put in training mode here.
+        optimizer, scheduler, scaler: optimisation state, advanced in place.
+        batches: an endless iterator of (images, targets) lists for this process.
+        start_iter, end_iter: completed iterations before and after this block.
+        device: where the batches go.
+        autocast, clip_grad_norm: see `train_step`.
+        log_every: a metrics line every this many iterations (and at `end_iter`).
+        metrics: where the lines go (None: nowhere).
+        progress: a tqdm-like bar (update(n), set_postfix(dict)) or None.
+    Returns:
+        int, `end_iter`.
+    """
+    if not 0 <= start_iter <= end_iter:
+        raise ValueError(f"need 0 <= start_iter <= end_iter, got {start_iter} and {end_iter}")
+    model.train()
+    window: Dict[str, List[float]] = {}
+    tic = time.perf_counter()
+    for iteration in range(start_iter, end_iter):
+        images, targets = next(batches)
+        data_time = time.perf_counter() - tic
+        images, targets = move_to_device(images, targets, device)
+        lr = optimizer.param_groups[0]["lr"]
+        losses = train_step(
+            model, images, targets, optimizer, scaler,
+            iteration=iteration + 1, autocast=autocast, clip_grad_norm=clip_grad_norm,
+        )
+        scheduler.step()
+        step_time = time.perf_counter() - tic
+        tic = time.perf_counter()
+        for key, value in {**losses, "time": step_time, "data_time": data_time}.items():
+            window.setdefault(key, []).append(value)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix({"loss": f"{losses['loss']:.3f}", "lr": f"{lr:.2e}"}, refresh=False)
+        done = iteration + 1
+        if metrics is not None and (done % log_every == 0 or done == end_iter):
+            record = {"iter": done, "lr": lr}
+            record.update({key: sum(vals) / len(vals) for key, vals in window.items()})
+            metrics.write(record)
+            window.clear()
+    return end_iter
+
+
+@torch.no_grad()
+def save_detection_picture(
+    model: nn.Module,
+    dataset,
+    path: Union[str, Path],
+    *,
+    device: torch.device,
+    num_images: int = 4,
+    score_threshold: float = 0.5,
+) -> Path:
+    """Draw the detections on the first `num_images` images of `dataset` side by side and save one PNG.
+
+    Args:
+        model: the detector (not DDP-wrapped); its train/eval mode is restored afterwards.
+        dataset: yields (image float (3, H, W) in [0, 1], target); has `class_names` {label: name}.
+        path: the PNG to write.
+        device: where the model runs.
+        num_images: how many images (fewer if the dataset is smaller).
+        score_threshold: detections below this score are not drawn.
+    Returns:
+        Path of the written picture.
+    """
+    was_training = model.training
+    model.eval()
+    tiles = []
+    for index in range(min(num_images, len(dataset))):
+        image, _ = dataset[index]
+        detections = model([image.to(device)])[0]
+        pil = Image.fromarray((image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy())
+        tiles.append(
+            draw_detections(pil, detections["boxes"].float().cpu(), detections["labels"].cpu(),
+                            detections["scores"].float().cpu(), dataset.class_names, score_threshold=score_threshold)
+        )
+    model.train(was_training)
+    if not tiles:
+        raise ValueError("the dataset has no images to draw")
+    gap = 8
+    canvas = Image.new("RGB", (sum(t.width for t in tiles) + gap * (len(tiles) - 1), max(t.height for t in tiles)),
+                       (255, 255, 255))
+    x = 0
+    for tile in tiles:
+        canvas.paste(tile.convert("RGB"), (x, 0))
+        x += tile.width + gap
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path

@@ -1,0 +1,192 @@
+"""COCO box evaluation: run the detector over a dataset (sharded over ranks), convert, and score with COCOeval.
+
+Shape shorthand: D detections of one image. Detections come out of the model as xyxy boxes in the pixels of the
+image it was given; COCO results are xywh boxes in the pixels of the original image, with COCO category ids in
+place of the model's contiguous labels.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from fpn import distributed
+from fpn.data.coco import collate
+from fpn.data.samplers import InferenceSampler
+
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6], in that order
+
+
+def detections_to_coco(
+    detections: Mapping[str, Tensor],
+    image_id: int,
+    label_to_category: Mapping[int, int],
+    scale_xy: Sequence[float] = (1.0, 1.0),
+) -> List[dict]:
+    """COCO result records of one image.
+
+    Args:
+        detections: dict with `boxes` (D, 4) float xyxy in the pixels of the image the model saw, `scores` (D,),
+            `labels` (D,) int64 contiguous labels.
+        image_id: the COCO image id.
+        label_to_category: {contiguous label: COCO category id}; a label missing from it raises ValueError.
+        scale_xy: (sx, sy) factors from the model's input pixels to the original image pixels.
+    Returns:
+        list of D dicts {image_id, category_id, bbox [x, y, w, h], score}.
+    """
+    boxes = detections["boxes"].detach().float().cpu()  # (D, 4) xyxy, input pixels
+    scale = torch.tensor([scale_xy[0], scale_xy[1], scale_xy[0], scale_xy[1]])
+    boxes = boxes * scale  # (D, 4) xyxy, original pixels
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)  # (D, 4) xywh
+    records = []
+    for box, score, label in zip(xywh.tolist(), detections["scores"].tolist(), detections["labels"].tolist()):
+        if int(label) not in label_to_category:
+            raise ValueError(f"label {label} has no COCO category (known labels: {sorted(label_to_category)})")
+        records.append(
+            {
+                "image_id": int(image_id),
+                "category_id": int(label_to_category[int(label)]),
+                "bbox": [round(v, 3) for v in box],
+                "score": round(float(score), 5),
+            }
+        )
+    return records
+
+
+def coco_scale(image: Tensor, target: Mapping[str, Tensor]) -> tuple:
+    """(sx, sy) from the pixels of `image` (3, h, w) to the original size `target['orig_size']` = (H, W)."""
+    height, width = image.shape[-2:]
+    orig_h, orig_w = (int(v) for v in target.get("orig_size", (height, width)))
+    return orig_w / width, orig_h / height
+
+
+@torch.no_grad()
+def run_inference(
+    model: nn.Module,
+    dataset: Dataset,
+    label_to_category: Mapping[int, int],
+    *,
+    device: torch.device,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Optional[List[dict]]:
+    """Detect on this rank's shard of `dataset` and gather every rank's COCO records on rank 0.
+
+    Args:
+        model: the detector (not DDP-wrapped); put in eval mode here, its train/eval mode restored after.
+        dataset: yields (image (3, H, W) float, target with `image_id` and `orig_size`).
+        label_to_category: {contiguous label: COCO category id}.
+        device: where the model runs.
+        batch_size: images per forward pass.
+        num_workers: DataLoader worker processes.
+        autocast: a factory of the autocast context (mixed precision) or nullcontext.
+        progress: called with the number of images done after each batch (rank 0 progress bars).
+    Returns:
+        list of COCO result dicts (all ranks) on rank 0, None on the other ranks.
+    """
+    sampler = InferenceSampler(len(dataset), rank=distributed.get_rank(), world_size=distributed.get_world_size())
+    # A private generator: creating the loader must not consume the global RNG, or a periodic evaluation would
+    # change the random stream of the training that follows it (and break exact resumption).
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(0),
+    )
+    was_training = model.training
+    model.eval()
+    records: List[dict] = []
+    try:
+        for images, targets in loader:
+            with autocast():
+                outputs = model([image.to(device) for image in images])
+            for image, target, output in zip(images, targets, outputs):
+                image_id = int(target["image_id"])
+                records.extend(detections_to_coco(output, image_id, label_to_category, coco_scale(image, target)))
+            if progress is not None:
+                progress(len(images))
+    finally:
+        model.train(was_training)
+    gathered = distributed.all_gather_objects(records)
+    if not distributed.is_main_process():
+        return None
+    return [record for shard in gathered for record in shard]
+
+
+def coco_evaluate(coco_gt: COCO, results: List[dict], image_ids: Optional[Sequence[int]] = None) -> Dict[str, float]:
+    """COCO box AP of `results` against `coco_gt`.
+
+    Args:
+        coco_gt: the ground-truth COCO object.
+        results: COCO result dicts (may be empty: every AP is then 0).
+        image_ids: the images evaluated (default: every image of `coco_gt`).
+    Returns:
+        {AP, AP50, AP75, APs, APm, APl}: floats in [0, 1]; -1.0 where COCOeval has no ground truth (e.g. no
+        small objects in the set).
+    """
+    image_ids = sorted(int(i) for i in (image_ids if image_ids is not None else coco_gt.getImgIds()))
+    if not results:
+        # COCO.loadRes cannot load an empty list; nothing detected scores 0 wherever there is ground truth.
+        return {name: 0.0 for name in METRIC_NAMES}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco_dt = coco_gt.loadRes(results)
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        evaluator.params.imgIds = image_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: float(value) for name, value in zip(METRIC_NAMES, np.asarray(evaluator.stats[:6]))}
+
+
+def format_metrics(metrics: Mapping[str, float]) -> str:
+    """A Markdown table of the six COCO box metrics (fractions, 3 decimals; '-' where undefined)."""
+    header = "| " + " | ".join(f"{name:>5}" for name in METRIC_NAMES) + " |"
+    rule = "|" + "|".join("-" * 7 for _ in METRIC_NAMES) + "|"
+    cells = [f"{metrics[n]:5.3f}" if metrics[n] >= 0 else f"{'-':>5}" for n in METRIC_NAMES]
+    return "\n".join([header, rule, "| " + " | ".join(cells) + " |"])
+
+
+def evaluate_coco(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    device: torch.device,
+    output_dir: Optional[Union[str, Path]] = None,
+    prefix: str = "eval",
+    **inference_kwargs,
+) -> Optional[Dict[str, float]]:
+    """Run `run_inference` then `coco_evaluate`; on rank 0 also write the results and metrics JSON files.
+
+    Args:
+        model: the detector (not DDP-wrapped).
+        dataset: a `fpn.data.coco.CocoDetection` (uses its `coco`, `image_ids` and `label_to_category`).
+        device: where the model runs.
+        output_dir: where `{prefix}_results.json` (COCO results) and `{prefix}_metrics.json` go; None: nowhere.
+        prefix: file name prefix, e.g. "eval_0005000".
+        **inference_kwargs: batch_size, num_workers, autocast, progress of `run_inference`.
+    Returns:
+        the metrics dict on every rank (rank 0 computes it and broadcasts it).
+    """
+    results = run_inference(model, dataset, dataset.label_to_category, device=device, **inference_kwargs)
+    metrics = None
+    if distributed.is_main_process():
+        metrics = coco_evaluate(dataset.coco, results, dataset.image_ids)
+        if output_dir is not None:
+            output_dir = Path(output_dir)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / f"{prefix}_results.json").write_text(json.dumps(results))
+            (output_dir / f"{prefix}_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return distributed.broadcast_object(metrics)
