@@ -136,7 +136,7 @@ def _place_shape(
     aspect = math.exp(rng.uniform(math.log(0.75), math.log(4 / 3)))  # box width / height
     box_w = max(3, round(longest if aspect >= 1 else longest * aspect))
     box_h = max(3, round(longest / aspect if aspect >= 1 else longest))
-    mask = _shape_mask(rng, shape, box_w, box_h)  # (box_h, box_w) bool
+    mask = shape_mask(shape, box_w, box_h, rng)  # (box_h, box_w) bool
     for _ in range(attempts):
         x0 = int(rng.integers(0, width - box_w + 1))
         y0 = int(rng.integers(0, height - box_h + 1))
@@ -147,8 +147,17 @@ def _place_shape(
     return None
 
 
-def _shape_mask(rng: np.random.Generator, shape: str, w: int, h: int) -> np.ndarray:
-    """Rasterise one shape filling a w x h box; returns a bool mask (h, w)."""
+def shape_mask(shape: str, w: int, h: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """Rasterise one shape so that it touches all four sides of a w x h box.
+
+    Args:
+        shape: one of SHAPE_NAMES.
+        w, h: box size in px (>= 3).
+        rng: draws the triangle's orientation (apex up or down); None: apex up.
+
+    Returns:
+        bool mask (h, w), True on the shape.
+    """
     image = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(image)
     r, b = w - 1, h - 1  # right and bottom pixel
@@ -158,7 +167,7 @@ def _shape_mask(rng: np.random.Generator, shape: str, w: int, h: int) -> np.ndar
     elif shape == "square":
         draw.rectangle([0, 0, r, b], fill=255)
     elif shape == "triangle":
-        apex_up = bool(rng.integers(0, 2))
+        apex_up = rng is None or bool(rng.integers(0, 2))
         draw.polygon([(cx, 0), (0, b), (r, b)] if apex_up else [(0, 0), (r, 0), (cx, b)], fill=255)
     elif shape == "cross":
         half = max(1.0, 0.16 * min(w, h))  # half the bar thickness
@@ -167,17 +176,18 @@ def _shape_mask(rng: np.random.Generator, shape: str, w: int, h: int) -> np.ndar
     elif shape == "ring":
         inset = max(2.0, 0.25 * min(w, h))  # ring thickness
         draw.ellipse([0, 0, r, b], fill=255)
-        draw.ellipse([inset, inset, r - inset, b - inset], fill=0)
+        if min(r, b) - 2 * inset >= 1:  # too small a box leaves no room for the hole
+            draw.ellipse([inset, inset, r - inset, b - inset], fill=0)
     elif shape == "diamond":
         draw.polygon([(cx, 0), (r, cy), (cx, b), (0, cy)], fill=255)
     elif shape in ("star", "hexagon"):
         corners, inner = (10, 0.45) if shape == "star" else (6, 1.0)
-        points = []
-        for k in range(corners):
-            angle = -math.pi / 2 + 2 * math.pi * k / corners
-            scale = 1.0 if k % 2 == 0 else inner
-            points.append((cx + cx * scale * math.cos(angle), cy + cy * scale * math.sin(angle)))
-        draw.polygon(points, fill=255)
+        angles = -math.pi / 2 + 2 * math.pi * np.arange(corners) / corners
+        radii = np.where(np.arange(corners) % 2 == 0, 1.0, inner)
+        xs, ys = radii * np.cos(angles), radii * np.sin(angles)
+        xs = (xs - xs.min()) / np.ptp(xs) * r  # stretch the unit polygon onto the box
+        ys = (ys - ys.min()) / np.ptp(ys) * b
+        draw.polygon(list(zip(xs.tolist(), ys.tolist())), fill=255)
     else:
         raise ValueError(f"unknown shape {shape!r}; known shapes are {SHAPE_NAMES}")
     return np.asarray(image) > 0
