@@ -128,7 +128,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config: FasterRCNNConfig) 
         for item in fields(section_value):
             default = getattr(section_value, item.name)
             group.add_argument(
-                f"--{section.name}.{item.name.replace('_', '-')}",
+                f"--{section.name.replace('_', '-')}.{item.name.replace('_', '-')}",
                 dest=f"model.{section.name}.{item.name}",
                 type=_parser_for(hints[item.name], f"{section.name}.{item.name}"),
                 default=argparse.SUPPRESS,

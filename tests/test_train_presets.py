@@ -1,0 +1,74 @@
+"""Presets and the model-config flags generated from the FasterRCNNConfig dataclass."""
+import argparse
+from dataclasses import fields
+
+import pytest
+
+from fpn.config import FasterRCNNConfig
+from fpn.presets import PRESETS, add_config_flags, apply_config_flags, get_preset
+
+
+def _parse(argv, config=None):
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, config or FasterRCNNConfig())
+    return parser.parse_args(argv)
+
+
+def test_every_config_field_has_a_flag():
+    parser = argparse.ArgumentParser()
+    config = FasterRCNNConfig()
+    add_config_flags(parser, config)
+    flags = {option for action in parser._actions for option in action.option_strings}
+    for section in fields(config):
+        for item in fields(getattr(config, section.name)):
+            assert f"--{section.name.replace('_', '-')}.{item.name.replace('_', '-')}" in flags
+
+
+def test_flags_override_only_what_was_given():
+    base = get_preset("cpu-demo").model
+    args = _parse(["--backbone.depth", "34", "--input.train-min-sizes", "224,256", "--roi-heads.aligned", "true",
+                   "--backbone.weights", "none", "--rpn.nms-thresh", "0.6",
+                   "--roi-heads.bbox-reg-weights", "1,2,3,4"], base)
+    config = apply_config_flags(base, args)
+    assert config.backbone.depth == 34
+    assert config.input.train_min_sizes == (224, 256)
+    assert config.roi_heads.aligned is True
+    assert config.backbone.weights is None
+    assert config.rpn.nms_thresh == 0.6
+    assert config.roi_heads.bbox_reg_weights == (1.0, 2.0, 3.0, 4.0)
+    # untouched fields keep the preset's values, and the preset itself is not modified
+    assert config.backbone.width == base.backbone.width == 32
+    assert config.fpn.out_channels == base.fpn.out_channels
+    assert base.backbone.depth == 18
+
+
+def test_flags_reject_bad_values(capsys):
+    for argv, message in (
+        (["--roi-heads.bbox-reg-weights", "1,2,3"], "needs 4 comma-separated values"),
+        (["--roi-heads.aligned", "maybe"], "expected true or false"),
+        (["--backbone.depth", "eighteen"], "invalid int value"),
+    ):
+        with pytest.raises(SystemExit):
+            _parse(argv)
+        assert message in capsys.readouterr().err
+
+
+def test_presets_follow_their_schedules():
+    paper = get_preset("paper")
+    assert (paper.iters, paper.steps, paper.lr, paper.lr_reference_batch) == (80_000, (60_000,), 0.02, 16)
+    assert paper.model.input.train_min_sizes == (800,) and paper.model.backbone.depth == 50
+    one_x = get_preset("1x")
+    assert (one_x.iters, one_x.steps, one_x.warmup_iters) == (90_000, (60_000, 80_000), 1000)
+    assert one_x.model.input.train_min_sizes == (640, 672, 704, 736, 768, 800)
+    demo = get_preset("cpu-demo")
+    assert demo.model.backbone.norm == "gn" and demo.model.backbone.depth == 18
+    assert demo.iters > max(demo.steps)
+    assert sorted(PRESETS) == ["1x", "cpu-demo", "paper"]
+
+
+def test_get_preset_returns_independent_copies_and_rejects_unknown_names():
+    first = get_preset("1x")
+    first.model.backbone.depth = 101
+    assert get_preset("1x").model.backbone.depth == 50
+    with pytest.raises(ValueError, match="unknown preset '2x'"):
+        get_preset("2x")
