@@ -127,7 +127,7 @@ def test_command_line(tmp_path):
                "--min-size", "40", "--max-size", "48", "--num-classes", "3", "--seed", "7"]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr
-    assert "train_annotations" in finished.stdout
+    assert "train_annotations" in finished.stdout and "Warning" not in finished.stderr
     document = json.loads((out / "annotations" / "instances_train2017.json").read_text())
     assert len(document["images"]) == 2 and [c["name"] for c in document["categories"]] == list(SHAPE_NAMES[:3])
     assert (out / "val2017" / "000000000001.png").is_file()

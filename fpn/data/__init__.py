@@ -6,7 +6,6 @@ from fpn.data.coco import CocoDetection, collate
 from fpn.data.coco_names import COCO_CLASS_NAMES
 from fpn.data.image_io import load_rgb_image, pil_to_tensor01, to_uint8_tensor
 from fpn.data.samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
-from fpn.data.synthetic import SHAPE_NAMES, generate_synthetic_coco
 from fpn.data.transforms import Compose, RandomHorizontalFlip, hflip
 
 __all__ = [
@@ -25,3 +24,13 @@ __all__ = [
     "RandomHorizontalFlip",
     "hflip",
 ]
+
+
+def __getattr__(name: str):
+    # The synthetic generator is imported on first use, not with the package: `python -m fpn.data.synthetic`
+    # would otherwise find its own module already imported (runpy warns about that).
+    if name in ("SHAPE_NAMES", "generate_synthetic_coco"):
+        from fpn.data import synthetic
+
+        return getattr(synthetic, name)
+    raise AttributeError(f"module 'fpn.data' has no attribute {name!r}")
