@@ -284,5 +284,6 @@ def _xywh_to_clipped_xyxy(bbox: object, size_hw: np.ndarray, ann_id: object, pat
         raise ValueError(f"{path}: annotation id {ann_id} has bbox {bbox!r}, expected [x, y, width, height]")
     x, y, w, h = (float(v) for v in bbox)
     height, width = float(size_hw[0]), float(size_hw[1])
-    # xywh -> xyxy, then clip to [0, W] x [0, H] (pixel edges)
-    return [min(max(x, 0.0), width), min(max(y, 0.0), height), min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)]
+    x1, y1, x2, y2 = x, y, x + w, y + h  # xywh -> xyxy, absolute pixels
+    # clip to [0, W] x [0, H] (pixel edges)
+    return [min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height)]
