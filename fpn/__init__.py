@@ -10,3 +10,11 @@ from fpn.config import (
 )
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name == "FasterRCNNFPN":  # imported lazily so that `import fpn` stays light
+        from fpn.model import FasterRCNNFPN
+
+        return FasterRCNNFPN
+    raise AttributeError(f"module 'fpn' has no attribute {name!r}")

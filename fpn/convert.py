@@ -1,0 +1,90 @@
+"""Loading torchvision `fasterrcnn_resnet50_fpn` (v1) checkpoints into `FasterRCNNFPN`.
+
+Only parameter names differ between the two models (the architecture and the maths are the same):
+
+    torchvision                                   fpn
+    backbone.body.*                            -> backbone.*
+    backbone.fpn.inner_blocks.{i}[.0].*        -> neck.lateral_convs.{i}.*
+    backbone.fpn.layer_blocks.{i}[.0].*        -> neck.output_convs.{i}.*
+    rpn.head.conv[.0.0].*                      -> rpn.head.conv.*
+    rpn.head.{cls_logits,bbox_pred}.*          -> rpn.head.{cls_logits,bbox_pred}.*
+    roi_heads.box_head.{fc6,fc7}.*             -> roi_heads.box_head.{fc6,fc7}.*
+    roi_heads.box_predictor.*                  -> roi_heads.predictor.*
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Dict, Optional, Union
+
+import torch
+from torch import Tensor
+
+_RULES = [
+    (re.compile(r"^backbone\.body\."), "backbone."),
+    (re.compile(r"^backbone\.fpn\.inner_blocks\.(\d+)\.(?:0\.)?"), r"neck.lateral_convs.\1."),
+    (re.compile(r"^backbone\.fpn\.layer_blocks\.(\d+)\.(?:0\.)?"), r"neck.output_convs.\1."),
+    (re.compile(r"^rpn\.head\.conv\.(?:0\.0\.)?"), "rpn.head.conv."),
+    (re.compile(r"^roi_heads\.box_predictor\."), "roi_heads.predictor."),
+]
+_KEPT_AS_IS = re.compile(r"^(rpn\.head\.(cls_logits|bbox_pred)|roi_heads\.box_head\.fc[67])\.")
+PREDICTOR_PREFIX = "roi_heads.predictor."
+
+
+def convert_torchvision_state_dict(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Rename a torchvision Faster R-CNN state dict into fpn's names; unknown keys raise a ValueError.
+
+    torchvision builds the ResNet with BatchNorm2d when constructed without pretrained weights and with
+    FrozenBatchNorm2d otherwise; both have the same four buffers, which load into fpn's frozen BN.
+    """
+    converted, unknown = {}, []
+    for key, value in state_dict.items():
+        if key.endswith("num_batches_tracked"):  # BatchNorm bookkeeping; fpn's frozen BN has no counter
+            continue
+        new_key = key if _KEPT_AS_IS.match(key) else None
+        for pattern, replacement in _RULES:
+            if new_key is None and pattern.match(key):
+                new_key = pattern.sub(replacement, key, count=1)
+        if new_key is None:
+            unknown.append(key)
+        else:
+            converted[new_key] = value
+    if unknown:
+        raise ValueError(f"not a torchvision fasterrcnn_resnet50_fpn state dict: unexpected keys {unknown[:10]}")
+    return converted
+
+
+def read_torchvision_checkpoint(path_or_state_dict: Union[str, os.PathLike, Dict[str, Tensor]]) -> Dict[str, Tensor]:
+    """A state dict from a file (plain, or nested under "model" as torchvision's reference scripts save it),
+    read with `weights_only=True`, or the given dict itself."""
+    if isinstance(path_or_state_dict, dict):
+        state = path_or_state_dict
+    else:
+        path = os.fspath(path_or_state_dict)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"torchvision checkpoint not found: {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # corrupt file, or one that needs unpickling arbitrary objects
+            raise ValueError(f"cannot read torchvision checkpoint {path}: {error}") from error
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict) or "roi_heads.box_predictor.cls_score.weight" not in state:
+        raise ValueError("not a torchvision fasterrcnn_resnet50_fpn checkpoint: no roi_heads.box_predictor weights")
+    return state
+
+
+def load_torchvision_detector(cls, path_or_state_dict, num_classes: Optional[int] = None):
+    """Build `cls` (FasterRCNNFPN) with the default config and load torchvision weights into it."""
+    state = convert_torchvision_state_dict(read_torchvision_checkpoint(path_or_state_dict))
+    file_classes = state[PREDICTOR_PREFIX + "cls_score.weight"].shape[0]
+    if num_classes is None:
+        num_classes = file_classes
+    model = cls(num_classes=num_classes)
+    if num_classes != file_classes:  # fine-tuning to another label set: keep the fresh predictor
+        state = {k: v for k, v in state.items() if not k.startswith(PREDICTOR_PREFIX)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (num_classes != file_classes and k.startswith(PREDICTOR_PREFIX))]
+    if missing or unexpected:
+        raise ValueError(f"torchvision checkpoint does not fit: missing {missing[:10]}, unexpected {unexpected[:10]}")
+    return model

@@ -1,0 +1,177 @@
+"""Region Proposal Network over the pyramid (Ren et al. 2015; FPN paper Sec. 4.1).
+
+One head shared by all levels: a 3x3 conv + ReLU, then per anchor an objectness logit and 4 box deltas. Each
+level has anchors of one size (32..512 on P2..P6) and 3 aspect ratios; anchors crossing the image border are kept
+(the FPN paper does not drop them, unlike the original Faster R-CNN training).
+
+Shape shorthand: N images, L levels, A anchors per location, Hl/Wl level size, M = sum_l Hl*Wl*A anchors per image.
+Boxes are (x1, y1, x2, y2) pixels of the resized image (the ImageBatch frame).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fpn.config import AnchorConfig, RPNConfig
+from fpn.ops import (
+    AnchorGenerator,
+    BalancedPositiveNegativeSampler,
+    BoxCoder,
+    Matcher,
+    batched_nms,
+    box_iou,
+    clip_boxes_to_image,
+    remove_small_boxes,
+)
+from fpn.transform import ImageBatch
+
+
+class RPNHead(nn.Module):
+    """3x3 conv + ReLU shared over levels, then 1x1 convs for A objectness logits and A*4 deltas."""
+
+    def __init__(self, in_channels: int, num_anchors: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1)
+        self.cls_logits = nn.Conv2d(in_channels, num_anchors, kernel_size=1)
+        self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=1)
+        for layer in (self.conv, self.cls_logits, self.bbox_pred):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+        logits, deltas = [], []
+        for x in features:
+            t = F.relu(self.conv(x))
+            logits.append(self.cls_logits(t))  # (N, A, Hl, Wl)
+            deltas.append(self.bbox_pred(t))  # (N, A*4, Hl, Wl)
+        return logits, deltas
+
+
+def flatten_predictions(logits: List[Tensor], deltas: List[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Per-level maps -> (N, M) logits and (N, M, 4) deltas, ordered level, y, x, anchor (as the anchors are)."""
+    flat_logits, flat_deltas = [], []
+    for logit, delta in zip(logits, deltas):
+        n, a, h, w = logit.shape
+        flat_logits.append(logit.permute(0, 2, 3, 1).reshape(n, -1))  # (N, A, Hl, Wl) -> (N, Hl*Wl*A)
+        delta = delta.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2)  # (N, A*4, Hl, Wl) -> (N, Hl, Wl, A, 4)
+        flat_deltas.append(delta.reshape(n, -1, 4))
+    return torch.cat(flat_logits, dim=1), torch.cat(flat_deltas, dim=1)
+
+
+class RegionProposalNetwork(nn.Module):
+    """Anchors, head, proposal selection and (in training) the RPN losses."""
+
+    def __init__(self, in_channels: int, cfg: RPNConfig, anchor_cfg: AnchorConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.anchor_generator = AnchorGenerator(anchor_cfg.sizes, anchor_cfg.aspect_ratios)
+        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors_per_location)
+        self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+        self.matcher = Matcher(cfg.fg_iou_thresh, cfg.bg_iou_thresh, allow_low_quality_matches=True)
+        self.sampler = BalancedPositiveNegativeSampler(cfg.batch_size_per_image, cfg.positive_fraction)
+
+    def forward(
+        self,
+        images: ImageBatch,
+        features: Dict[str, Tensor],
+        targets: Optional[List[Dict[str, Tensor]]] = None,
+    ) -> Tuple[List[Tensor], Dict[str, Tensor]]:
+        """Returns per-image proposals (Pi, 4), sorted by decreasing objectness, and the losses (training)."""
+        maps = list(features.values())
+        logits, deltas = self.head(maps)
+        # Anchors, decoding and losses stay in float32 even when the convs run in bf16/fp16 under autocast.
+        anchors = self.anchor_generator(
+            tuple(images.tensor.shape[-2:]), [tuple(m.shape[-2:]) for m in maps], maps[0].device, torch.float32
+        )  # (M, 4)
+        num_anchors_per_level = [logit[0].numel() for logit in logits]
+        pred_logits, pred_deltas = flatten_predictions(logits, deltas)  # (N, M), (N, M, 4)
+        pred_logits, pred_deltas = pred_logits.float(), pred_deltas.float()
+
+        n = pred_logits.shape[0]
+        # Proposals are not differentiated through (Faster R-CNN's approximate joint training).
+        proposals = self.box_coder.decode_single(pred_deltas.detach().reshape(-1, 4), anchors.repeat(n, 1))
+        proposals = proposals.view(n, -1, 4)  # (N, M, 4)
+        boxes = self.select_proposals(proposals, pred_logits.detach(), images.image_sizes, num_anchors_per_level)
+
+        losses = {}
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in training mode")
+            gt_labels, gt_boxes = self.assign_targets(anchors, targets)
+            regression_targets = [self.box_coder.encode_single(g, anchors) for g in gt_boxes]
+            losses = self.losses(pred_logits, pred_deltas, gt_labels, regression_targets)
+        return boxes, losses
+
+    def _top_n_per_level(self, logits: Tensor, num_anchors_per_level: List[int]) -> Tensor:
+        top_n = self.cfg.pre_nms_top_n_train if self.training else self.cfg.pre_nms_top_n_test
+        indices, offset = [], 0
+        for level_logits in logits.split(num_anchors_per_level, dim=1):
+            k = min(top_n, level_logits.shape[1])
+            indices.append(level_logits.topk(k, dim=1).indices + offset)
+            offset += level_logits.shape[1]
+        return torch.cat(indices, dim=1)  # (N, sum_l k_l)
+
+    def select_proposals(
+        self,
+        proposals: Tensor,
+        logits: Tensor,
+        image_sizes: List[Tuple[int, int]],
+        num_anchors_per_level: List[int],
+    ) -> List[Tensor]:
+        """Top-k per level, clip, drop tiny and low-scoring boxes, NMS per level, keep the post-NMS top-k."""
+        n = proposals.shape[0]
+        levels = torch.cat(
+            [torch.full((k,), i, dtype=torch.int64, device=proposals.device) for i, k in enumerate(num_anchors_per_level)]
+        )
+        top_idx = self._top_n_per_level(logits, num_anchors_per_level)  # (N, T)
+        rows = torch.arange(n, device=proposals.device)[:, None]
+        scores = torch.sigmoid(logits[rows, top_idx])  # (N, T)
+        proposals, levels = proposals[rows, top_idx], levels[top_idx]  # (N, T, 4), (N, T)
+
+        post_n = self.cfg.post_nms_top_n_train if self.training else self.cfg.post_nms_top_n_test
+        result = []
+        for boxes, score, level, size in zip(proposals, scores, levels, image_sizes):
+            boxes = clip_boxes_to_image(boxes, size)
+            keep = remove_small_boxes(boxes, self.cfg.min_size)
+            boxes, score, level = boxes[keep], score[keep], level[keep]
+            keep = torch.where(score >= self.cfg.score_thresh)[0]
+            boxes, score, level = boxes[keep], score[keep], level[keep]
+            keep = batched_nms(boxes, score, level, self.cfg.nms_thresh)[:post_n]
+            result.append(boxes[keep])
+        return result
+
+    @torch.no_grad()
+    def assign_targets(self, anchors: Tensor, targets: List[Dict[str, Tensor]]) -> Tuple[List[Tensor], List[Tensor]]:
+        """Per image: anchor labels (M,) float (1 object, 0 background, -1 ignored) and matched gt boxes (M, 4)."""
+        labels, matched = [], []
+        for target in targets:
+            gt_boxes = target["boxes"]
+            if gt_boxes.numel() == 0:  # an image without objects: every anchor is background
+                labels.append(torch.zeros(anchors.shape[0], dtype=torch.float32, device=anchors.device))
+                matched.append(torch.zeros_like(anchors, dtype=torch.float32))
+                continue
+            idx = self.matcher(box_iou(gt_boxes, anchors))  # (M,)
+            label = (idx >= 0).to(torch.float32)
+            label[idx == Matcher.BELOW_LOW_THRESHOLD] = 0.0
+            label[idx == Matcher.BETWEEN_THRESHOLDS] = -1.0
+            labels.append(label)
+            matched.append(gt_boxes[idx.clamp(min=0)])
+        return labels, matched
+
+    def losses(
+        self, logits: Tensor, deltas: Tensor, labels: List[Tensor], regression_targets: List[Tensor]
+    ) -> Dict[str, Tensor]:
+        """Binary cross-entropy over the sampled anchors; smooth-L1 (beta 1/9) over the positive ones, both
+        normalised by the number of sampled anchors."""
+        pos_masks, neg_masks = self.sampler(labels)
+        pos = torch.where(torch.cat(pos_masks))[0]
+        sampled = torch.cat([pos, torch.where(torch.cat(neg_masks))[0]])
+        labels_all = torch.cat(labels)
+        targets_all = torch.cat(regression_targets)
+        deltas = deltas.reshape(-1, 4)
+        box_loss = F.smooth_l1_loss(deltas[pos], targets_all[pos], beta=1 / 9, reduction="sum") / sampled.numel()
+        objectness = F.binary_cross_entropy_with_logits(logits.reshape(-1)[sampled], labels_all[sampled])
+        return {"loss_objectness": objectness, "loss_rpn_box_reg": box_loss}

@@ -1,0 +1,139 @@
+"""Faster R-CNN with a Feature Pyramid Network (Lin et al., CVPR 2017), assembled from fpn's own modules.
+
+The forward pass reads like the paper's figure:
+    normalise/resize/pad -> ResNet (C2..C5) -> FPN (P2..P6) -> RPN (proposals) -> RoI heads -> boxes in input pixels
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fpn.backbones import build_resnet
+from fpn.config import FasterRCNNConfig
+from fpn.heads.roi_heads import RoIHeads
+from fpn.heads.rpn import RegionProposalNetwork
+from fpn.necks import FPN
+from fpn.transform import postprocess, preprocess
+from fpn.validation import check_images, check_targets
+
+# The extra level made by subsampling P5 feeds the RPN only; RoIs are pooled from P2..P5 (paper, Sec. 4.1-4.2).
+RPN_ONLY_LEVELS = ("p6",)
+
+
+class FasterRCNNFPN(nn.Module):
+    """Faster R-CNN + FPN with torchvision's detection I/O contract.
+
+    Args:
+        num_classes: number of classes INCLUDING the background (label 0); 91 for torchvision's COCO models.
+        config: a `FasterRCNNConfig`; the default is torchvision's `fasterrcnn_resnet50_fpn` (v1).
+
+    Training (`model.train()`): `model(images, targets)` with `images` a list of float (3, H, W) tensors in
+    [0, 1] RGB of any sizes and `targets` a list of dicts with `boxes` (N, 4) float xyxy absolute pixels and
+    `labels` (N,) int64 in 1..num_classes-1 returns a dict of four scalar losses: `loss_objectness`,
+    `loss_rpn_box_reg`, `loss_classifier`, `loss_box_reg`. An image with no boxes is legal.
+
+    Inference (`model.eval()`): `model(images)` returns one dict per image with `boxes` (D, 4) xyxy in that
+    image's own pixels, `scores` (D,) and `labels` (D,) int64, sorted by decreasing score.
+
+    Example:
+        >>> import torch
+        >>> from fpn import FasterRCNNFPN
+        >>> model = FasterRCNNFPN(num_classes=3).eval()
+        >>> detections = model([torch.rand(3, 300, 400)])
+        >>> sorted(detections[0])
+        ['boxes', 'labels', 'scores']
+    """
+
+    def __init__(self, num_classes: int = 91, config: Optional[FasterRCNNConfig] = None):
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2 (background included), got {num_classes!r}")
+        self.config = config if config is not None else FasterRCNNConfig()
+        self.num_classes = num_classes
+        cfg = self.config
+        self.backbone = build_resnet(cfg.backbone)
+        self.neck = FPN(self.backbone.out_specs, cfg.fpn.out_channels)
+        specs = self.neck.out_specs
+        if len(cfg.anchors.sizes) != len(specs):
+            raise ValueError(
+                f"config.anchors.sizes has {len(cfg.anchors.sizes)} sizes but the pyramid has {len(specs)} "
+                f"levels {list(specs)}: give one anchor size per level"
+            )
+        self.rpn = RegionProposalNetwork(cfg.fpn.out_channels, cfg.rpn, cfg.anchors)
+        self.pooled_levels = [name for name in specs if name not in RPN_ONLY_LEVELS]
+        self.roi_heads = RoIHeads(
+            cfg.fpn.out_channels,
+            self.pooled_levels,
+            [specs[name].stride for name in self.pooled_levels],
+            num_classes,
+            cfg.roi_heads,
+        )
+
+    def forward(
+        self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None
+    ) -> Union[Dict[str, Tensor], List[Dict[str, Tensor]]]:
+        check_images(images)
+        if self.training:
+            check_targets(targets, len(images), self.num_classes)
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        batch, targets = preprocess(images, targets if self.training else None, self.config.input, self.training)
+        features = self.neck(self.backbone(batch.tensor))  # {"p2": (N, 256, Hp/4, Wp/4), ..., "p6"}
+        proposals, rpn_losses = self.rpn(batch, features, targets)
+        pooled = {name: features[name] for name in self.pooled_levels}
+        detections, roi_losses = self.roi_heads(pooled, proposals, batch.image_sizes, targets)
+        if self.training:
+            return {**rpn_losses, **roi_losses}
+        return postprocess(detections, batch.image_sizes, original_sizes)
+
+    @torch.no_grad()
+    def predict(
+        self, images: Sequence[Union[Tensor, "PIL.Image.Image"]], score_threshold: Optional[float] = None
+    ) -> List[Dict[str, Tensor]]:
+        """Detect objects in uint8 (3, H, W) tensors, float (3, H, W) tensors in [0, 1], or PIL images.
+
+        Runs in eval mode (the previous mode is restored) and keeps detections with score >= score_threshold
+        (default: the config's score_thresh). Returns the same list of dicts as the eval-mode forward.
+        """
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        device = next(self.parameters()).device
+        tensors = [_to_float_tensor(img, i).to(device) for i, img in enumerate(images)]
+        was_training = self.training
+        self.eval()
+        try:
+            detections = self(tensors)
+        finally:
+            self.train(was_training)
+        if score_threshold is not None:
+            detections = [{k: v[d["scores"] >= score_threshold] for k, v in d.items()} for d in detections]
+        return detections
+
+    @classmethod
+    def from_torchvision(
+        cls, path_or_state_dict: Union[str, Dict[str, Tensor]], num_classes: Optional[int] = None
+    ) -> "FasterRCNNFPN":
+        """Build the model from a torchvision `fasterrcnn_resnet50_fpn` (v1) checkpoint file or state dict.
+
+        With `num_classes` different from the checkpoint's, the class-specific predictor is freshly initialised
+        (fine-tuning); everything else is loaded. The file is read with `torch.load(weights_only=True)`.
+        """
+        from fpn.convert import load_torchvision_detector
+
+        return load_torchvision_detector(cls, path_or_state_dict, num_classes)
+
+
+def _to_float_tensor(image, index: int) -> Tensor:
+    """uint8 tensor / float tensor / PIL image -> float (3, H, W) in [0, 1]."""
+    if isinstance(image, Tensor):
+        if image.dtype == torch.uint8:
+            return image.float() / 255.0
+        if image.is_floating_point():
+            return image
+        raise ValueError(f"images[{index}] has dtype {image.dtype}; expected uint8 or float")
+    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+        array = np.asarray(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
+    raise ValueError(f"images[{index}] must be a tensor or a PIL image, got {type(image).__name__}")

@@ -1,0 +1,69 @@
+"""Checks of the detector's public inputs: a clear ValueError naming the bad value, never a silent wrong answer."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+def check_images(images: Sequence[Tensor]) -> None:
+    """Images must be a non-empty list of float (3, H, W) tensors with H, W >= 1."""
+    if isinstance(images, Tensor) or not isinstance(images, (list, tuple)):
+        raise ValueError(
+            f"images must be a list of (3, H, W) tensors, got {type(images).__name__}"
+            + (f" of shape {tuple(images.shape)}" if isinstance(images, Tensor) else "")
+        )
+    if len(images) == 0:
+        raise ValueError("images is an empty list; pass at least one (3, H, W) tensor")
+    for i, image in enumerate(images):
+        if not isinstance(image, Tensor):
+            raise ValueError(f"images[{i}] must be a tensor, got {type(image).__name__}")
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"images[{i}] must have shape (3, H, W), got {tuple(image.shape)}")
+        if image.shape[1] < 1 or image.shape[2] < 1:
+            raise ValueError(f"images[{i}] is empty: shape {tuple(image.shape)}")
+        if not image.is_floating_point():
+            raise ValueError(
+                f"images[{i}] has dtype {image.dtype}; the model takes float images in [0, 1] "
+                "(use model.predict for uint8 tensors or PIL images)"
+            )
+
+
+def check_targets(targets: Optional[List[Dict[str, Tensor]]], num_images: int, num_classes: int) -> None:
+    """Training targets: one dict per image with `boxes` (N, 4) xyxy (x2 > x1, y2 > y1) and `labels` (N,)
+    int64 in 1..num_classes-1 (0 is the background)."""
+    if targets is None:
+        raise ValueError("targets are required in training mode (call model.eval() for inference)")
+    if not isinstance(targets, (list, tuple)) or len(targets) != num_images:
+        count = len(targets) if isinstance(targets, (list, tuple)) else type(targets).__name__
+        raise ValueError(f"targets must be a list with one dict per image: {num_images} images, got {count}")
+    for i, target in enumerate(targets):
+        if not isinstance(target, dict) or "boxes" not in target or "labels" not in target:
+            raise ValueError(f"targets[{i}] must be a dict with 'boxes' and 'labels'")
+        boxes, labels = target["boxes"], target["labels"]
+        if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
+            shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
+            raise ValueError(f"targets[{i}]['boxes'] must have shape (N, 4), got {shape}")
+        if not boxes.is_floating_point():
+            raise ValueError(f"targets[{i}]['boxes'] must be a float tensor, got {boxes.dtype}")
+        if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != boxes.shape[0]:
+            shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+            raise ValueError(f"targets[{i}]['labels'] must have shape ({boxes.shape[0]},), got {shape}")
+        if labels.dtype != torch.int64:
+            raise ValueError(f"targets[{i}]['labels'] must be int64, got {labels.dtype}")
+        if labels.numel() and (labels.min() < 1 or labels.max() >= num_classes):
+            bad = labels[(labels < 1) | (labels >= num_classes)][0].item()
+            raise ValueError(
+                f"targets[{i}]['labels'] has label {bad}, outside 1..{num_classes - 1} "
+                f"(num_classes={num_classes} includes the background 0)"
+            )
+        if not torch.isfinite(boxes).all():
+            raise ValueError(f"targets[{i}]['boxes'] contains non-finite values")
+        degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+        if degenerate.any():
+            j = int(torch.where(degenerate)[0][0])
+            raise ValueError(
+                f"targets[{i}]['boxes'][{j}] = {boxes[j].tolist()} has no positive width and height "
+                "(expected x1 < x2 and y1 < y2, absolute pixels)"
+            )
