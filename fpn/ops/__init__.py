@@ -7,6 +7,7 @@ from fpn.ops.anchors import AnchorGenerator
 from fpn.ops.box_coder import BoxCoder
 from fpn.ops.boxes import box_area, box_iou, check_boxes, clip_boxes_to_image, remove_small_boxes
 from fpn.ops.matcher import Matcher
+from fpn.ops.nms import batched_nms, nms
 from fpn.ops.sampler import BalancedPositiveNegativeSampler
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "box_area",
     "box_iou",
     "check_boxes",
+    "batched_nms",
     "clip_boxes_to_image",
+    "nms",
     "remove_small_boxes",
 ]
