@@ -82,6 +82,7 @@ class FasterRCNNConfig:
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
     input: InputConfig = field(default_factory=InputConfig)
+    channels_last: bool = True  # run the convolutions in NHWC memory format (faster with oneDNN and cuDNN)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -71,6 +71,8 @@ class FasterRCNNFPN(nn.Module):
             num_classes,
             cfg.roi_heads,
         )
+        if cfg.channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(
         self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None
@@ -80,7 +82,10 @@ class FasterRCNNFPN(nn.Module):
             check_targets(targets, len(images), self.num_classes)
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         batch, targets = preprocess(images, targets if self.training else None, self.config.input, self.training)
-        features = self.neck(self.backbone(batch.tensor))  # {"p2": (N, 256, Hp/4, Wp/4), ..., "p6"}
+        x = batch.tensor  # (N, 3, Hp, Wp)
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        features = self.neck(self.backbone(x))  # {"p2": (N, 256, Hp/4, Wp/4), ..., "p6"}
         proposals, rpn_losses = self.rpn(batch, features, targets)
         pooled = {name: features[name] for name in self.pooled_levels}
         detections, roi_losses = self.roi_heads(pooled, proposals, batch.image_sizes, targets)

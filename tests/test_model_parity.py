@@ -30,8 +30,8 @@ def _randomise(model: torch.nn.Module) -> None:
         rpn.cls_logits.weight.normal_(0, 0.004, generator=g)  # logits of std ~2: no saturated ties
         rpn.bbox_pred.weight.normal_(0, 0.002, generator=g)
         predictor = model.roi_heads.box_predictor
-        predictor.cls_score.weight.normal_(0, 0.05, generator=g)
-        predictor.bbox_pred.weight.normal_(0, 0.05, generator=g)
+        predictor.cls_score.weight.normal_(0, 0.003, generator=g)  # fc7 features have norm ~500
+        predictor.bbox_pred.weight.normal_(0, 0.001, generator=g)
         bias = torch.full((predictor.cls_score.bias.numel(),), -3.0)
         bias[0], bias[1:6] = 0.0, 3.0
         predictor.cls_score.bias.copy_(bias)
@@ -104,7 +104,10 @@ def test_same_rpn_proposals(models, images):
         props, _ = ours.rpn(batch, ours.neck(ours.backbone(batch.tensor)))
     for p, q in zip(props, tv_props):
         assert p.shape == q.shape and p.shape[0] > 100
-        torch.testing.assert_close(p, q, atol=BOX_TOL, rtol=0)
+        # Same set of boxes: proposals whose scores agree to ~1e-7 may come out in either order.
+        distance = (p[:, None, :] - q[None, :, :]).abs().amax(dim=2)  # (P, P) L-inf distance in px
+        assert distance.amin(dim=1).max() <= BOX_TOL
+        assert distance.amin(dim=0).max() <= BOX_TOL
 
 
 def test_same_detections(models, images):
