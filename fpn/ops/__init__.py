@@ -8,6 +8,8 @@ from fpn.ops.box_coder import BoxCoder
 from fpn.ops.boxes import box_area, box_iou, check_boxes, clip_boxes_to_image, remove_small_boxes
 from fpn.ops.matcher import Matcher
 from fpn.ops.nms import batched_nms, nms
+from fpn.ops.poolers import MultiScaleRoIAlign, assign_fpn_levels
+from fpn.ops.roi_align import roi_align
 from fpn.ops.sampler import BalancedPositiveNegativeSampler
 
 __all__ = [
@@ -15,6 +17,8 @@ __all__ = [
     "BalancedPositiveNegativeSampler",
     "BoxCoder",
     "Matcher",
+    "MultiScaleRoIAlign",
+    "assign_fpn_levels",
     "box_area",
     "box_iou",
     "check_boxes",
@@ -22,4 +26,5 @@ __all__ = [
     "clip_boxes_to_image",
     "nms",
     "remove_small_boxes",
+    "roi_align",
 ]
