@@ -1,5 +1,5 @@
 """fpn: Faster R-CNN with a Feature Pyramid Network (Lin et al., CVPR 2017) in plain PyTorch."""
-from fpn.config import (
+from fpn.config import (  # noqa: F401
     AnchorConfig,
     BackboneConfig,
     FasterRCNNConfig,
@@ -9,12 +9,8 @@ from fpn.config import (
     RPNConfig,
 )
 
+from fpn.model import FasterRCNNFPN
+
 __version__ = "0.1.0"
+__all__ = ["FasterRCNNFPN", "FasterRCNNConfig"]
 
-
-def __getattr__(name):
-    if name == "FasterRCNNFPN":  # imported lazily so that `import fpn` stays light
-        from fpn.model import FasterRCNNFPN
-
-        return FasterRCNNFPN
-    raise AttributeError(f"module 'fpn' has no attribute {name!r}")
