@@ -1,0 +1,290 @@
+"""Run a trained detector on image files: a COCO-style results JSON plus one picture per image with its boxes.
+
+    python -m fpn.predict photos/ extra/*.jpg one.png --weights runs/coco/model_final.pth --output-dir out/
+
+Inputs are files, folders (their image files, not recursing) and glob patterns (`**` recurses). A path that does
+not exist, a glob matching nothing or an unreadable image is reported by name, the other images are still
+processed, and the exit code is 1 at the end with a summary of what failed.
+
+`<output-dir>/detections.json` is a list with one entry per detection:
+
+    {"image_id": 397133, "file_name": "val2017/000000397133.jpg", "category_id": 1, "category_name": "person",
+     "bbox": [x, y, w, h], "score": 0.98}
+
+- `bbox` is [x, y, width, height] in pixels of the image as stored on disk (after its EXIF rotation), COCO's box
+  convention; `score` is the model's confidence.
+- `image_id` is the file name's number when every input is named by a number (as COCO's `000000397133.jpg`), so
+  the file can go straight to COCO's evaluation; otherwise the image's 0-based position in the input list.
+- `category_id` is the dataset's category id when the weights carry a label map (torchvision's COCO weights, our
+  checkpoints of a COCO training); otherwise the entry has `label`, the model's own class index, instead.
+- Every detection the model returns is kept (those above its own `config.roi_heads.score_thresh`, 0.05 by
+  default); `--score-threshold` (default 0.5) only decides which boxes are drawn on the pictures.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from fpn.checkpoint import is_training_checkpoint, load_detector
+from fpn.data.image_io import load_rgb_image, pil_to_tensor01
+from fpn.visualize import draw_detections
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+RESULTS_FILE = "detections.json"
+
+
+@dataclass
+class PredictionRun:
+    """What `predict_files` did: the results entries and, per input that failed, `(name, reason)`."""
+
+    results: List[dict] = field(default_factory=list)
+    pictures: List[Path] = field(default_factory=list)
+    failures: List[Tuple[str, str]] = field(default_factory=list)
+
+
+def resolve_inputs(inputs: Sequence[str]) -> Tuple[List[Path], List[Tuple[str, str]]]:
+    """Expand files, folders and glob patterns into image paths, in the given order, without duplicates.
+
+    Args:
+        inputs: command-line arguments: a file (taken whatever its extension), a folder (its files with an image
+            extension, sorted, not recursing) or a glob pattern (sorted matches with an image extension).
+
+    Returns:
+        `(paths, failures)`: the files to read, and `(argument, reason)` for each argument that names nothing:
+        a missing path, a glob matching no image, a folder without images.
+    """
+    paths: List[Path] = []
+    failures: List[Tuple[str, str]] = []
+    for arg in inputs:
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and _is_image_name(p))
+            if not found:
+                failures.append((arg, f"folder contains no image files ({', '.join(IMAGE_EXTENSIONS)})"))
+        elif path.is_file():
+            found = [path]
+        elif glob.has_magic(arg):
+            found = [Path(p) for p in sorted(glob.glob(arg, recursive=True)) if _is_image_name(Path(p))]
+            if not found:
+                failures.append((arg, "glob pattern matches no image files"))
+        else:
+            found = []
+            failures.append((arg, "no such file or directory"))
+        paths.extend(found)
+    unique = list(dict.fromkeys(paths))  # keeps the first occurrence's position
+    return unique, failures
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def image_ids_for(paths: Sequence[Path]) -> List[int]:
+    """COCO image ids: the file names' numbers when all are distinct numbers, else positions 0..len-1."""
+    stems = [p.stem for p in paths]
+    if stems and all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
+        return [int(s) for s in stems]
+    return list(range(len(paths)))
+
+
+def detections_to_results(
+    detection: Mapping[str, torch.Tensor],
+    image_id: int,
+    file_name: str,
+    class_names: Mapping[int, str],
+    label_to_category: Optional[Mapping[int, int]] = None,
+) -> List[dict]:
+    """One image's detections as results entries (the schema in the module docstring).
+
+    Args:
+        detection: `boxes` (D, 4) float xyxy absolute pixels, `scores` (D,), `labels` (D,) int64.
+        image_id: written as `image_id`.
+        file_name: written as `file_name`.
+        class_names: model label -> name, written as `category_name` (the label's number when missing).
+        label_to_category: model label -> dataset category id; with it entries have `category_id`, without it
+            `label`.
+
+    Returns:
+        D dicts, in the detection order, with bbox [x, y, w, h] rounded to 0.01 px and score to 1e-5.
+    """
+    boxes = detection["boxes"].detach().to("cpu", torch.float64)  # (D, 4) xyxy
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)  # (D, 4) xyxy -> xywh
+    entries = []
+    for box, score, label in zip(xywh.tolist(), detection["scores"].tolist(), detection["labels"].tolist()):
+        entry: Dict[str, object] = {"image_id": image_id, "file_name": file_name}
+        if label_to_category is not None:
+            entry["category_id"] = int(label_to_category[int(label)])
+        else:
+            entry["label"] = int(label)
+        entry["category_name"] = class_names.get(int(label), str(int(label)))
+        entry["bbox"] = [round(v, 2) for v in box]
+        entry["score"] = round(float(score), 5)
+        entries.append(entry)
+    return entries
+
+
+def picture_path_for(image_path: Path, output_dir: Path, taken: set) -> Path:
+    """Where the drawn picture of `image_path` goes: its name in `output_dir` (PNG unless the input is a JPEG),
+    with a `-1`, `-2`, ... suffix when that name is taken or would overwrite the input itself."""
+    suffix = ".jpg" if image_path.suffix.lower() in (".jpg", ".jpeg") else ".png"
+    candidate = output_dir / f"{image_path.stem}{suffix}"
+    n = 0
+    while candidate in taken or candidate.resolve() == image_path.resolve():
+        n += 1
+        candidate = output_dir / f"{image_path.stem}-{n}{suffix}"
+    taken.add(candidate)
+    return candidate
+
+
+def predict_files(
+    model: nn.Module,
+    paths: Sequence[Path],
+    class_names: Mapping[int, str],
+    output_dir: Path,
+    *,
+    label_to_category: Optional[Mapping[int, int]] = None,
+    score_threshold: float = 0.5,
+    batch_size: int = 1,
+    progress: bool = True,
+) -> PredictionRun:
+    """Detect objects in every image file, write its picture with boxes to `output_dir` and collect results.
+
+    Args:
+        model: a detector with torchvision's inference contract (`FasterRCNNFPN`); run in eval mode on the device
+            of its parameters.
+        paths: image files; one that cannot be read is recorded in `failures` and skipped.
+        class_names: model label -> name, for the pictures and `category_name`.
+        output_dir: created if needed; receives one picture per readable image.
+        label_to_category: see `detections_to_results`.
+        score_threshold: minimum score of a box drawn on the pictures (the results keep every detection).
+        batch_size: images per forward pass.
+        progress: show a tqdm bar on stderr.
+
+    Returns:
+        A `PredictionRun` with the results entries, the written pictures and the failures.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    device = next(model.parameters()).device
+    ids = image_ids_for(paths)
+    run, taken = PredictionRun(), set()
+    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
+    for start in range(0, len(paths), batch_size):
+        batch = []  # (path, image id, PIL image) of the readable images of this batch
+        for path, image_id in zip(paths[start:start + batch_size], ids[start:start + batch_size]):
+            try:
+                batch.append((path, image_id, load_rgb_image(path)))
+            except (OSError, ValueError) as err:
+                run.failures.append((str(path), str(err)))
+                bar.write(f"error: {err}", file=sys.stderr)
+        if batch:
+            with torch.no_grad():
+                detections = model([pil_to_tensor01(image).to(device) for _, _, image in batch])
+            for (path, image_id, image), detection in zip(batch, detections):
+                detection = {k: v.cpu() for k, v in detection.items()}
+                run.results += detections_to_results(detection, image_id, str(path), class_names, label_to_category)
+                picture = draw_detections(image, detection["boxes"], detection["labels"], detection["scores"],
+                                          class_names, score_threshold)
+                out_path = picture_path_for(path, output_dir, taken)
+                picture.save(out_path, **({"quality": 95} if out_path.suffix == ".jpg" else {}))
+                run.pictures.append(out_path)
+        bar.update(min(batch_size, len(paths) - start))
+    bar.close()
+    return run
+
+
+def read_label_map(weights, num_classes: int) -> Optional[Dict[int, int]]:
+    """The label -> dataset category id map of a weights file, or None when it has none.
+
+    Our training checkpoints store `label_to_category`; a torchvision COCO detector's labels already are COCO
+    category ids (91 outputs, ids with gaps), so its map is the identity over its `num_classes` labels.
+    """
+    try:  # memory-mapped: only the small entries are actually read
+        obj = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # files in torch's legacy (pre-1.6) format cannot be memory-mapped
+        obj = torch.load(weights, map_location="cpu", weights_only=True)
+    if not is_training_checkpoint(obj):
+        return {label: label for label in range(num_classes)}
+    mapping = obj.get("label_to_category") or {}
+    return {int(k): int(v) for k, v in mapping.items()} or None
+
+
+def auto_device(name: str = "auto") -> torch.device:
+    """`"auto"`: CUDA if available, else MPS if available, else CPU; any other name is passed to torch.device."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fpn.predict",
+        description="Detect objects in images; write detections.json (COCO results) and pictures with boxes.",
+    )
+    parser.add_argument("inputs", nargs="+", help="image files, folders (not recursive) and glob patterns")
+    parser.add_argument("--weights", required=True,
+                        help="our checkpoint, or a torchvision fasterrcnn_resnet50_fpn state-dict file")
+    parser.add_argument("--output-dir", default="predictions", help="where detections.json and pictures go")
+    parser.add_argument("--score-threshold", type=float, default=0.5,
+                        help="minimum score of a drawn box; the JSON keeps every detection of the model")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line; returns the exit code (0 all fine, 1 some input failed, 2 nothing to process)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.score_threshold <= 1.0:
+        parser.error(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    paths, failures = resolve_inputs(args.inputs)
+    for arg, reason in failures:
+        print(f"error: {arg}: {reason}", file=sys.stderr)
+    if not paths:
+        print("error: no image to process", file=sys.stderr)
+        return 2
+    model, class_names = load_detector(args.weights, auto_device(args.device))
+    output_dir = Path(args.output_dir)
+    run = predict_files(
+        model, paths, class_names, output_dir,
+        label_to_category=read_label_map(args.weights, model.num_classes),
+        score_threshold=args.score_threshold, batch_size=args.batch_size, progress=not args.no_progress,
+    )
+    results_path = output_dir / RESULTS_FILE
+    results_path.write_text(json.dumps(run.results), encoding="utf-8")
+    failures += run.failures
+    done = len(paths) - len(run.failures)
+    print(f"{done} image(s), {len(run.results)} detection(s) -> {results_path}; pictures in {output_dir}{os.sep}")
+    if failures:
+        print(f"{len(failures)} input(s) failed:", file=sys.stderr)
+        for name, reason in failures:
+            print(f"  {name}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
