@@ -166,6 +166,7 @@ def evaluate_coco(
     device: torch.device,
     output_dir: Optional[Union[str, Path]] = None,
     prefix: str = "eval",
+    label_to_category: Optional[Mapping[int, int]] = None,
     **inference_kwargs,
 ) -> Optional[Dict[str, float]]:
     """Run `run_inference` then `coco_evaluate`; on rank 0 also write the results and metrics JSON files.
@@ -176,11 +177,13 @@ def evaluate_coco(
         device: where the model runs.
         output_dir: where `{prefix}_results.json` (COCO results) and `{prefix}_metrics.json` go; None: nowhere.
         prefix: file name prefix, e.g. "eval_0005000".
+        label_to_category: the model's {label: COCO category id}; default the dataset's (a model trained on it).
         **inference_kwargs: batch_size, num_workers, autocast, progress of `run_inference`.
     Returns:
         the metrics dict on every rank (rank 0 computes it and broadcasts it).
     """
-    results = run_inference(model, dataset, dataset.label_to_category, device=device, **inference_kwargs)
+    mapping = dataset.label_to_category if label_to_category is None else label_to_category
+    results = run_inference(model, dataset, mapping, device=device, **inference_kwargs)
     metrics = None
     if distributed.is_main_process():
         metrics = coco_evaluate(dataset.coco, results, dataset.image_ids)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import copy
 import typing
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Dict, Optional, Tuple
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from fpn.config import FasterRCNNConfig
 
@@ -35,7 +35,6 @@ class TrainingPreset:
     warmup_factor: float = 0.001  # LR multiplier at iteration 0 of the warm-up
     clip_grad_norm: Optional[float] = None  # max global gradient norm; None: no clipping
     amp: str = "none"  # mixed precision: "none", "bf16" (autocast) or "fp16" (autocast + GradScaler)
-    channels_last: bool = False  # NHWC memory format for the convolutions
     eval_every: int = 0  # iterations between COCO evaluations; 0: only at the end
     checkpoint_every: int = 5000  # iterations between checkpoints (one is always written at the end)
     log_every: int = 20  # iterations between metrics.jsonl lines
@@ -118,33 +117,46 @@ def preset_summary(preset: TrainingPreset) -> Dict[str, object]:
 def add_config_flags(parser: argparse.ArgumentParser, config: FasterRCNNConfig) -> None:
     """Add one flag per field of the nested model config: `--backbone.depth 18`, `--input.train-min-sizes 640,800`.
 
-    Flags default to "not given" (argparse.SUPPRESS), so `apply_config_flags` changes only what was typed and the
+    A field of a section is `--section.field`, a top-level field `--field` (e.g. `--channels-last false`). Flags
+    default to "not given" (argparse.SUPPRESS), so `apply_config_flags` changes only what was typed and the
     preset's values stay the defaults. Tuples are comma-separated lists, booleans true/false, optionals "none".
     """
     group = parser.add_argument_group("model config (defaults: the preset's)")
-    for section in fields(config):
-        section_value = getattr(config, section.name)
-        hints = typing.get_type_hints(type(section_value))
-        for item in fields(section_value):
-            default = getattr(section_value, item.name)
-            group.add_argument(
-                f"--{section.name.replace('_', '-')}.{item.name.replace('_', '-')}",
-                dest=f"model.{section.name}.{item.name}",
-                type=_parser_for(hints[item.name], f"{section.name}.{item.name}"),
-                default=argparse.SUPPRESS,
-                metavar=type(default).__name__.upper() if default is not None else "VALUE",
-                help=f"preset default: {_show(default)}",
-            )
+    for path, hint, default in _config_leaves(config):
+        group.add_argument(
+            "--" + ".".join(part.replace("_", "-") for part in path),
+            dest="model." + ".".join(path),
+            type=_parser_for(hint, ".".join(path)),
+            default=argparse.SUPPRESS,
+            metavar=type(default).__name__.upper() if default is not None else "VALUE",
+            help=f"preset default: {_show(default)}",
+        )
 
 
 def apply_config_flags(config: FasterRCNNConfig, args: argparse.Namespace) -> FasterRCNNConfig:
-    """A copy of `config` with the `--section.field` values present in `args` set."""
+    """A copy of `config` with the values of the config flags present in `args` set."""
     config = copy.deepcopy(config)
     for key, value in vars(args).items():
         if key.startswith("model."):
-            _, section, name = key.split(".")
-            setattr(getattr(config, section), name, value)
+            *sections, name = key.split(".")[1:]
+            owner = config
+            for section in sections:
+                owner = getattr(owner, section)
+            setattr(owner, name, value)
     return config
+
+
+def _config_leaves(config: Any, prefix: Tuple[str, ...] = ()) -> List[Tuple[Tuple[str, ...], Any, Any]]:
+    """(field path, type hint, value) of every non-dataclass field, depth first."""
+    hints = typing.get_type_hints(type(config))
+    leaves = []
+    for item in fields(config):
+        value = getattr(config, item.name)
+        if is_dataclass(value):
+            leaves.extend(_config_leaves(value, prefix + (item.name,)))
+        else:
+            leaves.append((prefix + (item.name,), hints[item.name], value))
+    return leaves
 
 
 def _show(value: Any) -> str:

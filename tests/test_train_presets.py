@@ -1,6 +1,6 @@
 """Presets and the model-config flags generated from the FasterRCNNConfig dataclass."""
 import argparse
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 
 import pytest
 
@@ -19,16 +19,22 @@ def test_every_config_field_has_a_flag():
     config = FasterRCNNConfig()
     add_config_flags(parser, config)
     flags = {option for action in parser._actions for option in action.option_strings}
+    expected = set()
     for section in fields(config):
-        for item in fields(getattr(config, section.name)):
-            assert f"--{section.name.replace('_', '-')}.{item.name.replace('_', '-')}" in flags
+        value = getattr(config, section.name)
+        if is_dataclass(value):
+            expected.update(f"--{section.name.replace('_', '-')}.{f.name.replace('_', '-')}" for f in fields(value))
+        else:
+            expected.add(f"--{section.name.replace('_', '-')}")
+    assert expected <= flags
+    assert "--roi-heads.bbox-reg-weights" in flags and "--channels-last" in flags
 
 
 def test_flags_override_only_what_was_given():
     base = get_preset("cpu-demo").model
     args = _parse(["--backbone.depth", "34", "--input.train-min-sizes", "224,256", "--roi-heads.aligned", "true",
                    "--backbone.weights", "none", "--rpn.nms-thresh", "0.6",
-                   "--roi-heads.bbox-reg-weights", "1,2,3,4"], base)
+                   "--roi-heads.bbox-reg-weights", "1,2,3,4", "--channels-last", "no"], base)
     config = apply_config_flags(base, args)
     assert config.backbone.depth == 34
     assert config.input.train_min_sizes == (224, 256)
@@ -36,6 +42,7 @@ def test_flags_override_only_what_was_given():
     assert config.backbone.weights is None
     assert config.rpn.nms_thresh == 0.6
     assert config.roi_heads.bbox_reg_weights == (1.0, 2.0, 3.0, 4.0)
+    assert config.channels_last is False and base.channels_last is True
     # untouched fields keep the preset's values, and the preset itself is not modified
     assert config.backbone.width == base.backbone.width == 32
     assert config.fpn.out_channels == base.fpn.out_channels

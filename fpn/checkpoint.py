@@ -1,0 +1,275 @@
+"""Training checkpoints: atomic writes, `weights_only` loading, resuming, and loading a detector for inference.
+
+A checkpoint file `checkpoint_0001234.pt` (the number is the iterations completed) holds:
+
+    model, optimizer, scheduler, scaler   state dicts (scaler is None without fp16)
+    iteration                             int, iterations completed
+    rng                                   torch CPU / CUDA / numpy / python RNG states, as tensors and lists
+    config                                FasterRCNNConfig.to_dict() of the model (tuples stored as lists)
+    num_classes                           int, background included
+    label_to_category                     {label: COCO category id}
+    class_names                           {label: name}
+    args                                  the training arguments, as a dict of plain values
+
+Everything is a tensor, dict, list, number, string, bool or None, so `torch.load(path, weights_only=True)` reads
+it. A file is written to a temporary name in the same directory, flushed to disk, then renamed over the final
+name: a crash while writing never leaves a truncated checkpoint behind, and the previous one stays intact.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from fpn.config import FasterRCNNConfig
+from fpn.data.coco_names import COCO_CLASS_NAMES
+from fpn.model import FasterRCNNFPN
+
+PathLike = Union[str, Path]
+_NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
+
+
+def checkpoint_path(output_dir: PathLike, iteration: int) -> Path:
+    """The file name of the checkpoint taken after `iteration` iterations."""
+    return Path(output_dir) / f"checkpoint_{iteration:07d}.pt"
+
+
+def last_checkpoint(output_dir: PathLike) -> Optional[Path]:
+    """The checkpoint with the most iterations in `output_dir`, or None when there is none (for --resume)."""
+    directory = Path(output_dir)
+    if not directory.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def atomic_save(obj: Any, path: PathLike) -> None:
+    """torch.save to a temporary file in the destination directory, fsync, then os.replace onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform (Windows), where it is skipped.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def to_plain(value: Any) -> Any:
+    """Recursively turn tuples into lists and paths/other objects into strings, for weights_only loading."""
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    return str(value)
+
+
+def capture_rng_state() -> Dict[str, Any]:
+    """The state of every random generator a training step may draw from."""
+    version, mt_state, gauss = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": version, "state": list(mt_state), "gauss": gauss},
+    }
+
+
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    """Inverse of `capture_rng_state` (CUDA states are restored only when as many devices are visible)."""
+    torch.set_rng_state(state["torch"])
+    cuda_states = state.get("cuda", [])
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["name"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+
+
+def save_checkpoint(
+    path: PathLike,
+    *,
+    model: FasterRCNNFPN,
+    optimizer: Optional[torch.optim.Optimizer],
+    scheduler: Optional[Any],
+    scaler: Optional[torch.amp.GradScaler],
+    iteration: int,
+    label_to_category: Dict[int, int],
+    class_names: Dict[int, str],
+    args: Optional[Dict[str, Any]] = None,
+) -> Path:
+    """Write a training checkpoint atomically (see the module docstring for its contents).
+
+    Args:
+        path: destination file, usually `checkpoint_path(output_dir, iteration)`.
+        model: the detector, not wrapped in DistributedDataParallel.
+        optimizer, scheduler, scaler: training state to resume from (None where absent).
+        iteration: iterations completed.
+        label_to_category: {contiguous label: COCO category id} of the training set.
+        class_names: {contiguous label: name}.
+        args: training arguments (dict); values are stored as plain types.
+    Returns:
+        Path of the written file.
+    """
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "iteration": int(iteration),
+        "rng": capture_rng_state(),
+        "config": to_plain(model.config.to_dict()),
+        "num_classes": int(model.num_classes),
+        "label_to_category": {int(k): int(v) for k, v in label_to_category.items()},
+        "class_names": {int(k): str(v) for k, v in class_names.items()},
+        "args": to_plain(dict(args or {})),
+    }
+    atomic_save(payload, path)
+    return Path(path)
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Read a checkpoint with `weights_only=True`; a file that is not a training checkpoint raises ValueError."""
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if not is_training_checkpoint(checkpoint):
+        raise ValueError(f"{path} is not a training checkpoint of this project (no 'model'/'config'/'iteration')")
+    return checkpoint
+
+
+def is_training_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and {"model", "config", "num_classes", "iteration"} <= set(obj)
+
+
+def resume_training_state(
+    checkpoint: Dict[str, Any],
+    *,
+    model: FasterRCNNFPN,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Optional[torch.amp.GradScaler],
+) -> int:
+    """Load model, optimiser, scheduler, scaler and RNG states from `checkpoint`; returns its iteration."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if scaler is not None and checkpoint.get("scaler") is not None:
+        scaler.load_state_dict(checkpoint["scaler"])
+    restore_rng_state(checkpoint["rng"])
+    return int(checkpoint["iteration"])
+
+
+def build_from_checkpoint(checkpoint: Dict[str, Any]) -> FasterRCNNFPN:
+    """A detector with the config, class count and weights stored in a training checkpoint."""
+    config = FasterRCNNConfig.from_dict(checkpoint["config"])
+    config.backbone.weights = None  # the checkpoint's weights replace any ImageNet initialisation
+    model = FasterRCNNFPN(num_classes=int(checkpoint["num_classes"]), config=config)
+    model.load_state_dict(checkpoint["model"])
+    return model
+
+
+def load_pretrained_weights(model: FasterRCNNFPN, path: PathLike) -> List[str]:
+    """Initialise `model` from one of our checkpoints or a torchvision detector file (`--init-from`).
+
+    Tensors whose shape differs from the model's (e.g. the class-specific layers of a detector trained on another
+    label set) are left at their initial values; everything else must be present.
+
+    Args:
+        model: the detector to initialise, in place.
+        path: our training checkpoint, or a torchvision `fasterrcnn_resnet50_fpn` state dict file.
+    Returns:
+        the names of the model's tensors that were not loaded because their shape differs.
+    Raises:
+        ValueError: the file is missing, or its tensors do not match the model's architecture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--init-from file not found: {path}")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    source = obj["model"] if is_training_checkpoint(obj) else FasterRCNNFPN.from_torchvision(obj).state_dict()
+    own = model.state_dict()
+    missing = sorted(set(own) - set(source))
+    if missing:
+        raise ValueError(f"{path} does not fit this model: {len(missing)} tensors missing, e.g. {missing[:3]}")
+    skipped = [name for name, tensor in own.items() if source[name].shape != tensor.shape]
+    # Only the class-specific outputs (num_classes scores, 4 * num_classes box deltas) may differ in shape.
+    per_class = (model.num_classes, 4 * model.num_classes)
+    wrong = [name for name in skipped if own[name].dim() == 0 or own[name].shape[0] not in per_class]
+    if wrong:
+        raise ValueError(
+            f"{path} does not fit this model: {name_shapes(wrong, source, own)} (another backbone or width?)"
+        )
+    model.load_state_dict({k: v for k, v in source.items() if k in own and k not in skipped}, strict=False)
+    return skipped
+
+
+def name_shapes(names: List[str], source: Dict[str, torch.Tensor], own: Dict[str, torch.Tensor]) -> str:
+    shown = [f"{n} {tuple(source[n].shape)} vs {tuple(own[n].shape)}" for n in names[:3]]
+    return f"{len(names)} tensors differ in shape, e.g. " + "; ".join(shown)
+
+
+def load_detector(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[FasterRCNNFPN, Dict[int, str]]:
+    """Load a detector for inference from one of our checkpoints or from a torchvision detector file.
+
+    Args:
+        path: a training checkpoint written by `save_checkpoint`, or a torchvision `fasterrcnn_resnet50_fpn`
+            state dict (e.g. `fasterrcnn_resnet50_fpn_coco-258fb6c6.pth`).
+        device: where to put the model.
+    Returns:
+        (model in eval mode on `device`, class_names {label: name}); a torchvision file gets the 91 COCO names.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint file not found: {path}")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if is_training_checkpoint(obj):
+        model = build_from_checkpoint(obj)
+        class_names = {int(k): str(v) for k, v in obj.get("class_names", {}).items()}
+    else:
+        model = FasterRCNNFPN.from_torchvision(obj)
+        # torchvision's COCO detectors use the raw COCO category ids as labels (91 outputs)
+        class_names = dict(COCO_CLASS_NAMES) if model.num_classes == len(COCO_CLASS_NAMES) else {}
+    return model.to(device).eval(), class_names

@@ -1,0 +1,287 @@
+"""Train Faster R-CNN + FPN on a COCO-format data set, with periodic checkpoints and COCO evaluation.
+
+One device (GPU if there is one, else Apple MPS, else CPU):
+
+    python scripts/train.py --preset cpu-demo --output-dir runs/demo          # synthetic shapes, ~7 min on CPU
+    python scripts/train.py --preset 1x --coco-root /data/coco --backbone-weights resnet50.pth --output-dir runs/r50
+
+One machine, 8 GPUs (one process each; --batch-size is per process, so 8 x 2 = 16 images per iteration):
+
+    torchrun --nproc_per_node=8 scripts/train.py --preset paper --coco-root /data/coco \\
+        --backbone-weights resnet50.pth --output-dir runs/paper
+
+Two machines of 8 GPUs (run on each, --node_rank=0 on the one whose address is --master_addr, 1 on the other):
+
+    torchrun --nnodes=2 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 --nproc_per_node=8 \\
+        scripts/train.py --preset 1x --batch-size 1 --coco-root /data/coco --output-dir runs/r50
+
+Continue an interrupted run from its last checkpoint, at the same iteration: add `--resume` (same output dir).
+Every field of the model config has a flag (`--backbone.depth 18`, `--input.train-min-sizes 640,800`); the
+preset gives the defaults and explicit flags override them. Without data flags the synthetic shapes set is
+generated (into OUTPUT_DIR/synthetic or --synthetic-dir) and used. Writes to the output dir: checkpoints,
+metrics.jsonl, eval_*_metrics.json / eval_*_results.json (COCO results), detections.png and the loss/AP plots.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from fpn import distributed
+from fpn.checkpoint import (
+    checkpoint_path, last_checkpoint, load_checkpoint, load_pretrained_weights, resume_training_state,
+    save_checkpoint,
+)
+from fpn.data.coco import CocoDetection, collate
+from fpn.data.samplers import GroupedBatchSampler, TrainingSampler
+from fpn.data.synthetic import generate_synthetic_coco
+from fpn.engine import (
+    MetricsLog, NonFiniteLossError, autocast_factory, build_grad_scaler, save_detection_picture, select_device,
+    train_iterations,
+)
+from fpn.evaluation import evaluate_coco, format_metrics
+from fpn.model import FasterRCNNFPN
+from fpn.presets import PRESETS, add_config_flags, apply_config_flags, get_preset
+from fpn.schedule import build_lr_scheduler, build_optimizer, scaled_lr
+
+# Flags that override a field of the preset: (flag, type, help). Their default is "not given" (the preset's).
+PRESET_FLAGS = (
+    ("--iters", int, "training iterations"),
+    ("--batch-size", int, "images per process per iteration"),
+    ("--lr", float, "learning rate for --lr-reference-batch images; scaled linearly to the real total batch"),
+    ("--lr-reference-batch", int, "the total batch --lr is meant for (16 in the paper)"),
+    ("--momentum", float, "SGD momentum"),
+    ("--weight-decay", float, "weight decay"),
+    ("--steps", lambda s: tuple(int(v) for v in s.split(",") if v), "comma list of LR decay iterations"),
+    ("--gamma", float, "LR decay factor at each step"),
+    ("--warmup-iters", int, "linear warm-up iterations"),
+    ("--warmup-factor", float, "LR factor at the start of the warm-up"),
+    ("--clip-grad-norm", float, "clip the global gradient norm to this value"),
+    ("--amp", str, "mixed precision: none, bf16 (autocast) or fp16 (autocast + GradScaler)"),
+    ("--eval-every", int, "iterations between COCO evaluations (0: only at the end)"),
+    ("--checkpoint-every", int, "iterations between checkpoints (one is always written at the end)"),
+    ("--log-every", int, "iterations between metrics.jsonl lines"),
+    ("--workers", int, "DataLoader worker processes per training process"),
+    ("--eval-batch-size", int, "images per forward pass in evaluation"),
+    ("--synthetic-train-images", int, "images of the generated synthetic training set"),
+    ("--synthetic-val-images", int, "images of the generated synthetic validation set"),
+    ("--synthetic-image-size", int, "shortest side of the synthetic images (the longest is 64 px more at most)"),
+)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the command line; preset values fill every training and model field that was not given."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS), help="defaults for everything")
+    parser.add_argument("--output-dir", default="runs/train", help="checkpoints, metrics and pictures go here")
+    parser.add_argument("--coco-root", help="DIR with train2017/, val2017/, annotations/instances_{train,val}2017.json")
+    parser.add_argument("--train-images", help="training images folder")
+    parser.add_argument("--train-annotations", help="training COCO json")
+    parser.add_argument("--val-images", help="validation images folder")
+    parser.add_argument("--val-annotations", help="validation COCO json")
+    parser.add_argument("--synthetic-dir", help="where to generate the synthetic set (default OUTPUT_DIR/synthetic)")
+    parser.add_argument("--skip-bad-images", action="store_true", help="warn and skip unreadable images")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    parser.add_argument("--init-from", help="initial weights: one of our checkpoints or a torchvision detector file")
+    parser.add_argument("--backbone-weights", help="ImageNet ResNet checkpoint (torchvision layout) for the backbone")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights init, data order and augmentation")
+    for flag, kind, text in PRESET_FLAGS:
+        parser.add_argument(flag, type=kind, default=None, help=f"{text} (default: the preset's)")
+    add_config_flags(parser, get_preset("cpu-demo").model)
+    args = parser.parse_args(argv)
+
+    preset = get_preset(args.preset)
+    for flag, _, _ in PRESET_FLAGS:
+        name = flag[2:].replace("-", "_")
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(preset, name))
+    args.model_config = apply_config_flags(preset.model, args)
+    if args.backbone_weights:
+        args.model_config.backbone.weights = args.backbone_weights
+    if args.amp not in ("none", "bf16", "fp16"):
+        parser.error(f"--amp must be none, bf16 or fp16, got {args.amp!r}")
+    for name in ("iters", "batch_size", "checkpoint_every", "log_every"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    return args
+
+
+def dataset_paths(args: argparse.Namespace) -> dict:
+    """Where the training and validation data are; generates the synthetic set when no data flag was given."""
+    if args.coco_root:
+        root = Path(args.coco_root)
+        return {
+            "train_images": root / "train2017", "train_annotations": root / "annotations/instances_train2017.json",
+            "val_images": root / "val2017", "val_annotations": root / "annotations/instances_val2017.json",
+        }
+    explicit = [args.train_images, args.train_annotations, args.val_images, args.val_annotations]
+    if any(explicit):
+        if not all(explicit):
+            raise ValueError("give all of --train-images, --train-annotations, --val-images, --val-annotations")
+        return dict(zip(("train_images", "train_annotations", "val_images", "val_annotations"), map(Path, explicit)))
+    root = Path(args.synthetic_dir or Path(args.output_dir) / "synthetic")
+    recipe = {"num_images": args.synthetic_train_images, "num_val": args.synthetic_val_images, "seed": 0,
+              "min_size": args.synthetic_image_size, "max_size": args.synthetic_image_size + 64}
+    marker = root / "recipe.json"
+    if distributed.is_main_process() and (not marker.is_file() or json.loads(marker.read_text()) != recipe):
+        distributed.log(f"generating the synthetic data set in {root} ...")
+        generate_synthetic_coco(root, **recipe, progress=True)
+        marker.write_text(json.dumps(recipe))
+    distributed.barrier()  # the other ranks wait until rank 0 has written the files
+    return {
+        "train_images": root / "train2017", "train_annotations": root / "annotations/instances_train2017.json",
+        "val_images": root / "val2017", "val_annotations": root / "annotations/instances_val2017.json",
+    }
+
+
+def build_datasets(args: argparse.Namespace):
+    paths = dataset_paths(args)
+    train_set = CocoDetection(paths["train_images"], paths["train_annotations"], train=True,
+                              skip_bad_images=args.skip_bad_images, seed=args.seed)
+    val_set = CocoDetection(paths["val_images"], paths["val_annotations"], train=False,
+                            skip_bad_images=args.skip_bad_images)
+    annotations = train_set.coco.dataset["annotations"]
+    usable = sum(1 for ann in annotations if not ann.get("iscrowd", 0)) - train_set.num_dropped_boxes
+    if usable < 1:
+        raise ValueError(f"{paths['train_annotations']}: no usable boxes to train on ({len(annotations)} "
+                         f"annotations, {train_set.num_dropped_boxes} of them empty after clipping)")
+    if val_set.label_to_category != train_set.label_to_category:
+        raise ValueError(
+            f"the validation categories {sorted(val_set.label_to_category.values())} differ from the training "
+            f"categories {sorted(train_set.label_to_category.values())}"
+        )
+    return train_set, val_set
+
+
+def training_loader(dataset: CocoDetection, args: argparse.Namespace, start_iter: int) -> DataLoader:
+    """An endless loader; `start_batch` skips the batches already used, so a resumed run sees the same data."""
+    rank, world = distributed.get_rank(), distributed.get_world_size()
+    # (index, epoch) keys: the dataset seeds each flip from them, whatever the number of workers.
+    sampler = TrainingSampler(len(dataset), shuffle=True, seed=args.seed, rank=rank, world_size=world,
+                              with_epoch=True)
+    batches = GroupedBatchSampler(sampler, dataset.aspect_ratio_groups(), args.batch_size, start_batch=start_iter)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=args.workers,
+                      persistent_workers=args.workers > 0, generator=torch.Generator().manual_seed(args.seed + rank))
+
+
+def block_ends(start_iter: int, iters: int, every: Sequence[int]) -> list:
+    """The iterations after which to stop and checkpoint/evaluate: multiples of each `every`, and `iters`."""
+    ends = {iters}
+    for period in every:
+        if period > 0:
+            ends.update(range(period * (start_iter // period + 1), iters, period))
+    return sorted(e for e in ends if e > start_iter) or [iters]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    with distributed.distributed_session(select_device(args.device)) as device:
+        try:
+            train(args, device)
+        except NonFiniteLossError as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            return 1
+    return 0
+
+
+def train(args: argparse.Namespace, device: torch.device) -> None:
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = distributed.get_rank(), distributed.get_world_size()
+    torch.manual_seed(args.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+    train_set, val_set = build_datasets(args)
+
+    model = FasterRCNNFPN(num_classes=train_set.num_classes, config=args.model_config)
+    resume_from = last_checkpoint(output_dir) if args.resume else None
+    if args.init_from and resume_from is None:
+        skipped = load_pretrained_weights(model, args.init_from)
+        distributed.log(f"initialised from {args.init_from}; not loaded (shape differs): {skipped or 'none'}")
+    model.to(device)
+
+    total_batch = args.batch_size * world
+    lr = scaled_lr(args.lr, total_batch, args.lr_reference_batch)
+    optimizer = build_optimizer(model, lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    scheduler = build_lr_scheduler(optimizer, steps=args.steps, gamma=args.gamma,
+                                   warmup_iters=args.warmup_iters, warmup_factor=args.warmup_factor)
+    scaler = build_grad_scaler(device, args.amp)
+    autocast = autocast_factory(device, args.amp)
+
+    torch.manual_seed(args.seed + rank)  # per-rank random streams (train sizes, RPN/RoI sampling)
+    start_iter = 0
+    if resume_from is not None:
+        start_iter = resume_training_state(load_checkpoint(resume_from, "cpu"), model=model, optimizer=optimizer,
+                                           scheduler=scheduler, scaler=scaler)
+        distributed.log(f"resumed from {resume_from} at iteration {start_iter}")
+    distributed.log(f"{world} process(es) x {args.batch_size} images, LR {lr:g}, {args.iters} iterations, "
+                    f"{device.type}, amp {args.amp}, {len(train_set)} training / {len(val_set)} validation images")
+
+    # DDP averages gradients over ranks during backward; every parameter gets a gradient in each step.
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if distributed.is_distributed() else model
+    batches = iter(training_loader(train_set, args, start_iter))
+    metrics = MetricsLog(output_dir / "metrics.jsonl")
+    bar = tqdm(total=args.iters, initial=start_iter, desc="train", dynamic_ncols=True,
+               disable=not distributed.is_main_process())
+
+    def save(iteration: int) -> None:
+        if distributed.is_main_process():
+            save_checkpoint(checkpoint_path(output_dir, iteration), model=model, optimizer=optimizer,
+                            scheduler=scheduler, scaler=scaler, iteration=iteration,
+                            label_to_category=train_set.label_to_category, class_names=train_set.class_names,
+                            args={k: v for k, v in vars(args).items() if k != "model_config"})
+        distributed.barrier()
+
+    def evaluate(iteration: int, prefix: str) -> dict:
+        result = evaluate_coco(model, val_set, device=device, output_dir=output_dir, prefix=prefix,
+                               batch_size=args.eval_batch_size, num_workers=args.workers, autocast=autocast)
+        metrics.write({"iter": iteration, **result})
+        distributed.log(f"\nCOCO box evaluation at iteration {iteration} ({len(val_set)} images):\n"
+                        + format_metrics(result))
+        return result
+
+    iteration = start_iter
+    for end in block_ends(start_iter, args.iters, (args.checkpoint_every, args.eval_every)):
+        iteration = train_iterations(net, optimizer, scheduler, scaler, batches, start_iter=iteration, end_iter=end,
+                                     device=device, autocast=autocast, clip_grad_norm=args.clip_grad_norm,
+                                     log_every=args.log_every, metrics=metrics, progress=bar)
+        if end % args.checkpoint_every == 0 or end == args.iters:
+            save(end)
+        if args.eval_every and end % args.eval_every == 0 and end != args.iters:
+            evaluate(end, f"eval_{end:07d}")
+    bar.close()
+
+    final = evaluate(args.iters, "eval_final")
+    if distributed.is_main_process():
+        (output_dir / "final_metrics.json").write_text(json.dumps({"iter": args.iters, **final}, indent=2))
+        picture = save_detection_picture(model, val_set, output_dir / "detections.png", device=device)
+        distributed.log(f"detections on validation images: {picture}")
+        plot_curves(output_dir / "metrics.jsonl", output_dir)
+
+
+def plot_curves(metrics_file: Path, output_dir: Path) -> None:
+    """Loss/LR/AP plots via scripts/plot_metrics.py, when matplotlib is installed."""
+    try:
+        from plot_metrics import plot_metrics  # scripts/ is on sys.path when this file runs as a script
+    except ImportError:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        try:
+            from plot_metrics import plot_metrics
+        except ImportError:
+            return
+    try:
+        paths = plot_metrics(metrics_file, output_dir)
+    except ImportError:  # matplotlib missing: the plots are optional
+        return
+    distributed.log("plots: " + ", ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

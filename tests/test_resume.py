@@ -1,0 +1,42 @@
+"""Resuming: N iterations, a new process-like run with --resume for N more, equals 2N uninterrupted."""
+import json
+
+import torch
+
+from test_train_script import load_train_script, tiny_args
+
+
+def _train_lines(path):
+    return {r["iter"]: r for r in map(json.loads, path.read_text().splitlines()) if "loss" in r}
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path):
+    train = load_train_script()
+    synthetic = ["--synthetic-dir", str(tmp_path / "synthetic")]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert train.main(tiny_args(full, *synthetic, "--checkpoint-every", "2", iters=4)) == 0
+    assert train.main(tiny_args(part, *synthetic, iters=2)) == 0
+    assert train.main(tiny_args(part, *synthetic, "--resume", iters=4)) == 0
+
+    a = torch.load(full / "checkpoint_0000004.pt", weights_only=True)
+    b = torch.load(part / "checkpoint_0000004.pt", weights_only=True)
+    assert a["iteration"] == b["iteration"] == 4
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 4
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
+    start = torch.load(full / "checkpoint_0000002.pt", weights_only=True)
+    moved = 0
+    for key, value in a["model"].items():
+        assert torch.allclose(b["model"][key], value, atol=1e-6, rtol=0), key
+        moved += not torch.equal(value, start["model"][key])
+    assert moved > 50  # iterations 3 and 4 really changed the weights
+    for index, state in a["optimizer"]["state"].items():
+        assert torch.allclose(b["optimizer"]["state"][index]["momentum_buffer"], state["momentum_buffer"],
+                              atol=1e-6, rtol=0)
+
+    # the log of the resumed run continues the same curve: same LR and losses at iterations 3 and 4
+    full_lines, part_lines = _train_lines(full / "metrics.jsonl"), _train_lines(part / "metrics.jsonl")
+    assert sorted(part_lines) == sorted(full_lines) == [1, 2, 3, 4]
+    for it in (3, 4):
+        assert part_lines[it]["lr"] == full_lines[it]["lr"]
+        for name in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"):
+            assert abs(part_lines[it][name] - full_lines[it][name]) < 1e-5, (it, name)

@@ -1,0 +1,90 @@
+"""Tests of scripts/train.py (flags, data paths) and the helpers the other training tests share."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_train_script():
+    """scripts/train.py as a module (it is a script, not part of the package)."""
+    if "fpn_train_script" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("fpn_train_script", SCRIPTS / "train.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["fpn_train_script"] = module
+    return sys.modules["fpn_train_script"]
+
+
+TINY_MODEL = [
+    "--backbone.depth", "18", "--backbone.width", "16", "--backbone.gn-groups", "8",
+    "--fpn.out-channels", "32", "--roi-heads.representation-size", "64",
+    "--rpn.pre-nms-top-n-train", "200", "--rpn.post-nms-top-n-train", "100",
+    "--rpn.pre-nms-top-n-test", "100", "--rpn.post-nms-top-n-test", "50",
+    "--rpn.batch-size-per-image", "64", "--roi-heads.batch-size-per-image", "32",
+    "--input.min-size", "64", "--input.max-size", "96", "--input.train-min-sizes", "64,72",
+]
+
+
+def tiny_args(output_dir, *extra, iters=4):
+    """Command line of a short CPU run on a 6-image synthetic set generated in OUTPUT_DIR/synthetic."""
+    return [
+        "--preset", "cpu-demo", "--output-dir", str(output_dir), "--device", "cpu", "--iters", str(iters),
+        "--batch-size", "2", "--workers", "0", "--log-every", "1", "--warmup-iters", "2", "--steps", "3",
+        "--synthetic-train-images", "6", "--synthetic-val-images", "2", "--synthetic-image-size", "64",
+        "--eval-batch-size", "2", *TINY_MODEL, *extra,
+    ]
+
+
+def test_preset_values_are_defaults_and_flags_override_them():
+    train = load_train_script()
+    args = train.parse_args(["--preset", "1x"])
+    assert (args.iters, args.lr, args.steps, args.batch_size, args.amp) == (90_000, 0.02, (60_000, 80_000), 2, "none")
+    assert args.model_config.input.train_min_sizes == (640, 672, 704, 736, 768, 800)
+    args = train.parse_args(["--preset", "1x", "--iters", "100", "--steps", "50,80", "--amp", "bf16",
+                             "--backbone.depth", "101", "--backbone-weights", "r101.pth", "--channels-last", "false"])
+    assert (args.iters, args.steps, args.amp, args.model_config.channels_last) == (100, (50, 80), "bf16", False)
+    assert args.model_config.backbone.depth == 101 and args.model_config.backbone.weights == "r101.pth"
+    assert args.model_config.input.min_size == 800  # untouched: the preset's
+
+
+def test_bad_flag_values_exit_with_a_message(capsys):
+    train = load_train_script()
+    for argv, message in ((["--amp", "fp8"], "--amp must be none, bf16 or fp16, got 'fp8'"),
+                          (["--iters", "0"], "--iters must be >= 1, got 0"),
+                          (["--preset", "2x"], "invalid choice: '2x'")):
+        with pytest.raises(SystemExit):
+            train.parse_args(argv)
+        assert message in capsys.readouterr().err
+
+
+def test_block_ends_stop_at_checkpoints_evaluations_and_the_end():
+    block_ends = load_train_script().block_ends
+    assert block_ends(0, 10, (4, 0)) == [4, 8, 10]
+    assert block_ends(0, 12, (4, 6)) == [4, 6, 8, 12]
+    assert block_ends(5, 12, (4, 6)) == [6, 8, 12]
+    assert block_ends(12, 12, (4, 6)) == [12]
+
+
+def test_partial_data_flags_are_an_error(tmp_path):
+    train = load_train_script()
+    args = train.parse_args(["--output-dir", str(tmp_path), "--train-images", "x"])
+    with pytest.raises(ValueError, match="give all of --train-images"):
+        train.dataset_paths(args)
+    args = train.parse_args(["--coco-root", "/data/coco"])
+    assert train.dataset_paths(args)["val_annotations"] == Path("/data/coco/annotations/instances_val2017.json")
+
+
+def test_synthetic_set_is_generated_once_per_recipe(tmp_path):
+    train = load_train_script()
+    args = train.parse_args(tiny_args(tmp_path))
+    paths = train.dataset_paths(args)
+    assert paths["train_images"] == tmp_path / "synthetic" / "train2017"
+    assert len(list(paths["train_images"].iterdir())) == 6 and len(list(paths["val_images"].iterdir())) == 2
+    stamp = paths["train_annotations"].stat().st_mtime_ns
+    train.dataset_paths(args)
+    assert paths["train_annotations"].stat().st_mtime_ns == stamp  # same recipe: reused
+    train.dataset_paths(train.parse_args(tiny_args(tmp_path, "--synthetic-val-images", "3")))
+    assert len(list(paths["val_images"].iterdir())) == 3
