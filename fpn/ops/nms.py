@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from fpn.ops.boxes import check_boxes
-from fpn.ops.nms_graph import SPARSE_MIN_IOU, overlap_edges, pair_iou, threshold_below
+from fpn.ops.nms_graph import SPARSE_MIN_IOU, iou_table, overlap_edges, pair_iou, threshold_below
 
 MAX_SWEEPS = 24  # vectorised sweeps before the sequential finish; clustered detections settle in < 12
 DENSE_BLOCK = 256  # boxes per block of the dense fallback
@@ -124,11 +124,12 @@ def _greedy_dense(ranked: Tensor, groups: Optional[Tensor], iou_threshold: float
     num_boxes = ranked.shape[0]
     keep = torch.zeros(num_boxes, dtype=torch.bool, device=ranked.device)
     kept = ranked.new_zeros((0,), dtype=torch.int64)
+    table = iou_table(ranked)  # (N, 5)
     for start in range(0, num_boxes, DENSE_BLOCK):
         block = torch.arange(start, min(start + DENSE_BLOCK, num_boxes), device=ranked.device)
         if kept.numel() > 0:  # drop the block's boxes that a kept box suppresses
-            block = block[~_overlaps(ranked, groups, kept, block, iou_threshold).any(dim=0)]
-        inside = _overlaps(ranked, groups, block, block, iou_threshold).triu(diagonal=1)  # (B, B) i before j
+            block = block[~_overlaps(table, groups, kept, block, iou_threshold).any(dim=0)]
+        inside = _overlaps(table, groups, block, block, iou_threshold).triu(diagonal=1)  # (B, B) i before j
         inside = inside.float()  # 0/1 counts below 2**24 are exact in float32
         block_keep = torch.ones(block.numel(), dtype=torch.bool, device=ranked.device)
         for _ in range(block.numel()):  # settles in at most B sweeps, usually a few
@@ -141,10 +142,10 @@ def _greedy_dense(ranked: Tensor, groups: Optional[Tensor], iou_threshold: float
     return keep
 
 
-def _overlaps(ranked: Tensor, groups: Optional[Tensor], rows: Tensor, cols: Tensor, iou_threshold: float) -> Tensor:
+def _overlaps(table: Tensor, groups: Optional[Tensor], rows: Tensor, cols: Tensor, iou_threshold: float) -> Tensor:
     # (R,) x (C,) ranks -> (R, C) bool: IoU > threshold within the same group
     r, c = rows[:, None].expand(-1, cols.numel()).reshape(-1), cols.repeat(rows.numel())
-    over = pair_iou(ranked, r, c) > threshold_below(iou_threshold, ranked.dtype)
+    over = pair_iou(table, r, c) > threshold_below(iou_threshold, table.dtype)
     if groups is not None:
         over &= groups[r] == groups[c]
     return over.reshape(rows.numel(), cols.numel())
