@@ -44,7 +44,7 @@ def _tv_stage_outputs(tv_model: nn.Module, x: torch.Tensor) -> list:
 # ---------------------------------------------------------------- norms
 
 
-def test_frozen_bn_matches_torchvision_exactly():
+def test_frozen_bn_matches_torchvision():
     generator = torch.Generator().manual_seed(0)
     ours, theirs = FrozenBatchNorm2d(5), TVFrozenBatchNorm2d(5)
     theirs.weight.copy_(torch.randn(5, generator=generator))
@@ -53,7 +53,8 @@ def test_frozen_bn_matches_torchvision_exactly():
     theirs.running_var.copy_(torch.rand(5, generator=generator) + 0.1)
     ours.load_state_dict(theirs.state_dict(), strict=True)
     x = torch.randn(2, 5, 3, 4, generator=generator)
-    assert torch.equal(ours(x), theirs(x))
+    # one fused multiply-add vs torchvision's multiply then add: equal up to the last bit
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-6, atol=1e-6)
     assert list(ours.parameters()) == []
     assert sorted(dict(ours.named_buffers())) == ["bias", "running_mean", "running_var", "weight"]
 

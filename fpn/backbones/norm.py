@@ -16,8 +16,8 @@ class FrozenBatchNorm2d(nn.Module):
     """BatchNorm2d whose statistics and affine parameters are buffers, never updated by training.
 
     Computes `x * scale + shift` with `scale = weight * rsqrt(running_var + eps)` and
-    `shift = bias - running_mean * scale`, in the same order of operations as torchvision's
-    FrozenBatchNorm2d so that outputs agree bit for bit.
+    `shift = bias - running_mean * scale` (the constants exactly as torchvision's FrozenBatchNorm2d computes
+    them; the fused multiply-add may differ from its separate multiply and add in the last bit).
 
     Args:
         num_features: C, the number of channels of the input (N, C, H, W).
@@ -53,7 +53,9 @@ class FrozenBatchNorm2d(nn.Module):
         running_mean = self.running_mean.reshape(1, -1, 1, 1)
         scale = weight * (running_var + self.eps).rsqrt()
         shift = bias - running_mean * scale
-        return x * scale + shift
+        # One fused multiply-add reads and writes the feature map once instead of twice (about 2x faster on
+        # CPU); constants follow the input's dtype so bf16/fp16 features stay bf16/fp16 under autocast.
+        return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
