@@ -1,0 +1,55 @@
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from fpn.config import FasterRCNNConfig
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+
+METRICS = [
+    ("inference latency, batch 1", "ms", "lower"),
+    ("inference throughput, batch 2", "img/s", "higher"),
+    ("training step, batch 2", "ms", "lower"),
+    ("peak memory, inference batch 1", "MiB", "lower"),
+    ("peak memory, training step batch 2", "MiB", "lower"),
+]
+
+
+def test_quick_benchmark_writes_complete_json(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text(encoding="utf-8"))
+
+    assert set(report) == {"machine", "settings", "results", "detections", "memory_formats"}
+    machine = report["machine"]
+    assert machine["cpu"] and machine["cpu_cores"] >= 1 and machine["torch_threads"] >= 1
+    assert machine["torch"] and machine["torchvision"]
+    assert report["settings"]["height"] == 256 and report["settings"]["width"] == 320
+    assert report["settings"]["repeats"] == 1
+
+    rows = report["results"]
+    assert [(r["metric"], r["unit"], r["better"]) for r in rows] == METRICS
+    for row in rows:
+        assert row["device"] == "cpu" and row["precision"] == "fp32"
+        for key in ("ours", "torchvision", "ratio"):
+            assert isinstance(row[key], (int, float)) and math.isfinite(row[key]), (row["metric"], key, row[key])
+        assert math.isclose(row["ratio"], row["ours"] / row["torchvision"], rel_tol=1e-9)
+    for row in rows[:3]:  # timings and throughput are positive
+        assert row["ours"] > 0 and row["torchvision"] > 0
+
+    # The raised classifier biases make both models return a full set of detections on the same image.
+    assert report["detections"] == [{"device": "cpu", "precision": "fp32", "ours": 100, "torchvision": 100}]
+
+    ours_format = "channels_last" if FasterRCNNConfig().channels_last else "NCHW"
+    assert report["memory_formats"] == [{"device": "cpu", "precision": "fp32", "ours": ours_format,
+                                          "torchvision": "NCHW"}]
+
+    # The Markdown table printed on stdout has one line per result row.
+    table = [line for line in done.stdout.splitlines() if line.startswith("| cpu | fp32 |")]
+    assert len(table) == len(METRICS)
