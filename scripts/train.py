@@ -93,6 +93,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--backbone-weights", help="ImageNet ResNet checkpoint (torchvision layout) for the backbone")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights init, data order and augmentation")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads of this process (default: torch's)")
     for flag, kind, text in PRESET_FLAGS:
         parser.add_argument(flag, type=kind, default=None, help=f"{text} (default: the preset's)")
     add_config_flags(parser, get_preset("cpu-demo").model)
@@ -193,6 +194,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def train(args: argparse.Namespace, device: torch.device) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rank, world = distributed.get_rank(), distributed.get_world_size()
