@@ -106,9 +106,12 @@ def test_widely_spread_coordinates_match_torchvision():
     boxes = torch.cat((boxes * 1e-3, boxes * 1e5 + 1e9))  # tiny boxes and far away huge ones
     scores = torch.cat((scores, scores.flip(0)))
     assert torch.equal(nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
-    tiny, scores = _uniform(200, 7, torch.float64)
-    tiny = torch.cat((tiny * 1e-4, tiny * 1e-4 + 1e9))  # too many grid cells for int64 keys: dense pass
-    scores = torch.cat((scores, scores.flip(0)))
+    # crowded tiny boxes at 0 and at 1e9: too many grid cells for int64 keys, so the dense pass runs
+    g = torch.Generator().manual_seed(7)
+    tiny = torch.tensor([0.0, 0.0, 1e-4, 1e-4], dtype=torch.float64) + torch.rand(600, 4, generator=g,
+                                                                                   dtype=torch.float64) * 2e-5
+    tiny[300:] += 1e9
+    scores = torch.rand(600, generator=g, dtype=torch.float64)
     assert torch.equal(nms(tiny, scores, 0.5), torchvision.ops.nms(tiny, scores, 0.5))
 
 

@@ -79,10 +79,10 @@ def _greedy_nms(boxes: Tensor, scores: Tensor, groups: Optional[Tensor], iou_thr
     order = torch.sort(scores, descending=True, stable=True)[1]  # rank -> box index
     if boxes.shape[0] < 2 or iou_threshold >= 1.0:  # an IoU never exceeds 1
         return order
-    ranked = boxes[order]  # (N, 4) in score order, so that rank i < j means i is visited first
+    ranked = boxes.index_select(0, order)  # (N, 4) in score order: rank i < j means i is visited first
     if ranked.dtype not in (torch.float32, torch.float64):
         ranked = ranked.float()  # IoU of half-precision boxes in float32
-    ranked_groups = groups[order] if groups is not None else None
+    ranked_groups = groups.index_select(0, order) if groups is not None else None
     edges = None
     if iou_threshold >= SPARSE_MIN_IOU:
         edges = overlap_edges(ranked, ranked_groups, float(iou_threshold))
@@ -95,28 +95,39 @@ def _greedy_nms(boxes: Tensor, scores: Tensor, groups: Optional[Tensor], iou_thr
 
 def _greedy_on_graph(num_boxes: int, src: Tensor, dst: Tensor) -> Tensor:
     """(N,) bool greedy keep mask from the edges src -> dst (src ranked first) of the overlap graph."""
-    keep = torch.ones(num_boxes, dtype=torch.bool, device=src.device)
+    device = src.device
+    # settle the easy part first: a box nothing overlaps is kept, and so suppresses everything it overlaps
+    source = torch.bincount(dst, minlength=num_boxes) == 0  # (N,)
+    suppressed = torch.zeros_like(source)
+    suppressed[dst[source.index_select(0, src)]] = True
+    open_box = ~(source | suppressed)
+    live = torch.nonzero(open_box.index_select(0, src) & open_box.index_select(0, dst)).squeeze(1)
+    src, dst = src.index_select(0, live), dst.index_select(0, live)  # edges between undecided boxes
+    keep = open_box.clone()
     for _ in range(MAX_SWEEPS):
-        suppressed = torch.zeros_like(keep)
-        suppressed[dst[keep[src]]] = True  # (E,) -> (N,)
-        if torch.equal(~suppressed, keep):
-            return keep
-        keep = ~suppressed
-    return _greedy_sequential(num_boxes, src, dst).to(src.device)
+        hit = torch.zeros_like(keep)
+        hit[dst[keep.index_select(0, src)]] = True  # (E',) -> (N,)
+        new_keep = open_box & ~hit
+        if torch.equal(new_keep, keep):
+            return source | keep
+        keep = new_keep
+    return _greedy_sequential(num_boxes, src, dst, open_box).to(device) | source
 
 
-def _greedy_sequential(num_boxes: int, src: Tensor, dst: Tensor) -> Tensor:
-    # One pass in rank order over the sparse graph: O(N + E), used only for long suppression chains.
+def _greedy_sequential(num_boxes: int, src: Tensor, dst: Tensor, open_box: Tensor) -> Tensor:
+    # One pass in rank order over the undecided boxes: O(N + E), used only for long suppression chains.
     order = torch.argsort(src, stable=True)
     successors: List[List[int]] = [[] for _ in range(num_boxes)]
     for i, j in zip(src[order].tolist(), dst[order].tolist()):
         successors[i].append(j)
+    kept = [False] * num_boxes
     suppressed = [False] * num_boxes
-    for i in range(num_boxes):
+    for i in torch.nonzero(open_box).squeeze(1).tolist():
         if not suppressed[i]:
+            kept[i] = True
             for j in successors[i]:
                 suppressed[j] = True
-    return ~torch.tensor(suppressed, dtype=torch.bool)
+    return torch.tensor(kept, dtype=torch.bool)
 
 
 def _greedy_dense(ranked: Tensor, groups: Optional[Tensor], iou_threshold: float) -> Tensor:
@@ -124,7 +135,7 @@ def _greedy_dense(ranked: Tensor, groups: Optional[Tensor], iou_threshold: float
     num_boxes = ranked.shape[0]
     keep = torch.zeros(num_boxes, dtype=torch.bool, device=ranked.device)
     kept = ranked.new_zeros((0,), dtype=torch.int64)
-    table = iou_table(ranked)  # (N, 5)
+    table = iou_table(ranked)  # (5, N)
     for start in range(0, num_boxes, DENSE_BLOCK):
         block = torch.arange(start, min(start + DENSE_BLOCK, num_boxes), device=ranked.device)
         if kept.numel() > 0:  # drop the block's boxes that a kept box suppresses
