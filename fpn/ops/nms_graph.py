@@ -78,6 +78,9 @@ def overlap_edges(ranked: Tensor, groups: Optional[Tensor], iou_threshold: float
         (src, dst): (E,) int64 ranks with src < dst, or None when the coordinates are too spread out for the
         int64 bucket keys (the caller then uses the dense pass).
     """
+    if ranked.device.type == "mps":  # the bounds are computed in float64, which MPS lacks: use the CPU
+        edges = overlap_edges(ranked.cpu(), groups.cpu() if groups is not None else None, iou_threshold)
+        return None if edges is None else (edges[0].to(ranked.device), edges[1].to(ranked.device))
     # the exact IoU of float boxes may exceed t by a few ulps: bound the geometry for a slightly lower t
     t = iou_threshold * (1 - 64 * torch.finfo(ranked.dtype).eps)
     threshold = threshold_below(iou_threshold, ranked.dtype)
@@ -123,7 +126,8 @@ def _sweep_edges(ranked: Tensor, groups: Optional[Tensor], t: float, threshold: 
     src, dst = [], []
     for rows, slots in _candidate_chunks(start, counts):  # positions in x order
         hit = torch.nonzero(pair_iou(table, rows, slots) > threshold).squeeze(1)
-        first, second = order.index_select(0, rows.index_select(0, hit)), order.index_select(0, slots.index_select(0, hit))
+        first = order.index_select(0, rows.index_select(0, hit))  # back to ranks
+        second = order.index_select(0, slots.index_select(0, hit))
         src.append(torch.minimum(first, second))
         dst.append(torch.maximum(first, second))
     return torch.cat(src), torch.cat(dst)
