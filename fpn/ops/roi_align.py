@@ -65,19 +65,19 @@ def roi_align(
         grid, taps_y, taps_x = _sampling_taps(rois, height, width, out_h, out_w, spatial_scale, sampling_ratio,
                                               aligned)
         row_start = rois[:, 0].long() * (height * width)  # (K,) first pixel of the RoI's image
-        count = grid.clamp(min=0).prod(dim=1).clamp(min=1)  # (K,) torchvision divides by max(gh * gw, 1)
+        count = grid.clamp(min=0).prod(dim=1).clamp(min=1).to(compute_dtype)  # (K,) max(gh * gw, 1) as in tv
     pooled, placed = [], []
     for chunk in _chunks(grid.clamp(min=1).prod(dim=1) * (out_h * out_w * 4)):
         with torch.no_grad():
             index, weight = _bin_taps(chunk, row_start, width, taps_y, taps_x, grid)
+            weight.view(chunk.numel(), -1).div_(count.index_select(0, chunk)[:, None])  # mean of the samples
         bins = F.embedding_bag(index, pixels, per_sample_weights=weight, mode="sum")  # (k*oh*ow, C)
         pooled.append(bins.view(chunk.numel(), out_h, out_w, channels))
         placed.append(chunk)
     out, placed = torch.cat(pooled) if len(pooled) > 1 else pooled[0], torch.cat(placed)
     if not torch.equal(placed, torch.arange(num_rois, device=placed.device)):
         out = out[torch.argsort(placed)]  # back to the boxes' order
-    out = out / count.to(compute_dtype)[:, None, None, None]  # (K, oh, ow, C)
-    return out.permute(0, 3, 1, 2).to(input.dtype)
+    return out.permute(0, 3, 1, 2).to(input.dtype)  # (K, oh, ow, C) -> (K, C, oh, ow)
 
 
 def _check_output_size(output_size) -> Tuple[int, int]:
