@@ -7,10 +7,12 @@ tied scores resolve by index), but computed without a loop over boxes:
 1. Overlap graph. An edge (i, j), i ranked before j, means IoU(i, j) > threshold. For thresholds >= 0.25 the
    graph is sparse and found without an N x N matrix (see `overlap_edges`); below that every box overlaps
    many others and a blocked dense pass is used instead (`_greedy_dense`).
-2. Greedy on the graph: box j is kept iff no kept box has an edge into j. Starting from "all kept", the sweep
-   kept[j] = not any(kept[i] for edges i -> j) is repeated until nothing changes; its unique fixed point is the
-   greedy answer. Clusters settle in a few sweeps; a long chain of boxes (each overlapping the next) needs one
-   sweep per box, so after MAX_SWEEPS the rest is finished by one sequential pass over the sparse graph.
+2. Greedy on the graph: box j is kept iff no kept box has an edge into j. Boxes without incoming edges are
+   kept and everything they point to is suppressed; on the remaining, undecided boxes the sweep
+   kept[j] = not any(kept[i] for edges i -> j), started from "all kept", is repeated until nothing changes: its
+   unique fixed point is the greedy answer. Clusters settle in a few sweeps; a long chain of boxes (each
+   overlapping the next) needs one sweep per box, so after MAX_SWEEPS a sequential pass over the sparse graph
+   finishes the undecided boxes.
 
 Shape shorthand: N boxes, E edges of the overlap graph.
 """
