@@ -54,7 +54,10 @@ def atomic_save(obj: Any, path: PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes the file private (0600); give it a normal file's mode
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()

@@ -69,6 +69,7 @@ PRESET_FLAGS = (
     ("--checkpoint-every", int, "iterations between checkpoints (one is always written at the end)"),
     ("--log-every", int, "iterations between metrics.jsonl lines"),
     ("--workers", int, "DataLoader worker processes per training process"),
+    ("--threads", int, "CPU threads of each training process (0: torch's default, one per core)"),
     ("--eval-batch-size", int, "images per forward pass in evaluation"),
     ("--synthetic-train-images", int, "images of the generated synthetic training set"),
     ("--synthetic-val-images", int, "images of the generated synthetic validation set"),
@@ -93,7 +94,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--backbone-weights", help="ImageNet ResNet checkpoint (torchvision layout) for the backbone")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights init, data order and augmentation")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads of this process (default: torch's)")
     for flag, kind, text in PRESET_FLAGS:
         parser.add_argument(flag, type=kind, default=None, help=f"{text} (default: the preset's)")
     add_config_flags(parser, get_preset("cpu-demo").model)
@@ -118,11 +118,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def dataset_paths(args: argparse.Namespace) -> dict:
     """Where the training and validation data are; generates the synthetic set when no data flag was given."""
     if args.coco_root:
-        root = Path(args.coco_root)
-        return {
-            "train_images": root / "train2017", "train_annotations": root / "annotations/instances_train2017.json",
-            "val_images": root / "val2017", "val_annotations": root / "annotations/instances_val2017.json",
-        }
+        return coco_layout(Path(args.coco_root))
     explicit = [args.train_images, args.train_annotations, args.val_images, args.val_annotations]
     if any(explicit):
         if not all(explicit):
@@ -137,6 +133,11 @@ def dataset_paths(args: argparse.Namespace) -> dict:
         generate_synthetic_coco(root, **recipe, progress=True)
         marker.write_text(json.dumps(recipe))
     distributed.barrier()  # the other ranks wait until rank 0 has written the files
+    return coco_layout(root)
+
+
+def coco_layout(root: Path) -> dict:
+    """The paths of COCO 2017's layout under `root` (also the synthetic set's)."""
     return {
         "train_images": root / "train2017", "train_annotations": root / "annotations/instances_train2017.json",
         "val_images": root / "val2017", "val_annotations": root / "annotations/instances_val2017.json",

@@ -1,4 +1,5 @@
 """Checkpoints: atomic writes, weights_only loading, RNG round trip, last checkpoint, loading detectors."""
+import os
 import random
 
 import numpy as np
@@ -36,6 +37,9 @@ def test_atomic_save_replaces_and_leaves_no_temporary_files(tmp_path):
     atomic_save({"x": torch.arange(4)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.arange(4))
     assert [p.name for p in path.parent.iterdir()] == ["a.pt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
