@@ -122,6 +122,17 @@ def test_batched_categories_do_not_suppress_each_other():
     assert batched_nms(boxes, scores, torch.tensor([7, -3, 2]), 0.5).tolist() == [1, 2, 0]
 
 
+def test_inputs_that_require_grad():
+    # e.g. detections decoded at eval time outside torch.no_grad()
+    boxes, scores = _clustered(500, 11)
+    boxes.requires_grad_(True)
+    scores.requires_grad_(True)
+    idxs = torch.arange(500) % 3
+    expected = torchvision.ops.batched_nms(boxes.detach(), scores.detach(), idxs, 0.5)
+    assert torch.equal(batched_nms(boxes * 1.0, scores * 1.0, idxs, 0.5), expected)
+    assert torch.equal(nms(boxes * 1.0, scores * 1.0, 0.5), torchvision.ops.nms(boxes.detach(), scores.detach(), 0.5))
+
+
 def test_empty_and_single():
     empty = nms(torch.zeros(0, 4), torch.zeros(0), 0.5)
     assert empty.shape == (0,) and empty.dtype == torch.int64

@@ -40,7 +40,9 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         (K,) int64 indices of the kept boxes, by decreasing score (ties: lower index first).
     """
     _check_inputs(boxes, scores, iou_threshold)
-    return _greedy_nms(boxes, scores, None, iou_threshold)
+    # Indices are not differentiable: work on detached tensors (boxes may come from a graph, e.g. at eval
+    # without torch.no_grad()).
+    return _greedy_nms(boxes.detach(), scores.detach(), None, iou_threshold)
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
@@ -64,7 +66,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     if idxs.is_floating_point() or idxs.is_complex():
         raise ValueError(f"idxs must be an integer tensor, got {idxs.dtype}")
     groups = torch.unique(idxs, return_inverse=True)[1] if idxs.numel() > 0 else idxs.long()
-    return _greedy_nms(boxes, scores, groups, iou_threshold)
+    return _greedy_nms(boxes.detach(), scores.detach(), groups, iou_threshold)
 
 
 def _check_inputs(boxes: Tensor, scores: Tensor, iou_threshold: float) -> None:
