@@ -56,24 +56,27 @@ def test_small_model_overfits_synthetic_images_to_ap50_of_one():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     data = [
-        _scene(rng, 240, 256, [(1, (20, 30, 110, 120)), (2, (150, 40, 230, 200))]),
-        _scene(rng, 256, 200, [(2, (30, 20, 90, 60)), (1, (60, 120, 180, 240))]),
-        _scene(rng, 224, 256, [(1, (180, 20, 216, 56)), (2, (20, 100, 140, 200)), (1, (150, 120, 240, 210))]),
+        _scene(rng, 150, 160, [(1, (12, 18, 70, 76)), (2, (94, 25, 144, 125))]),
+        _scene(rng, 160, 125, [(2, (18, 12, 56, 38)), (1, (38, 75, 112, 150))]),
+        _scene(rng, 140, 160, [(1, (112, 12, 136, 36)), (2, (12, 62, 88, 125)), (1, (94, 75, 150, 132))]),
     ]
     images, targets = [d[0] for d in data], [d[1] for d in data]
     cfg = FasterRCNNConfig()
-    cfg.backbone.depth, cfg.backbone.width = 18, 32
-    cfg.backbone.norm, cfg.backbone.gn_groups, cfg.backbone.trainable_stages = "gn", 16, 5
-    cfg.fpn.out_channels = 64
-    cfg.roi_heads.representation_size = 256
-    cfg.roi_heads.batch_size_per_image = 128
-    cfg.rpn.post_nms_top_n_train = 500
-    cfg.input.min_size, cfg.input.max_size, cfg.input.train_min_sizes = 224, 320, (224,)
+    cfg.backbone.depth, cfg.backbone.width = 18, 16
+    cfg.backbone.norm, cfg.backbone.gn_groups, cfg.backbone.trainable_stages = "gn", 8, 5
+    cfg.fpn.out_channels = 32
+    cfg.anchors.sizes = (16, 32, 64, 128, 256)  # objects of 24..112 px
+    cfg.roi_heads.representation_size = 128
+    cfg.roi_heads.batch_size_per_image = 64
+    cfg.rpn.batch_size_per_image = 128
+    cfg.rpn.pre_nms_top_n_train, cfg.rpn.post_nms_top_n_train = 500, 200
+    cfg.rpn.pre_nms_top_n_test, cfg.rpn.post_nms_top_n_test = 300, 100
+    cfg.input.min_size, cfg.input.max_size, cfg.input.train_min_sizes = 160, 192, (160,)
     model = FasterRCNNFPN(num_classes=3, config=cfg)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
-    warmup = 50
+    warmup = 20
     ap50 = 0.0
-    for step in range(1, 401):
+    for step in range(1, 301):
         for group in optimizer.param_groups:
             group["lr"] = 0.02 * min(1.0, step / warmup)
         model.train()
@@ -81,7 +84,7 @@ def test_small_model_overfits_synthetic_images_to_ap50_of_one():
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
-        if step % 25 == 0:
+        if step >= 40 and step % 10 == 0:
             model.eval()
             with torch.no_grad():
                 ap50 = _ap50(model(images), targets)
