@@ -121,3 +121,18 @@ def test_bad_constructor_arguments():
     cfg.anchors.sizes = (32, 64)
     with pytest.raises(ValueError, match="one anchor size per level"):
         FasterRCNNFPN(num_classes=3, config=cfg)
+
+
+def test_bf16_autocast_trains_and_detects():
+    torch.manual_seed(0)
+    model = FasterRCNNFPN(num_classes=3, config=tiny_config()).train()
+    images, targets = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(images, targets)
+    assert all(v.dtype == torch.float32 and math.isfinite(v.item()) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images)
+    assert all(d["boxes"].dtype == torch.float32 and torch.isfinite(d["boxes"]).all() for d in out)
