@@ -112,7 +112,7 @@ def detections_to_results(
         file_name: written as `file_name`.
         class_names: model label -> name, written as `category_name` (the label's number when missing).
         label_to_category: model label -> dataset category id; with it entries have `category_id`, without it
-            `label`.
+            `label`. A detected label missing from it raises a ValueError.
 
     Returns:
         D dicts, in the detection order, with bbox [x, y, w, h] rounded to 0.01 px and score to 1e-5.
@@ -123,6 +123,8 @@ def detections_to_results(
     for box, score, label in zip(xywh.tolist(), detection["scores"].tolist(), detection["labels"].tolist()):
         entry: Dict[str, object] = {"image_id": image_id, "file_name": file_name}
         if label_to_category is not None:
+            if int(label) not in label_to_category:
+                raise ValueError(f"label {int(label)} has no category id in the label map {dict(label_to_category)}")
             entry["category_id"] = int(label_to_category[int(label)])
         else:
             entry["label"] = int(label)

@@ -256,13 +256,12 @@ def stage_breakdown(model, images, repeats: int) -> dict:
                 current.clear()
                 start = time.perf_counter()
                 model(images)
-                runs.append({**current, "total": time.perf_counter() - start})
+                total = time.perf_counter() - start
+                runs.append({**current, "outside submodules": total - sum(current.values()), "total": total})
     finally:
         for handle in handles:
             handle.remove()
-    result = {key: 1000 * statistics.median(run[key] for run in runs) for key in runs[0]}
-    result["outside submodules"] = result["total"] - sum(v for k, v in result.items() if k != "total")
-    return result
+    return {key: 1000 * statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
 def profile(ours, tv, settings: Settings) -> dict:

@@ -98,6 +98,8 @@ def test_detections_to_results_schema_and_boxes():
     without_map = detections_to_results(detection, 5, "a.jpg", CLASS_NAMES)
     assert [e["label"] for e in without_map] == [2, 7]
     assert all("category_id" not in e for e in without_map)
+    with pytest.raises(ValueError, match="label 7 has no category id"):
+        detections_to_results(detection, 5, "a.jpg", CLASS_NAMES, {2: 22})
     empty = {"boxes": torch.zeros((0, 4)), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
     assert detections_to_results(empty, 0, "x.png", CLASS_NAMES) == []
 
