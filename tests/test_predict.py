@@ -197,3 +197,28 @@ def test_command_line_all_good_exits_zero_and_nothing_exits_two(checkpoint, tmp_
     assert (out / "only.png").is_file() and (out / RESULTS_FILE).is_file()
     assert main([str(tmp_path / "nothing-*.png"), "--weights", str(checkpoint), "--output-dir", str(out)]) == 2
     assert "no image to process" in capsys.readouterr().err
+
+
+def test_results_load_into_coco_evaluation(checkpoint, tmp_path):
+    from pycocotools.coco import COCO
+
+    folder = tmp_path / "val2017"
+    folder.mkdir()
+    for image_id in (7, 139):
+        _write_image(folder / f"{image_id:012d}.png", image_id)
+    gt = {
+        "images": [{"id": i, "file_name": f"{i:012d}.png", "width": 80, "height": 60} for i in (7, 139)],
+        "annotations": [{"id": 1, "image_id": 7, "category_id": 22, "bbox": [5, 5, 20, 20], "area": 400,
+                         "iscrowd": 0}],
+        "categories": [{"id": c, "name": CLASS_NAMES[label]} for label, c in LABEL_TO_CATEGORY.items()],
+    }
+    gt_file = tmp_path / "instances.json"
+    gt_file.write_text(json.dumps(gt))
+    out = tmp_path / "out"
+    assert main([str(folder), "--weights", str(checkpoint), "--output-dir", str(out), "--no-progress"]) == 0
+    coco = COCO(str(gt_file))
+    detections = coco.loadRes(str(out / RESULTS_FILE))
+    # loadRes asserts every result's image is in the ground truth: ids come from the COCO-style file names.
+    assert {a["image_id"] for a in detections.dataset["annotations"]} == {7, 139}
+    assert {a["category_id"] for a in detections.dataset["annotations"]} <= {11, 22, 33}
+    assert len(detections.getAnnIds()) == len(json.loads((out / RESULTS_FILE).read_text()))
