@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The command line; returns the exit code (0 all fine, 1 some input failed, 2 nothing to process)."""
+    """The command line; returns the exit code (0 all fine, 1 some input failed, 2 no image or no model)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not 0.0 <= args.score_threshold <= 1.0:
@@ -268,7 +268,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not paths:
         print("error: no image to process", file=sys.stderr)
         return 2
-    model, class_names = load_detector(args.weights, auto_device(args.device))
+    try:
+        model, class_names = load_detector(args.weights, auto_device(args.device))
+    except (OSError, RuntimeError, ValueError) as err:  # missing, unreadable or foreign weights file
+        print(f"error: cannot load --weights {args.weights}: {err}", file=sys.stderr)
+        return 2
     output_dir = Path(args.output_dir)
     run = predict_files(
         model, paths, class_names, output_dir,

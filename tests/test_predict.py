@@ -197,6 +197,8 @@ def test_command_line_all_good_exits_zero_and_nothing_exits_two(checkpoint, tmp_
     assert (out / "only.png").is_file() and (out / RESULTS_FILE).is_file()
     assert main([str(tmp_path / "nothing-*.png"), "--weights", str(checkpoint), "--output-dir", str(out)]) == 2
     assert "no image to process" in capsys.readouterr().err
+    assert main([str(image), "--weights", str(tmp_path / "absent.pt"), "--output-dir", str(out)]) == 2
+    assert f"cannot load --weights {tmp_path / 'absent.pt'}" in capsys.readouterr().err
 
 
 def test_results_load_into_coco_evaluation(checkpoint, tmp_path):
