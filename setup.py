@@ -16,7 +16,7 @@ setup(
     install_requires=["torch>=2.1", "numpy", "pycocotools", "tqdm", "pillow"],
     extras_require={
         # torchvision is the *reference* the parity tests compare against; fpn/ never imports it.
-        "test": ["pytest", "torchvision"],
+        "test": ["pytest", "torchvision", "matplotlib"],
         "viz": ["matplotlib"],
     },
 )
