@@ -39,6 +39,7 @@ from fpn.checkpoint import (
     checkpoint_path, last_checkpoint, load_checkpoint, load_pretrained_weights, resume_training_state,
     save_checkpoint,
 )
+from fpn.config import FasterRCNNConfig
 from fpn.data.coco import CocoDetection, collate
 from fpn.data.samplers import GroupedBatchSampler, TrainingSampler
 from fpn.data.synthetic import generate_synthetic_coco
@@ -96,7 +97,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of weights init, data order and augmentation")
     for flag, kind, text in PRESET_FLAGS:
         parser.add_argument(flag, type=kind, default=None, help=f"{text} (default: the preset's)")
-    add_config_flags(parser, get_preset("cpu-demo").model)
+    add_config_flags(parser, FasterRCNNConfig())
     args = parser.parse_args(argv)
 
     preset = get_preset(args.preset)
@@ -194,54 +195,54 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def train(args: argparse.Namespace, device: torch.device) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    rank, world = distributed.get_rank(), distributed.get_world_size()
-    torch.manual_seed(args.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
-    train_set, val_set = build_datasets(args)
+def build_model(args: argparse.Namespace, device: torch.device, num_classes: int, output_dir: Path):
+    """The detector, SGD, LR schedule and grad scaler, restored from the last checkpoint with --resume.
 
-    model = FasterRCNNFPN(num_classes=train_set.num_classes, config=args.model_config)
+    Returns:
+        (model, optimizer, scheduler, scaler, start_iter).
+    """
+    torch.manual_seed(args.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+    model = FasterRCNNFPN(num_classes=num_classes, config=args.model_config)
     resume_from = last_checkpoint(output_dir) if args.resume else None
     if args.init_from and resume_from is None:
         skipped = load_pretrained_weights(model, args.init_from)
         distributed.log(f"initialised from {args.init_from}; not loaded (shape differs): {skipped or 'none'}")
     model.to(device)
-
-    total_batch = args.batch_size * world
-    lr = scaled_lr(args.lr, total_batch, args.lr_reference_batch)
+    lr = scaled_lr(args.lr, args.batch_size * distributed.get_world_size(), args.lr_reference_batch)
     optimizer = build_optimizer(model, lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = build_lr_scheduler(optimizer, steps=args.steps, gamma=args.gamma,
                                    warmup_iters=args.warmup_iters, warmup_factor=args.warmup_factor)
     scaler = build_grad_scaler(device, args.amp)
-    autocast = autocast_factory(device, args.amp)
-
-    torch.manual_seed(args.seed + rank)  # per-rank random streams (train sizes, RPN/RoI sampling)
+    torch.manual_seed(args.seed + distributed.get_rank())  # per-rank random streams (train sizes, sampling)
     start_iter = 0
-    if resume_from is not None:
+    if resume_from is not None:  # also restores the RNG states saved with it
         start_iter = resume_training_state(load_checkpoint(resume_from, "cpu"), model=model, optimizer=optimizer,
                                            scheduler=scheduler, scaler=scaler)
         distributed.log(f"resumed from {resume_from} at iteration {start_iter}")
-    distributed.log(f"{world} process(es) x {args.batch_size} images, LR {lr:g}, {args.iters} iterations, "
-                    f"{device.type}, amp {args.amp}, {len(train_set)} training / {len(val_set)} validation images")
+    elif args.resume:
+        distributed.log(f"--resume: no checkpoint in {output_dir}, starting at iteration 0")
+    distributed.log(f"{distributed.get_world_size()} process(es) x {args.batch_size} images, LR {lr:g}, "
+                    f"{args.iters} iterations, {device.type}, amp {args.amp}")
+    return model, optimizer, scheduler, scaler, start_iter
 
-    # DDP averages gradients over ranks during backward; every parameter gets a gradient in each step.
+
+def train(args: argparse.Namespace, device: torch.device) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    train_set, val_set = build_datasets(args)
+    distributed.log(f"{len(train_set)} training / {len(val_set)} validation images, {train_set.num_classes - 1} "
+                    "classes")
+    model, optimizer, scheduler, scaler, start_iter = build_model(args, device, train_set.num_classes, output_dir)
+    # DDP averages the gradients over the ranks during backward.
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if distributed.is_distributed() else model
     batches = iter(training_loader(train_set, args, start_iter))
+    autocast = autocast_factory(device, args.amp)
     metrics = MetricsLog(output_dir / "metrics.jsonl")
     bar = tqdm(total=args.iters, initial=start_iter, desc="train", dynamic_ncols=True,
                disable=not distributed.is_main_process())
-
-    def save(iteration: int) -> None:
-        if distributed.is_main_process():
-            save_checkpoint(checkpoint_path(output_dir, iteration), model=model, optimizer=optimizer,
-                            scheduler=scheduler, scaler=scaler, iteration=iteration,
-                            label_to_category=train_set.label_to_category, class_names=train_set.class_names,
-                            args={k: v for k, v in vars(args).items() if k != "model_config"})
-        distributed.barrier()
 
     def evaluate(iteration: int, prefix: str) -> dict:
         result = evaluate_coco(model, val_set, device=device, output_dir=output_dir, prefix=prefix,
@@ -257,7 +258,12 @@ def train(args: argparse.Namespace, device: torch.device) -> None:
                                      device=device, autocast=autocast, clip_grad_norm=args.clip_grad_norm,
                                      log_every=args.log_every, metrics=metrics, progress=bar)
         if end % args.checkpoint_every == 0 or end == args.iters:
-            save(end)
+            if distributed.is_main_process():
+                save_checkpoint(checkpoint_path(output_dir, end), model=model, optimizer=optimizer,
+                                scheduler=scheduler, scaler=scaler, iteration=end,
+                                label_to_category=train_set.label_to_category, class_names=train_set.class_names,
+                                args={k: v for k, v in vars(args).items() if k != "model_config"})
+            distributed.barrier()
         if args.eval_every and end % args.eval_every == 0 and end != args.iters:
             evaluate(end, f"eval_{end:07d}")
     bar.close()
