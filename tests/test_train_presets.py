@@ -44,7 +44,7 @@ def test_flags_override_only_what_was_given():
     assert config.roi_heads.bbox_reg_weights == (1.0, 2.0, 3.0, 4.0)
     assert config.channels_last is False and base.channels_last is True
     # untouched fields keep the preset's values, and the preset itself is not modified
-    assert config.backbone.width == base.backbone.width == 32
+    assert config.backbone.width == base.backbone.width == get_preset("cpu-demo").model.backbone.width
     assert config.fpn.out_channels == base.fpn.out_channels
     assert base.backbone.depth == 18
 
