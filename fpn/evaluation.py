@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -80,7 +81,7 @@ def run_inference(
     num_workers: int = 0,
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
     progress: Optional[Callable[[int], None]] = None,
-) -> Optional[List[dict]]:
+) -> Optional[Dict[int, List[dict]]]:
     """Detect on this rank's shard of `dataset` and gather every rank's COCO records on rank 0.
 
     Args:
@@ -93,7 +94,9 @@ def run_inference(
         autocast: a factory of the autocast context (mixed precision) or nullcontext.
         progress: called with the number of images done after each batch (rank 0 progress bars).
     Returns:
-        list of COCO result dicts (all ranks) on rank 0, None on the other ranks.
+        on rank 0, {image_id: COCO result dicts} of every image seen by any rank (an image without detections
+        has an empty list; an image id met twice, as when a dataset skipping bad files returns a substitute,
+        keeps its first records); None on the other ranks.
     """
     sampler = InferenceSampler(len(dataset), rank=distributed.get_rank(), world_size=distributed.get_world_size())
     # A private generator: creating the loader must not consume the global RNG, or a periodic evaluation would
@@ -108,22 +111,32 @@ def run_inference(
     )
     was_training = model.training
     model.eval()
-    records: List[dict] = []
+    per_image: Dict[int, List[dict]] = {}
     try:
         for images, targets in loader:
             with autocast():
                 outputs = model([image.to(device) for image in images])
             for image, target, output in zip(images, targets, outputs):
                 image_id = int(target["image_id"])
-                records.extend(detections_to_coco(output, image_id, label_to_category, coco_scale(image, target)))
+                records = detections_to_coco(output, image_id, label_to_category, coco_scale(image, target))
+                per_image.setdefault(image_id, records)
             if progress is not None:
                 progress(len(images))
     finally:
         model.train(was_training)
-    gathered = distributed.all_gather_objects(records)
+    gathered = distributed.all_gather_objects(per_image)
     if not distributed.is_main_process():
         return None
-    return [record for shard in gathered for record in shard]
+    merged: Dict[int, List[dict]] = {}
+    for shard in gathered:
+        for image_id, records in shard.items():
+            merged.setdefault(image_id, records)
+    return merged
+
+
+def flatten_results(per_image: Mapping[int, List[dict]]) -> List[dict]:
+    """The COCO result dicts of every image, ordered by image id."""
+    return [record for image_id in sorted(per_image) for record in per_image[image_id]]
 
 
 def coco_evaluate(coco_gt: COCO, results: List[dict], image_ids: Optional[Sequence[int]] = None) -> Dict[str, float]:
@@ -183,10 +196,14 @@ def evaluate_coco(
         the metrics dict on every rank (rank 0 computes it and broadcasts it).
     """
     mapping = dataset.label_to_category if label_to_category is None else label_to_category
-    results = run_inference(model, dataset, mapping, device=device, **inference_kwargs)
+    per_image = run_inference(model, dataset, mapping, device=device, **inference_kwargs)
     metrics = None
     if distributed.is_main_process():
-        metrics = coco_evaluate(dataset.coco, results, dataset.image_ids)
+        missing = len(set(dataset.image_ids) - set(per_image))
+        if missing:  # unreadable files skipped by the dataset: scored on the images that were seen
+            warnings.warn(f"{missing} of {len(dataset.image_ids)} images were not evaluated (unreadable)")
+        results = flatten_results(per_image)
+        metrics = coco_evaluate(dataset.coco, results, sorted(per_image))
         if output_dir is not None:
             output_dir = Path(output_dir)
             output_dir.mkdir(parents=True, exist_ok=True)

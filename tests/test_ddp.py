@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fpn import distributed
 from fpn.config import FasterRCNNConfig
 from fpn.engine import build_grad_scaler, train_step
-from fpn.evaluation import run_inference
+from fpn.evaluation import flatten_results, run_inference
 from fpn.model import FasterRCNNFPN
 from fpn.schedule import build_optimizer
 
@@ -109,7 +109,8 @@ def test_two_process_step_equals_single_process_step(tmp_path):
     assert changed > 50  # the step really moved the weights
 
     # rank 0 gathered both shards: images 0, 1 (rank 0) and 2, 3, 4 (rank 1), in order, mapped to category 7
-    records = result["records"]
+    assert sorted(result["records"]) == [100, 101, 102, 103, 104]
+    records = flatten_results(result["records"])
     assert [r["image_id"] for r in records] == [100, 101, 102, 103, 104]
     assert [r["bbox"][3] for r in records] == [2.0 * (1 + i) for i in range(5)]  # y scale 16 / 8
     assert {r["category_id"] for r in records} == {7}

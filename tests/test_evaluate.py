@@ -2,6 +2,7 @@
 import contextlib
 import io
 import json
+import warnings
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from torch import nn
 from fpn.data.coco import CocoDetection
 from fpn.data.synthetic import generate_synthetic_coco
 from fpn.evaluation import (
-    METRIC_NAMES, coco_evaluate, coco_scale, detections_to_coco, evaluate_coco, format_metrics, run_inference,
+    METRIC_NAMES, coco_evaluate, coco_scale, detections_to_coco, evaluate_coco, flatten_results, format_metrics,
+    run_inference,
 )
 
 
@@ -112,7 +114,7 @@ class _Oracle(nn.Module):
         self.modes.append(self.training)
         outputs = []
         for image in images:
-            (target,) = [t for img, t in self.samples if img.shape == image.shape and torch.equal(img, image)]
+            target = next(t for img, t in self.samples if img.shape == image.shape and torch.equal(img, image))
             n = 0 if self.blind else len(target["labels"])
             outputs.append({"boxes": target["boxes"][:n], "scores": torch.ones(n), "labels": target["labels"][:n]})
         return outputs
@@ -145,10 +147,43 @@ def test_evaluate_coco_with_no_detections(val_set):
 
 def test_run_inference_reports_progress(val_set):
     seen = []
-    records = run_inference(_Oracle(val_set), val_set, val_set.label_to_category, device=torch.device("cpu"),
-                            batch_size=2, progress=seen.append)
+    per_image = run_inference(_Oracle(val_set), val_set, val_set.label_to_category, device=torch.device("cpu"),
+                              batch_size=2, progress=seen.append)
     assert seen == [2, 2, 1]
+    assert sorted(per_image) == val_set.image_ids
+    records = flatten_results(per_image)
+    assert [r["image_id"] for r in records] == sorted(r["image_id"] for r in records)
     assert all(r["category_id"] in val_set.label_to_category.values() for r in records)
+
+
+def test_unreadable_image_is_left_out_of_the_evaluation(tmp_path):
+    paths = generate_synthetic_coco(tmp_path, 1, num_val=4, seed=5, min_size=64, max_size=80, progress=False)
+    (paths["val_images"] / "000000000002.png").write_bytes(b"broken")
+    dataset = CocoDetection(paths["val_images"], paths["val_annotations"], train=False, skip_bad_images=True)
+    # image 2 is replaced by image 3: image 3 must be scored once, image 2 not at all
+    with pytest.warns(UserWarning, match="1 of 4 images were not evaluated"):
+        metrics = evaluate_coco(_Oracle(_Readable(dataset)), dataset, device=torch.device("cpu"), output_dir=tmp_path)
+    assert metrics["AP"] == pytest.approx(1.0)
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    assert sorted({r["image_id"] for r in results}) == [1, 3, 4]
+    assert len(results) == sum(len(dataset.coco.getAnnIds(imgIds=[i])) for i in (1, 3, 4))
+
+
+class _Readable:
+    """The readable samples of a dataset that skips bad files (the oracle's lookup table)."""
+
+    def __init__(self, dataset):
+        self.samples = []
+        for index in range(len(dataset)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.samples.append(dataset[index])
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        return self.samples[index]
 
 
 def _evaluate_script():
