@@ -49,6 +49,7 @@ def log(message: str) -> None:
 
 
 def launched_by_torchrun() -> bool:
+    """True when torchrun (or another launcher using its environment variables) started this process."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 

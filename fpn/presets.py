@@ -114,11 +114,6 @@ def get_preset(name: str) -> TrainingPreset:
     return copy.deepcopy(PRESETS[name]())
 
 
-def preset_summary(preset: TrainingPreset) -> Dict[str, object]:
-    """The optimisation fields of a preset as a flat dict (the model config is left out)."""
-    return {k: v for k, v in preset.__dict__.items() if k != "model"}
-
-
 def add_config_flags(parser: argparse.ArgumentParser, config: FasterRCNNConfig) -> None:
     """Add one flag per field of the nested model config: `--backbone.depth 18`, `--input.train-min-sizes 640,800`.
 
