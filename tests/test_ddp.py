@@ -1,5 +1,7 @@
 """Two gloo processes on CPU: one DDP training step equals one step of a single process on the whole batch,
 and sharded inference gathers every image's detections on rank 0."""
+import contextlib
+import io
 import os
 import socket
 
@@ -79,10 +81,17 @@ def worker(rank, port, initial_state, out_dir):
         shard = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
         losses = one_step(DistributedDataParallel(model), images[shard], targets[shard])
         records = run_inference(_Echo(), _ListDataset(5), {1: 7}, device=device, batch_size=2)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            distributed.log(f"hello from rank {rank}")
+        assert distributed.all_gather_objects(rank * 10) == [0, 10]
+        assert distributed.broadcast_object(f"rank {rank}") == "rank 0"
+        assert distributed.all_reduce_mean(torch.tensor([float(rank), 4.0])).tolist() == [0.5, 4.0]
         if rank == 0:
+            assert printed.getvalue() == "hello from rank 0\n"
             torch.save({"state": model.state_dict(), "losses": losses, "records": records}, f"{out_dir}/rank0.pt")
         else:
-            assert records is None
+            assert records is None and printed.getvalue() == ""
 
 
 def free_port():
@@ -114,3 +123,17 @@ def test_two_process_step_equals_single_process_step(tmp_path):
     assert [r["image_id"] for r in records] == [100, 101, 102, 103, 104]
     assert [r["bbox"][3] for r in records] == [2.0 * (1 + i) for i in range(5)]  # y scale 16 / 8
     assert {r["category_id"] for r in records} == {7}
+
+
+def test_single_process_helpers_need_no_process_group(capsys):
+    assert not distributed.is_distributed()
+    assert (distributed.get_rank(), distributed.get_world_size(), distributed.is_main_process()) == (0, 1, True)
+    assert distributed.all_gather_objects({"a": 1}) == [{"a": 1}]
+    assert distributed.broadcast_object([3]) == [3]
+    values = torch.tensor([1.0, 2.0])
+    reduced = distributed.all_reduce_mean(values)
+    assert torch.equal(reduced, values) and reduced.data_ptr() != values.data_ptr()
+    distributed.log("only once")
+    assert capsys.readouterr().out == "only once\n"
+    assert distributed.backend_for(torch.device("cuda", 0)) == "nccl"
+    assert distributed.backend_for(torch.device("cpu")) == "gloo"
