@@ -68,7 +68,10 @@ class RegionProposalNetwork(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.anchor_generator = AnchorGenerator(anchor_cfg.sizes, anchor_cfg.aspect_ratios)
-        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors_per_location)
+        anchors_per_level = self.anchor_generator.num_anchors_per_location()  # A_l; one head serves every level
+        if len(set(anchors_per_level)) != 1:
+            raise ValueError(f"the shared RPN head needs as many anchors at every level, got {anchors_per_level}")
+        self.head = RPNHead(in_channels, anchors_per_level[0])
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
         self.matcher = Matcher(cfg.fg_iou_thresh, cfg.bg_iou_thresh, allow_low_quality_matches=True)
         self.sampler = BalancedPositiveNegativeSampler(cfg.batch_size_per_image, cfg.positive_fraction)
@@ -83,7 +86,7 @@ class RegionProposalNetwork(nn.Module):
         maps = list(features.values())
         logits, deltas = self.head(maps)
         # Anchors, decoding and losses stay in float32 even when the convs run in bf16/fp16 under autocast.
-        anchors = self.anchor_generator(
+        anchors = self.anchor_generator.anchors_for(
             tuple(images.tensor.shape[-2:]), [tuple(m.shape[-2:]) for m in maps], maps[0].device, torch.float32
         )  # (M, 4)
         num_anchors_per_level = [logit[0].numel() for logit in logits]
