@@ -46,9 +46,7 @@ def base_anchors(
     return (torch.stack((-widths, -heights, widths, heights), dim=1) / 2).round()
 
 
-def shift_anchors(
-    cell: Tensor, grid_size: Sequence[int], stride: Sequence[Union[int, Tensor]]
-) -> Tensor:
+def shift_anchors(cell: Tensor, grid_size: Sequence[int], stride: Sequence[Union[int, Tensor]]) -> Tensor:
     """Place the anchors of one location at every cell of a level's grid.
 
     Args:
@@ -70,7 +68,10 @@ def shift_anchors(
     return (shifts[:, None, :] + cell[None, :, :]).reshape(-1, 4)
 
 
-def _per_level(sizes, aspect_ratios) -> Tuple[Tuple[Tuple[float, ...], ...], Tuple[Tuple[float, ...], ...]]:
+PerLevel = Tuple[Tuple[float, ...], ...]  # one tuple of values (sizes or aspect ratios) per pyramid level
+
+
+def _per_level(sizes, aspect_ratios) -> Tuple[PerLevel, PerLevel]:
     """torchvision's two forms -> one tuple of sizes and one of ratios per level: a flat tuple of sizes is one size
     per level, a flat tuple of ratios is used at every level."""
     if len(sizes) == 0 or len(aspect_ratios) == 0:
