@@ -9,7 +9,7 @@ from fpn.ops.boxes import box_area, box_iou, check_boxes, clip_boxes_to_image, r
 from fpn.ops.matcher import Matcher
 from fpn.ops.nms import batched_nms, nms
 from fpn.ops.poolers import MultiScaleRoIAlign, assign_fpn_levels
-from fpn.ops.roi_align import roi_align
+from fpn.ops.roi_align import RoIAlign, roi_align
 from fpn.ops.sampler import BalancedPositiveNegativeSampler
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "BoxCoder",
     "Matcher",
     "MultiScaleRoIAlign",
+    "RoIAlign",
     "assign_fpn_levels",
     "box_area",
     "box_iou",
