@@ -113,7 +113,9 @@ class FasterRCNNFPN(nn.Module):
         finally:
             self.train(was_training)
         if score_threshold is not None:
-            detections = [{k: v[d["scores"] >= score_threshold] for k, v in d.items()} for d in detections]
+            # detections are sorted by decreasing score: keep a prefix, its length read once for the batch
+            counts = torch.stack([(d["scores"] >= score_threshold).sum() for d in detections]).tolist()
+            detections = [{k: v[:count] for k, v in d.items()} for d, count in zip(detections, counts)]
         return detections
 
     @classmethod

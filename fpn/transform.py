@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -40,11 +41,21 @@ def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
 
 
 def scale_boxes(boxes: Tensor, from_size: Tuple[int, int], to_size: Tuple[int, int]) -> Tensor:
-    """Map (N, 4) boxes from an image of size `from_size` (h, w) to the same image resized to `to_size`."""
-    ratio_h = torch.tensor(to_size[0], dtype=torch.float32, device=boxes.device) / from_size[0]
-    ratio_w = torch.tensor(to_size[1], dtype=torch.float32, device=boxes.device) / from_size[1]
-    scale = torch.stack([ratio_w, ratio_h, ratio_w, ratio_h])
-    return boxes * scale
+    """Map (N, 4) boxes from an image of size `from_size` (h, w) to the same image resized to `to_size`.
+
+    The ratios are float32 quotients, as torchvision's resize_boxes computes them, but computed on the host:
+    a tensor made from Python numbers on an accelerator is a blocking host-to-device copy.
+    """
+    ratio_h = float(np.float32(to_size[0]) / np.float32(from_size[0]))
+    ratio_w = float(np.float32(to_size[1]) / np.float32(from_size[1]))
+    x1, y1, x2, y2 = boxes.unbind(dim=-1)
+    return torch.stack((x1 * ratio_w, y1 * ratio_h, x2 * ratio_w, y2 * ratio_h), dim=-1)
+
+
+def normalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """(image - mean) / std per channel of a (3, H, W) image, with the statistics as Python numbers: the same
+    arithmetic as with (3, 1, 1) tensors of the image's dtype, without copying host data to the device."""
+    return torch.stack([(channel - m) / s for channel, m, s in zip(image, mean, std)])
 
 
 def pad_batch(images: Sequence[Tensor], size_divisible: int) -> Tensor:
@@ -71,16 +82,15 @@ def preprocess(
     per image); at inference it is `cfg.min_size`. Target boxes are scaled into the resized frame (copies; the
     caller's dicts are not modified).
     """
-    mean = torch.tensor(cfg.image_mean, dtype=images[0].dtype, device=images[0].device)[:, None, None]
-    std = torch.tensor(cfg.image_std, dtype=images[0].dtype, device=images[0].device)[:, None, None]
     resized, sizes, new_targets = [], [], [] if targets is not None else None
     for i, image in enumerate(images):
         if training:
+            # a draw on the host's generator, as torchvision's (reading a CPU tensor waits for no device)
             pick = int(torch.empty(1).uniform_(0.0, float(len(cfg.train_min_sizes))).item())
             min_size = cfg.train_min_sizes[pick]
         else:
             min_size = cfg.min_size
-        out = resize_image((image - mean) / std, min_size, cfg.max_size)
+        out = resize_image(normalize(image, cfg.image_mean, cfg.image_std), min_size, cfg.max_size)
         resized.append(out)
         sizes.append((int(out.shape[-2]), int(out.shape[-1])))
         if targets is not None:

@@ -32,38 +32,61 @@ def check_images(images: Sequence[Tensor]) -> None:
 
 def check_targets(targets: Optional[List[Dict[str, Tensor]]], num_images: int, num_classes: int) -> None:
     """Training targets: one dict per image with `boxes` (N, 4) xyxy (x2 > x1, y2 > y1) and `labels` (N,)
-    int64 in 1..num_classes-1 (0 is the background)."""
+    int64 in 1..num_classes-1 (0 is the background).
+
+    Shapes and dtypes are checked image by image; the values of the whole batch are checked at once, with a
+    single read on the host (one sync with an accelerator per batch, not one per image or per box)."""
     if targets is None:
         raise ValueError("targets are required in training mode (call model.eval() for inference)")
     if not isinstance(targets, (list, tuple)) or len(targets) != num_images:
         count = len(targets) if isinstance(targets, (list, tuple)) else type(targets).__name__
         raise ValueError(f"targets must be a list with one dict per image: {num_images} images, got {count}")
     for i, target in enumerate(targets):
-        if not isinstance(target, dict) or "boxes" not in target or "labels" not in target:
-            raise ValueError(f"targets[{i}] must be a dict with 'boxes' and 'labels'")
-        boxes, labels = target["boxes"], target["labels"]
-        if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
-            shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
-            raise ValueError(f"targets[{i}]['boxes'] must have shape (N, 4), got {shape}")
-        if not boxes.is_floating_point():
-            raise ValueError(f"targets[{i}]['boxes'] must be a float tensor, got {boxes.dtype}")
-        if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != boxes.shape[0]:
-            shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-            raise ValueError(f"targets[{i}]['labels'] must have shape ({boxes.shape[0]},), got {shape}")
-        if labels.dtype != torch.int64:
-            raise ValueError(f"targets[{i}]['labels'] must be int64, got {labels.dtype}")
-        if labels.numel() and (labels.min() < 1 or labels.max() >= num_classes):
-            bad = labels[(labels < 1) | (labels >= num_classes)][0].item()
-            raise ValueError(
-                f"targets[{i}]['labels'] has label {bad}, outside 1..{num_classes - 1} "
-                f"(num_classes={num_classes} includes the background 0)"
-            )
-        if not torch.isfinite(boxes).all():
-            raise ValueError(f"targets[{i}]['boxes'] contains non-finite values")
-        degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-        if degenerate.any():
-            j = int(torch.where(degenerate)[0][0])
-            raise ValueError(
-                f"targets[{i}]['boxes'][{j}] = {boxes[j].tolist()} has no positive width and height "
-                "(expected x1 < x2 and y1 < y2, absolute pixels)"
-            )
+        _check_target_shapes(i, target)
+    boxes = torch.cat([t["boxes"] for t in targets])  # (sum N, 4)
+    labels = torch.cat([t["labels"] for t in targets])  # (sum N,)
+    if labels.numel() and bool((~_valid_values(boxes, labels, num_classes)).any()):  # the one host read
+        for i, target in enumerate(targets):
+            _check_target_values(i, target["boxes"], target["labels"], num_classes)
+
+
+def _check_target_shapes(i: int, target: Dict[str, Tensor]) -> None:
+    if not isinstance(target, dict) or "boxes" not in target or "labels" not in target:
+        raise ValueError(f"targets[{i}] must be a dict with 'boxes' and 'labels'")
+    boxes, labels = target["boxes"], target["labels"]
+    if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
+        shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
+        raise ValueError(f"targets[{i}]['boxes'] must have shape (N, 4), got {shape}")
+    if not boxes.is_floating_point():
+        raise ValueError(f"targets[{i}]['boxes'] must be a float tensor, got {boxes.dtype}")
+    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != boxes.shape[0]:
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"targets[{i}]['labels'] must have shape ({boxes.shape[0]},), got {shape}")
+    if labels.dtype != torch.int64:
+        raise ValueError(f"targets[{i}]['labels'] must be int64, got {labels.dtype}")
+
+
+def _valid_values(boxes: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    # (N,) bool: label in 1..num_classes-1, finite coordinates, x1 < x2 and y1 < y2
+    finite = torch.isfinite(boxes).all(dim=1)
+    positive_size = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return finite & positive_size & (labels >= 1) & (labels < num_classes)
+
+
+def _check_target_values(i: int, boxes: Tensor, labels: Tensor, num_classes: int) -> None:
+    # The error path: reads values freely to name the first bad one.
+    bad_labels = (labels < 1) | (labels >= num_classes)
+    if bad_labels.any():
+        raise ValueError(
+            f"targets[{i}]['labels'] has label {labels[bad_labels][0].item()}, outside 1..{num_classes - 1} "
+            f"(num_classes={num_classes} includes the background 0)"
+        )
+    if not torch.isfinite(boxes).all():
+        raise ValueError(f"targets[{i}]['boxes'] contains non-finite values")
+    degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    if degenerate.any():
+        j = int(torch.where(degenerate)[0][0])
+        raise ValueError(
+            f"targets[{i}]['boxes'][{j}] = {boxes[j].tolist()} has no positive width and height "
+            "(expected x1 < x2 and y1 < y2, absolute pixels)"
+        )

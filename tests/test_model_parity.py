@@ -51,17 +51,24 @@ def _freeze_batch_norm(module: torch.nn.Module) -> None:
             _freeze_batch_norm(child)
 
 
-@pytest.fixture(scope="module")
-def models():
+def build_models(min_size: int, max_size: int):
+    """torchvision's detector with seeded random weights (frozen BN) and ours converted from it, both in eval
+    mode and resizing images to (min_size, max_size), in training too."""
     torch.manual_seed(0)
-    tv = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=MIN_SIZE, max_size=MAX_SIZE)
+    tv = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=min_size, max_size=max_size)
     _randomise(tv)
     _freeze_batch_norm(tv)
     tv.eval()
     ours = FasterRCNNFPN.from_torchvision(tv.state_dict())
-    ours.config.input.min_size, ours.config.input.max_size = MIN_SIZE, MAX_SIZE
+    ours.config.input.min_size, ours.config.input.max_size = min_size, max_size
+    ours.config.input.train_min_sizes = (min_size,)
     ours.eval()
     return tv, ours
+
+
+@pytest.fixture(scope="module")
+def models():
+    return build_models(MIN_SIZE, MAX_SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,10 @@ from fpn.ops import (
     BoxCoder,
     Matcher,
     MultiScaleRoIAlign,
-    batched_nms,
     box_iou,
     clip_boxes_to_image,
-    remove_small_boxes,
 )
+from fpn.ops.nms_per_image import large_enough, nms_per_image
 
 
 class RoIHeads(nn.Module):
@@ -78,26 +77,32 @@ class RoIHeads(nn.Module):
         self, proposals: List[Tensor], targets: List[Dict[str, Tensor]]
     ) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
         """Add the gt boxes to the proposals, match (IoU >= 0.5 foreground), sample 512 RoIs per image (25%
-        foreground). Returns per image the sampled RoIs (Ri, 4), their labels (Ri,) int64 and regression targets."""
-        rois, labels, regression_targets = [], [], []
-        for props, target in zip(proposals, targets):
-            gt_boxes, gt_labels = target["boxes"].to(props.dtype), target["labels"]
-            props = torch.cat([props, gt_boxes])
-            if gt_boxes.numel() == 0:  # no objects: every RoI is background
-                label = torch.zeros(props.shape[0], dtype=torch.int64, device=props.device)
-                matched = props
-            else:
-                idx = self.matcher(box_iou(gt_boxes, props))  # (Pi,)
-                label = gt_labels[idx.clamp(min=0)].to(torch.int64)
-                label[idx == Matcher.BELOW_LOW_THRESHOLD] = 0
-                label[idx == Matcher.BETWEEN_THRESHOLDS] = -1
-                matched = gt_boxes[idx.clamp(min=0)]
-            pos, neg = self.sampler([label])
-            keep = torch.where(pos[0] | neg[0])[0]
-            rois.append(props[keep])
-            labels.append(label[keep])
-            regression_targets.append(self.box_coder.encode_single(matched[keep], props[keep]))
-        return rois, labels, regression_targets
+        foreground). Returns per image the sampled RoIs (Ri, 4), their labels (Ri,) int64 and regression targets.
+
+        One host sync for the batch: the number of sampled RoIs of every image, read together."""
+        proposals = [torch.cat([p, t["boxes"].to(p.dtype)]) for p, t in zip(proposals, targets)]
+        labels, matched = zip(*[self._match(p, t["boxes"].to(p.dtype), t["labels"]) for p, t in zip(proposals, targets)])
+        pos_masks, neg_masks = self.sampler(list(labels))
+        sampled = [pos | neg for pos, neg in zip(pos_masks, neg_masks)]
+        counts = torch.stack([mask.sum() for mask in sampled]).tolist()  # the host sync
+        rois, roi_labels, regression_targets = [], [], []
+        for props, label, gt, mask, count in zip(proposals, labels, matched, sampled, counts):
+            keep = torch.nonzero_static(mask, size=count).squeeze(1)  # (Ri,) increasing, as torch.where(mask)
+            rois.append(props.index_select(0, keep))
+            roi_labels.append(label.index_select(0, keep))
+            regression_targets.append(self.box_coder.encode_single(gt.index_select(0, keep), rois[-1]))
+        return rois, roi_labels, regression_targets
+
+    def _match(self, proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> Tuple[Tensor, Tensor]:
+        """Per proposal (Pi, 4): its label (Pi,) int64 (the matched gt's class, 0 background, -1 ignored) and the
+        matched gt box (Pi, 4) (any box where there is no match)."""
+        if gt_boxes.numel() == 0:  # no objects: every RoI is background
+            return torch.zeros(proposals.shape[0], dtype=torch.int64, device=proposals.device), proposals
+        idx = self.matcher(box_iou(gt_boxes, proposals))  # (Pi,)
+        label = gt_labels[idx.clamp(min=0)].to(torch.int64)
+        label = torch.where(idx == Matcher.BELOW_LOW_THRESHOLD, 0, label)
+        label = torch.where(idx == Matcher.BETWEEN_THRESHOLDS, -1, label)
+        return label, gt_boxes[idx.clamp(min=0)]
 
     def losses(
         self, class_logits: Tensor, box_deltas: Tensor, labels: List[Tensor], regression_targets: List[Tensor]
@@ -107,11 +112,12 @@ class RoIHeads(nn.Module):
         labels_all = torch.cat(labels)
         targets_all = torch.cat(regression_targets)
         loss_cls = F.cross_entropy(class_logits, labels_all)
-        pos = torch.where(labels_all > 0)[0]
+        # every RoI's deltas of its own class, masked to the foreground ones (no host sync to gather them)
+        foreground = (labels_all > 0)[:, None]  # (R, 1)
         deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)  # (R, K*4) -> (R, K, 4)
-        loss_box = F.smooth_l1_loss(
-            deltas[pos, labels_all[pos]], targets_all[pos], beta=1 / 9, reduction="sum"
-        ) / labels_all.numel()
+        deltas = deltas.gather(1, labels_all[:, None, None].expand(-1, 1, 4)).squeeze(1)  # (R, 4)
+        loss_box = F.smooth_l1_loss(deltas, torch.where(foreground, targets_all, 0.0), beta=1 / 9, reduction="none")
+        loss_box = torch.where(foreground, loss_box, 0.0).sum() / labels_all.numel()
         return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
 
     def detect(
@@ -122,20 +128,18 @@ class RoIHeads(nn.Module):
         image_sizes: List[Tuple[int, int]],
     ) -> List[Dict[str, Tensor]]:
         """Softmax, decode per class, clip, drop background and scores <= score_thresh, per-class NMS, top-k."""
-        num_classes = class_logits.shape[-1]
+        num_images, num_classes = len(proposals), class_logits.shape[-1]
         counts = [p.shape[0] for p in proposals]
         pred_boxes = self.box_coder.decode(box_deltas, proposals)  # (R, K, 4)
+        pred_boxes = torch.cat([clip_boxes_to_image(b, size) for b, size in zip(pred_boxes.split(counts), image_sizes)])
         pred_scores = F.softmax(class_logits, dim=-1)  # (R, K)
-        results = []
-        for boxes, scores, size in zip(pred_boxes.split(counts), pred_scores.split(counts), image_sizes):
-            boxes = clip_boxes_to_image(boxes, size)
-            labels = torch.arange(num_classes, device=scores.device).expand_as(scores)
-            # Every (RoI, foreground class) pair is a candidate detection.
-            boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
-            keep = torch.where(scores > self.cfg.score_thresh)[0]
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = remove_small_boxes(boxes, min_size=1e-2)
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = batched_nms(boxes, scores, labels, self.cfg.nms_thresh)[: self.cfg.detections_per_img]
-            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
-        return results
+        # Every (RoI, foreground class) pair is a candidate detection: (R*(K-1),) image by image.
+        device = class_logits.device
+        labels = torch.arange(num_classes, device=device).expand_as(pred_scores)[:, 1:].reshape(-1)
+        images = torch.cat([torch.full((c,), i, dtype=torch.int64, device=device) for i, c in enumerate(counts)])
+        images = images[:, None].expand(-1, num_classes - 1).reshape(-1)
+        boxes, scores = pred_boxes[:, 1:].reshape(-1, 4), pred_scores[:, 1:].reshape(-1)
+        valid = (scores > self.cfg.score_thresh) & large_enough(boxes, min_size=1e-2)
+        keep = nms_per_image(boxes, scores, labels, images, valid, num_images, num_classes, self.cfg.nms_thresh,
+                             top_k=self.cfg.detections_per_img)
+        return [{"boxes": boxes[k], "scores": scores[k], "labels": labels[k]} for k in keep]

@@ -21,11 +21,10 @@ from fpn.ops import (
     BalancedPositiveNegativeSampler,
     BoxCoder,
     Matcher,
-    batched_nms,
     box_iou,
     clip_boxes_to_image,
-    remove_small_boxes,
 )
+from fpn.ops.nms_per_image import large_enough, nms_per_image
 from fpn.transform import ImageBatch
 
 
@@ -124,27 +123,26 @@ class RegionProposalNetwork(nn.Module):
         image_sizes: List[Tuple[int, int]],
         num_anchors_per_level: List[int],
     ) -> List[Tensor]:
-        """Top-k per level, clip, drop tiny and low-scoring boxes, NMS per level, keep the post-NMS top-k."""
-        n = proposals.shape[0]
+        """Top-k per level, clip, drop tiny and low-scoring boxes, NMS per level, keep the post-NMS top-k.
+
+        All images at once: host syncs are those of `nms_per_image` (two and one NMS call), not per image.
+        """
+        n, device = proposals.shape[0], proposals.device
         levels = torch.cat(
-            [torch.full((k,), i, dtype=torch.int64, device=proposals.device) for i, k in enumerate(num_anchors_per_level)]
+            [torch.full((k,), i, dtype=torch.int64, device=device) for i, k in enumerate(num_anchors_per_level)]
         )
         top_idx = self._top_n_per_level(logits, num_anchors_per_level)  # (N, T)
-        rows = torch.arange(n, device=proposals.device)[:, None]
-        scores = torch.sigmoid(logits[rows, top_idx])  # (N, T)
-        proposals, levels = proposals[rows, top_idx], levels[top_idx]  # (N, T, 4), (N, T)
-
+        rows = torch.arange(n, device=device)[:, None]
+        scores = torch.sigmoid(logits[rows, top_idx]).reshape(-1)  # (N*T,)
+        boxes = torch.stack([clip_boxes_to_image(b, size) for b, size in zip(proposals[rows, top_idx], image_sizes)])
+        boxes = boxes.reshape(-1, 4)  # (N*T, 4) image by image
+        valid = large_enough(boxes, self.cfg.min_size) & (scores >= self.cfg.score_thresh)
         post_n = self.cfg.post_nms_top_n_train if self.training else self.cfg.post_nms_top_n_test
-        result = []
-        for boxes, score, level, size in zip(proposals, scores, levels, image_sizes):
-            boxes = clip_boxes_to_image(boxes, size)
-            keep = remove_small_boxes(boxes, self.cfg.min_size)
-            boxes, score, level = boxes[keep], score[keep], level[keep]
-            keep = torch.where(score >= self.cfg.score_thresh)[0]
-            boxes, score, level = boxes[keep], score[keep], level[keep]
-            keep = batched_nms(boxes, score, level, self.cfg.nms_thresh)[:post_n]
-            result.append(boxes[keep])
-        return result
+        keep = nms_per_image(
+            boxes, scores, levels[top_idx].reshape(-1), rows.expand_as(top_idx).reshape(-1), valid,
+            num_images=n, num_classes=len(num_anchors_per_level), iou_threshold=self.cfg.nms_thresh, top_k=post_n,
+        )
+        return [boxes.index_select(0, k) for k in keep]
 
     @torch.no_grad()
     def assign_targets(self, anchors: Tensor, targets: List[Dict[str, Tensor]]) -> Tuple[List[Tensor], List[Tensor]]:
@@ -157,9 +155,8 @@ class RegionProposalNetwork(nn.Module):
                 matched.append(torch.zeros_like(anchors, dtype=torch.float32))
                 continue
             idx = self.matcher(box_iou(gt_boxes, anchors))  # (M,)
-            label = (idx >= 0).to(torch.float32)
-            label[idx == Matcher.BELOW_LOW_THRESHOLD] = 0.0
-            label[idx == Matcher.BETWEEN_THRESHOLDS] = -1.0
+            # 1 matched, 0 below the low threshold, -1 between the thresholds (ignored)
+            label = torch.where(idx == Matcher.BETWEEN_THRESHOLDS, -1.0, (idx >= 0).to(torch.float32))
             labels.append(label)
             matched.append(gt_boxes[idx.clamp(min=0)])
         return labels, matched
@@ -168,13 +165,20 @@ class RegionProposalNetwork(nn.Module):
         self, logits: Tensor, deltas: Tensor, labels: List[Tensor], regression_targets: List[Tensor]
     ) -> Dict[str, Tensor]:
         """Binary cross-entropy over the sampled anchors; smooth-L1 (beta 1/9) over the positive ones, both
-        normalised by the number of sampled anchors."""
+        normalised by the number of sampled anchors.
+
+        The losses are sums over every anchor masked to the sampled ones (same value as gathering the sampled
+        anchors, up to float rounding of the sum), so that no host sync sizes a gather.
+        """
         pos_masks, neg_masks = self.sampler(labels)
-        pos = torch.where(torch.cat(pos_masks))[0]
-        sampled = torch.cat([pos, torch.where(torch.cat(neg_masks))[0]])
-        labels_all = torch.cat(labels)
-        targets_all = torch.cat(regression_targets)
-        deltas = deltas.reshape(-1, 4)
-        box_loss = F.smooth_l1_loss(deltas[pos], targets_all[pos], beta=1 / 9, reduction="sum") / sampled.numel()
-        objectness = F.binary_cross_entropy_with_logits(logits.reshape(-1)[sampled], labels_all[sampled])
+        positive = torch.cat(pos_masks)  # (N*M,)
+        sampled = positive | torch.cat(neg_masks)
+        num_sampled = sampled.sum()
+        labels_all = torch.cat(labels).clamp(min=0)  # the ignored (-1) anchors are never sampled
+        objectness = F.binary_cross_entropy_with_logits(logits.reshape(-1), labels_all, reduction="none")
+        objectness = torch.where(sampled, objectness, 0.0).sum() / num_sampled
+        # targets of non-positive anchors may be infinite (an image without boxes): zeroed before the loss
+        targets = torch.where(positive[:, None], torch.cat(regression_targets), 0.0)
+        box_loss = F.smooth_l1_loss(deltas.reshape(-1, 4), targets, beta=1 / 9, reduction="none")
+        box_loss = torch.where(positive[:, None], box_loss, 0.0).sum() / num_sampled
         return {"loss_objectness": objectness, "loss_rpn_box_reg": box_loss}

@@ -47,14 +47,15 @@ class Matcher:
         device = match_quality_matrix.device
         if num_gt == 0 or num_pred == 0:
             return torch.full((num_pred,), self.BELOW_LOW_THRESHOLD, dtype=torch.int64, device=device)
-        best_iou, matches = match_quality_matrix.max(dim=0)  # (N,), (N,) best ground truth of each prediction
-        best_gt_of_pred = matches.clone() if self.allow_low_quality_matches else None
-        matches[best_iou < self.low_threshold] = self.BELOW_LOW_THRESHOLD
-        between = (best_iou >= self.low_threshold) & (best_iou < self.high_threshold)
-        matches[between] = self.BETWEEN_THRESHOLDS
-        if best_gt_of_pred is not None:
+        # Element-wise selects only (no boolean-mask assignment): nothing here waits for the device.
+        best_iou, best_gt = match_quality_matrix.max(dim=0)  # (N,), (N,) best ground truth of each prediction
+        below = torch.full_like(best_gt, self.BELOW_LOW_THRESHOLD)
+        between = torch.full_like(best_gt, self.BETWEEN_THRESHOLDS)
+        matches = torch.where(best_iou < self.high_threshold, between, best_gt)
+        matches = torch.where(best_iou < self.low_threshold, below, matches)
+        if self.allow_low_quality_matches:
             best_iou_of_gt = match_quality_matrix.max(dim=1).values  # (M,)
             # every prediction that reaches some gt's best IoU (ties included) keeps its best match
             is_best = (match_quality_matrix == best_iou_of_gt[:, None]).any(dim=0)  # (N,)
-            matches[is_best] = best_gt_of_pred[is_best]
+            matches = torch.where(is_best, best_gt, matches)
         return matches

@@ -8,8 +8,12 @@ from torch import Tensor
 class BalancedPositiveNegativeSampler:
     """Draws up to `batch_size_per_image` labels per image, at most a `positive_fraction` of them positive.
 
-    Positives and negatives are drawn uniformly at random with torch.randperm on the labels' device, in the same
-    order of random calls as torchvision's sampler, so a seeded run selects the same elements.
+    The draw has torchvision's distribution: min(#positives, batch * fraction) positives, chosen uniformly at
+    random among the positives, then min(#negatives, batch - chosen positives) negatives, uniformly among the
+    negatives. It is made without reading anything on the host (no sync with an accelerator): one random
+    permutation per image ranks the elements, and the first positives and negatives in that order are taken,
+    how many being a count kept on the device. The random numbers differ from torchvision's sampler (which sizes
+    its permutations by the counts), so the same seed selects other elements; a seeded run is deterministic.
 
     Args:
         batch_size_per_image: number of elements sampled per image (fewer when an image lacks negatives).
@@ -33,18 +37,19 @@ class BalancedPositiveNegativeSampler:
         Returns:
             (pos_masks, neg_masks): per image, (Ni,) bool masks of the sampled positives and negatives.
         """
-        pos_masks, neg_masks = [], []
-        for labels in matched_labels:
-            positive = torch.where(labels >= 1)[0]
-            negative = torch.where(labels == 0)[0]
-            num_pos = min(positive.numel(), int(self.batch_size_per_image * self.positive_fraction))
-            num_neg = min(negative.numel(), self.batch_size_per_image - num_pos)
-            chosen_pos = positive[torch.randperm(positive.numel(), device=positive.device)[:num_pos]]
-            chosen_neg = negative[torch.randperm(negative.numel(), device=negative.device)[:num_neg]]
-            pos_mask = torch.zeros_like(labels, dtype=torch.bool)
-            neg_mask = torch.zeros_like(labels, dtype=torch.bool)
-            pos_mask[chosen_pos] = True
-            neg_mask[chosen_neg] = True
-            pos_masks.append(pos_mask)
-            neg_masks.append(neg_mask)
-        return pos_masks, neg_masks
+        masks = [self._sample(labels) for labels in matched_labels]
+        return [pos for pos, _ in masks], [neg for _, neg in masks]
+
+    def _sample(self, labels: Tensor) -> Tuple[Tensor, Tensor]:
+        n, device = labels.numel(), labels.device
+        positive, negative = labels >= 1, labels == 0  # (Ni,) each
+        # A uniformly random order with all positives first, then all negatives, then the ignored elements:
+        # key = group * Ni + a random permutation, all keys distinct.
+        group = torch.where(positive, 0, torch.where(negative, 1, 2))
+        key = torch.randperm(n, device=device) + n * group
+        rank = torch.empty_like(key).scatter_(0, key.argsort(), torch.arange(n, device=device))  # (Ni,)
+        num_positive = positive.sum()  # 0-dim, on the device
+        take_pos = num_positive.clamp(max=int(self.batch_size_per_image * self.positive_fraction))
+        take_neg = torch.minimum(negative.sum(), self.batch_size_per_image - take_pos)
+        # positives hold ranks [0, P), negatives [P, P + #negatives): the first `take` of each are a uniform draw
+        return positive & (rank < take_pos), negative & (rank - num_positive < take_neg)

@@ -1,0 +1,93 @@
+"""Host-sync budget: our detector waits for the device no more often than torchvision's, in inference and training.
+
+Both detectors get the same seeded weights (as in test_model_parity.py) and the same two images; the ops that would
+synchronise the host with a CUDA device are counted with fpn.host_sync.HostSyncCounter (see its docstring for
+what counts). torchvision's `batched_nms` is counted on the path it takes on CUDA: one `nms` call on
+class-offset boxes up to 25,000 boxes (on CPU it loops over the classes, an nms and a nonzero per class, above
+1,000 boxes). Each model runs once before counting, so one-time work (torchvision's pooler infers its scales on
+its first call) is left out: the figures are those of every step of a training loop or a stream of images.
+"""
+import pytest
+import torch
+from torchvision.ops import boxes as tv_boxes
+
+from fpn.host_sync import HostSyncCounter
+from test_model_parity import build_models
+
+MIN_SIZE, MAX_SIZE = 256, 427  # small for speed; still ~1,000 proposals per level and > 5 detections per image
+
+# Measured on these inputs (a CPU run counted as on CUDA), with fpn.ops.nms / roi_align / poolers as committed
+# alongside. "Elsewhere" is everything but those three ops (torchvision: everything but its nms and pooler).
+#                     torchvision (elsewhere)   ours (elsewhere)   ours before this budget (elsewhere)
+#   inference              16 (12)                 93 (4)              148 (8)
+#   training step          45 (41)                 79 (6)              142 (47)
+MEASURED = {"inference": (16, 93), "training step": (45, 79)}  # (torchvision, ours)
+
+
+@pytest.fixture(scope="module")
+def models():
+    tv, ours = build_models(MIN_SIZE, MAX_SIZE)
+    g = torch.Generator().manual_seed(2)
+    warm_up = [torch.rand(3, 240, 320, generator=g)]
+    with torch.no_grad():
+        for model in (tv, ours):
+            model.eval()(warm_up)  # one-time work (torchvision's pooler infers its scales) is not counted
+    return tv, ours
+
+
+@pytest.fixture(scope="module")
+def batch():
+    g = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, h, w, generator=g) for h, w in [(240, 320), (413, 277)]]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 20.0, 120.0, 200.0], [150.0, 30.0, 300.0, 100.0]]), "labels": torch.tensor([1, 2])},
+        {"boxes": torch.tensor([[30.0, 50.0, 250.0, 400.0]]), "labels": torch.tensor([3])},
+    ]
+    return images, targets
+
+
+def _torchvision_batched_nms_as_on_cuda(boxes, scores, idxs, iou_threshold):
+    # torchvision.ops.batched_nms with the device test answered as for a CUDA tensor (its threshold: 100,000
+    # coordinates, i.e. 25,000 boxes)
+    if boxes.numel() > 100_000:
+        return tv_boxes._batched_nms_vanilla(boxes, scores, idxs, iou_threshold)
+    return tv_boxes._batched_nms_coordinate_trick(boxes, scores, idxs, iou_threshold)
+
+
+def _count_inference(model, images):
+    model.eval()
+    with torch.no_grad(), HostSyncCounter() as counter:
+        detections = model(images)
+    assert all(d["boxes"].shape[0] > 5 for d in detections)  # real work: the biased logits make detections
+    return counter
+
+
+def _count_train_step(model, images, targets):
+    model.train()
+    torch.manual_seed(0)
+    with HostSyncCounter() as counter:
+        losses = model(images, targets)
+        sum(losses.values()).backward()
+    model.zero_grad(set_to_none=True)
+    assert all(torch.isfinite(v) for v in losses.values())
+    return counter
+
+
+def _explain(what: str, ours: HostSyncCounter, theirs: HostSyncCounter) -> str:
+    recorded_theirs, recorded_ours = MEASURED[what]
+    return (f"{what}: ours {ours.total} (recorded {recorded_ours}), torchvision {theirs.total} (recorded "
+            f"{recorded_theirs})\nours:\n{ours.report()}\n\ntorchvision:\n{theirs.report()}")
+
+
+def test_inference_syncs_no_more_than_torchvision(models, batch, monkeypatch):
+    tv, ours = models
+    monkeypatch.setattr(tv_boxes, "batched_nms", _torchvision_batched_nms_as_on_cuda)
+    theirs, mine = _count_inference(tv, batch[0]), _count_inference(ours, batch[0])
+    assert mine.total <= theirs.total, _explain("inference", mine, theirs)
+
+
+def test_training_step_syncs_no_more_than_torchvision(models, batch, monkeypatch):
+    tv, ours = models
+    monkeypatch.setattr(tv_boxes, "batched_nms", _torchvision_batched_nms_as_on_cuda)
+    theirs, mine = _count_train_step(tv, *batch), _count_train_step(ours, *batch)
+    assert mine.total <= theirs.total, _explain("training step", mine, theirs)
