@@ -14,7 +14,7 @@ from torchvision.ops import boxes as tv_boxes
 from fpn.host_sync import HostSyncCounter
 from test_model_parity import build_models
 
-MIN_SIZE, MAX_SIZE = 256, 427  # small for speed; still ~1,000 proposals per level and > 5 detections per image
+MIN_SIZE, MAX_SIZE = 256, 427  # small for speed; still thousands of RPN candidates and > 5 detections per image
 
 # Measured on these inputs (a CPU run counted as on CUDA), with fpn.ops.nms / roi_align / poolers as committed
 # alongside. "Elsewhere" is everything but those three ops (torchvision: everything but its nms and pooler).
