@@ -116,8 +116,10 @@ def test_one_roi_and_many_rois_in_chunks(monkeypatch):
     many = [_boxes(150, 11, 14, 0.5, 14), _boxes(150, 11, 14, 0.5, 15)]
     expected = {ratio: roi_align(torch.ones(2, 3, 11, 14), many, 7, 0.5, ratio) for ratio in (2, -1)}
     monkeypatch.setattr(roi_align_kernel, "TAPS_PER_CHUNK", 25 * 7 * 7 * 16)
-    assert len(roi_align_kernel.plan_chunks(torch.cat(many), 7, 7, 0.5, 2, False)[1]) == 12
-    assert len(roi_align_kernel.plan_chunks(torch.cat(many), 7, 7, 0.5, -1, False)[1]) > 5
+    rois = torch.cat((torch.arange(2.0).repeat_interleave(150)[:, None], torch.cat(many)), dim=1)
+    for ratio, chunks in ((2, 12), (-1, 6)):
+        sampling = roi_align_kernel.Sampling(11, 14, 7, 7, 0.5, ratio, False)
+        assert len(roi_align_kernel.plan_chunks(rois, sampling)[1]) == chunks
     for ratio in (2, -1):
         _compare(many, 7, 0.5, ratio, False)
         assert torch.equal(roi_align(torch.ones(2, 3, 11, 14), many, 7, 0.5, ratio), expected[ratio])

@@ -118,11 +118,13 @@ class MultiScaleRoIAlign(nn.Module):
         order = torch.argsort(levels, stable=True)  # (K,)
         per_level = (levels[:, None] == torch.arange(len(maps), device=levels.device)).sum(dim=0)  # (L,)
         counts = per_level.tolist()  # the one host sync: the size of each level's range
-        pooled = maps[0].new_empty((rois.shape[0], maps[0].shape[1], *self.output_size))  # (K, C, oh, ow)
-        for feature, scale, placed in zip(maps, scales, order.split(counts)):
-            pooled.index_copy_(0, placed, roi_align(feature, rois.index_select(0, placed), self.output_size, scale,
-                                                    self.sampling_ratio, self.aligned))
-        return pooled
+        pooled = torch.cat([roi_align(feature, rois.index_select(0, placed), self.output_size, scale,
+                                      self.sampling_ratio, self.aligned)
+                            for feature, scale, placed in zip(maps, scales, order.split(counts))])  # sorted RoIs
+        # back to the input order, in one copy (one index_copy_ per level would make autograd clone the whole
+        # gradient for each)
+        out = maps[0].new_empty((rois.shape[0], maps[0].shape[1], *self.output_size))  # (K, C, oh, ow)
+        return out.index_copy_(0, order, pooled)
 
     def _scales(self, maps: List[Tensor], image_shapes: Optional[List[Tuple[int, int]]]) -> List[float]:
         """Spatial scale of each level: 1 / stride, or inferred from the map and image heights as torchvision."""

@@ -24,6 +24,7 @@ per-RoI grids (one host sync per pass) sizes the chunks.
 Shape shorthand: N images, K RoIs, C channels, (H, W) feature map, (oh, ow) output size, (gh, gw) samples per
 bin, k RoIs of a chunk, T = 4 * gh * gw taps per bin.
 """
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
@@ -33,6 +34,19 @@ from torch import Tensor
 TAPS_PER_CHUNK = 2**22  # (pixel, weight) pairs per chunk of RoIs: bounds the index memory of both passes
 
 Chunk = Tuple[slice, int, int]  # a range of RoIs and the (gh, gw) that range is padded to
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Where the samples fall: the map's size, the output size and roi_align's sampling arguments."""
+
+    height: int
+    width: int
+    out_h: int
+    out_w: int
+    scale: float  # spatial_scale
+    ratio: int  # sampling_ratio (<= 0: adaptive)
+    aligned: bool
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -48,16 +62,15 @@ def roi_align_forward(input: Tensor, rois: Tensor, spatial_scale: float, out_h: 
     if num_rois == 0 or input.numel() == 0:
         return torch.empty((num_rois, channels, out_h, out_w), dtype=input.dtype, device=input.device,
                            memory_format=torch.channels_last).zero_()
-    height, width = input.shape[2], input.shape[3]
+    sampling = Sampling(input.shape[2], input.shape[3], out_h, out_w, spatial_scale, sampling_ratio, aligned)
     rois = rois.to(compute_dtype(input.dtype))
     table = _pixel_table(input)  # (N*H*W, C)
-    order, chunks = plan_chunks(rois, out_h, out_w, spatial_scale, sampling_ratio, aligned)
+    order, chunks = plan_chunks(rois, sampling)
     if order is not None:
         rois = rois[order]
     pieces = []
     for rows, g_h, g_w in chunks:
-        index, weight = bin_taps(rois[rows], height, width, out_h, out_w, spatial_scale, sampling_ratio, aligned,
-                                 g_h, g_w)  # (k*oh*ow, T) each
+        index, weight = bin_taps(rois[rows], sampling, g_h, g_w)  # (k*oh*ow, T) each
         bins = F.embedding_bag(index, table, per_sample_weights=weight.to(table.dtype), mode="sum")  # (k*oh*ow, C)
         pieces.append(bins.view(-1, out_h, out_w, channels))
     out = pieces[0] if len(pieces) == 1 else torch.cat(pieces)  # (K, oh, ow, C), RoIs in chunk order
@@ -72,25 +85,42 @@ def roi_align_backward(grad: Tensor, rois: Tensor, spatial_scale: float, out_h: 
     """(K, C, oh, ow) gradient of the output -> (N, C, H, W) gradient of the input, in grad's dtype, contiguous
     or channels-last (as the input was). Summed in float32 (float64 for float64 grad)."""
     num_rois, num_pixels = rois.shape[0], num_images * height * width
-    layout = torch.channels_last if channels_last else torch.contiguous_format
     if num_rois == 0 or num_pixels * channels == 0:
+        layout = torch.channels_last if channels_last else torch.contiguous_format
         return torch.zeros((num_images, channels, height, width), dtype=grad.dtype, device=grad.device).to(
             memory_format=layout)
-    sum_dtype = compute_dtype(grad.dtype)
-    rois = rois.to(sum_dtype)
-    grad = grad.permute(0, 2, 3, 1)  # (K, oh, ow, C)
-    order, chunks = plan_chunks(rois, out_h, out_w, spatial_scale, sampling_ratio, aligned)
+    sampling = Sampling(height, width, out_h, out_w, spatial_scale, sampling_ratio, aligned)
+    rois = rois.to(compute_dtype(grad.dtype))
+    grad_rows = grad.permute(0, 2, 3, 1)  # (K, oh, ow, C)
+    order, chunks = plan_chunks(rois, sampling)
     if order is not None:
-        rois, grad = rois[order], grad[order]
+        rois, grad_rows = rois[order], grad_rows[order]
     grad_input = None  # (N*H*W, C)
     for rows, g_h, g_w in chunks:
-        index, weight = bin_taps(rois[rows], height, width, out_h, out_w, spatial_scale, sampling_ratio, aligned,
-                                 g_h, g_w)  # (k*oh*ow, T) each
-        rows_grad = grad[rows]  # (k, oh, ow, C), strided: copied once into contiguous rows of the summing dtype
-        grad_bins = torch.empty(rows_grad.shape, dtype=sum_dtype, device=grad.device).copy_(rows_grad)
-        part = _sum_per_pixel(index, weight, grad_bins.view(-1, channels), num_pixels)
+        part = _chunk_backward(grad_rows[rows], rois[rows], sampling, g_h, g_w, num_pixels)
         grad_input = part if grad_input is None else grad_input.add_(part)
-    return _from_pixel_table(grad_input.to(grad.dtype), num_images, channels, height, width, channels_last)
+        del part
+    grad_input = grad_input.to(grad.dtype)  # (the float32 sums freed before the copy below)
+    return _from_pixel_table(grad_input, num_images, channels, height, width, channels_last)
+
+
+def _chunk_backward(grad_rows: Tensor, rois: Tensor, sampling: Sampling, g_h: int, g_w: int,
+                    num_pixels: int) -> Tensor:
+    """(P, C) gradient of the pixel table from the (k, oh, ow, C) output gradient of k RoIs: for each pixel, the
+    sum of weight * gradient over the taps (bin, pixel, weight) that read it. The transpose of the forward's
+    embedding_bag, as an embedding_bag whose bags are the pixels (the taps sorted by pixel)."""
+    index, weight = bin_taps(rois, sampling, g_h, g_w)  # (k*oh*ow, T) each
+    taps_per_bin, channels = index.shape[1], grad_rows.shape[3]
+    keys = index.view(-1).int() if num_pixels < 2**31 else index.view(-1)  # int32 keys sort twice as fast
+    del index
+    pixel, tap = keys.sort(stable=True)  # stable: a fixed summation order, deterministic results
+    del keys
+    starts = torch.searchsorted(pixel, torch.arange(num_pixels, device=pixel.device, dtype=pixel.dtype))  # (P,)
+    # (k*oh*ow, C) contiguous rows of the summing dtype, copied once from the strided gradient
+    sum_dtype = compute_dtype(grad_rows.dtype)
+    grad_bins = torch.empty(grad_rows.shape, dtype=sum_dtype, device=grad_rows.device).copy_(grad_rows)
+    return F.embedding_bag(tap // taps_per_bin, grad_bins.view(-1, channels), starts, mode="sum",
+                           per_sample_weights=weight.view(-1)[tap].to(sum_dtype))
 
 
 def _pixel_table(input: Tensor) -> Tensor:
@@ -116,18 +146,7 @@ def _from_pixel_table(table: Tensor, num_images: int, channels: int, height: int
     return out
 
 
-def _sum_per_pixel(index: Tensor, weight: Tensor, grad_bins: Tensor, num_pixels: int) -> Tensor:
-    """(P, C) sum of weight * grad_bins[bin] over the taps (bin, pixel, weight) of each pixel: the transpose of
-    the forward's embedding_bag, as an embedding_bag whose bags are the pixels (taps sorted by pixel)."""
-    taps_per_bin = index.shape[1]
-    pixel, tap = index.view(-1).sort(stable=True)  # stable: a fixed summation order, deterministic results
-    starts = torch.searchsorted(pixel, torch.arange(num_pixels, device=pixel.device))  # (P,) first tap per pixel
-    return F.embedding_bag(tap // taps_per_bin, grad_bins, starts, mode="sum",
-                           per_sample_weights=weight.view(-1)[tap].to(grad_bins.dtype))
-
-
-def plan_chunks(rois: Tensor, out_h: int, out_w: int, spatial_scale: float, sampling_ratio: int,
-                aligned: bool) -> Tuple[Optional[Tensor], List[Chunk]]:
+def plan_chunks(rois: Tensor, sampling: Sampling) -> Tuple[Optional[Tensor], List[Chunk]]:
     """Split the RoIs into ranges of at most TAPS_PER_CHUNK taps, each with the grid its taps are padded to.
 
     Returns:
@@ -135,12 +154,12 @@ def plan_chunks(rois: Tensor, out_h: int, out_w: int, spatial_scale: float, samp
             int64 RoI order by tap count (ranges index rois[order]) so that padding each range is cheap.
         chunks: (range of RoIs, gh, gw) per chunk.
     """
-    num_rois, taps_per_sample = rois.shape[0], out_h * out_w * 4
-    if sampling_ratio > 0:  # sizes from Python ints only: no host sync
-        per_chunk = max(1, TAPS_PER_CHUNK // (taps_per_sample * sampling_ratio**2))
-        return None, [(slice(s, s + per_chunk), sampling_ratio, sampling_ratio) for s in range(0, num_rois, per_chunk)]
-    _, size = _roi_frames(rois, spatial_scale, aligned)
-    grid = _adaptive_grid(size, out_h, out_w).clamp(min=1)  # (K, 2) gw, gh
+    num_rois, taps_per_sample, ratio = rois.shape[0], sampling.out_h * sampling.out_w * 4, sampling.ratio
+    if ratio > 0:  # sizes from Python ints only: no host sync
+        per_chunk = max(1, TAPS_PER_CHUNK // (taps_per_sample * ratio**2))
+        return None, [(slice(s, s + per_chunk), ratio, ratio) for s in range(0, num_rois, per_chunk)]
+    _, size = _roi_frames(rois, sampling)
+    grid = _adaptive_grid(size, sampling).clamp(min=1)  # (K, 2) gw, gh
     order = torch.argsort(grid.prod(dim=1), stable=True)
     sorted_grid = grid[order].tolist()  # the one host sync of adaptive sampling
     chunks, start = [], 0
@@ -156,39 +175,39 @@ def plan_chunks(rois: Tensor, out_h: int, out_w: int, spatial_scale: float, samp
     return order, chunks
 
 
-def bin_taps(rois: Tensor, height: int, width: int, out_h: int, out_w: int, spatial_scale: float,
-             sampling_ratio: int, aligned: bool, g_h: int, g_w: int) -> Tuple[Tensor, Tensor]:
+def bin_taps(rois: Tensor, sampling: Sampling, g_h: int, g_w: int) -> Tuple[Tensor, Tensor]:
     """(k*oh*ow, T) int64 rows of the (N*H*W, C) pixel table and their weights, for every bin of the k RoIs.
 
     g_h, g_w: the grid every RoI is padded to (at least its own); padded samples get weight 0.
     """
-    start, size = _roi_frames(rois, spatial_scale, aligned)  # (k, 2) x, y each
-    if sampling_ratio > 0:
-        grid = torch.full_like(size, sampling_ratio, dtype=torch.int64)
+    s = sampling
+    start, size = _roi_frames(rois, s)  # (k, 2) x, y each
+    if s.ratio > 0:
+        grid = torch.full_like(size, s.ratio, dtype=torch.int64)
     else:
-        grid = _adaptive_grid(size, out_h, out_w)
-    pixel_y, weight_y = _axis_taps(start[:, 1], size[:, 1], grid[:, 1], out_h, height, g_h)  # (k, oh, gh, 2)
-    pixel_x, weight_x = _axis_taps(start[:, 0], size[:, 0], grid[:, 0], out_w, width, g_w)  # (k, ow, gw, 2)
+        grid = _adaptive_grid(size, s)
+    pixel_y, weight_y = _axis_taps(start[:, 1], size[:, 1], grid[:, 1], s.out_h, s.height, g_h)  # (k, oh, gh, 2)
+    pixel_x, weight_x = _axis_taps(start[:, 0], size[:, 0], grid[:, 0], s.out_w, s.width, g_w)  # (k, ow, gw, 2)
     count = grid.clamp(min=0).prod(dim=1).clamp(min=1).to(start.dtype)  # (k,) max(gh * gw, 1) as in torchvision
-    pixel_y = rois[:, 0].long()[:, None, None, None] * (height * width) + pixel_y * width
+    pixel_y = rois[:, 0].long()[:, None, None, None] * (s.height * s.width) + pixel_y * s.width
     # (k, oh, 1, gh, 1, 2, 1) + (k, 1, ow, 1, gw, 1, 2) -> (k, oh, ow, gh, gw, 2, 2)
     index = pixel_y[:, :, None, :, None, :, None] + pixel_x[:, None, :, None, :, None, :]
     weight = weight_y[:, :, None, :, None, :, None] * weight_x[:, None, :, None, :, None, :]
     weight.div_(count[:, None, None, None, None, None, None])  # the mean of the samples
-    bins = rois.shape[0] * out_h * out_w
+    bins = rois.shape[0] * s.out_h * s.out_w
     return index.reshape(bins, -1), weight.reshape(bins, -1)
 
 
-def _roi_frames(rois: Tensor, scale: float, aligned: bool) -> Tuple[Tensor, Tensor]:
+def _roi_frames(rois: Tensor, sampling: Sampling) -> Tuple[Tensor, Tensor]:
     """(K, 2) start (x, y) and (K, 2) size (w, h) of each RoI in feature pixels."""
-    box = rois[:, 1:] * scale - (0.5 if aligned else 0.0)  # (K, 4) x1, y1, x2, y2
+    box = rois[:, 1:] * sampling.scale - (0.5 if sampling.aligned else 0.0)  # (K, 4) x1, y1, x2, y2
     size = box[:, 2:] - box[:, :2]
-    return box[:, :2], size if aligned else size.clamp(min=1.0)
+    return box[:, :2], size if sampling.aligned else size.clamp(min=1.0)
 
 
-def _adaptive_grid(size: Tensor, out_h: int, out_w: int) -> Tensor:
+def _adaptive_grid(size: Tensor, sampling: Sampling) -> Tensor:
     """(K, 2) int64 samples per bin (gw, gh) = ceil(roi size / output size); <= 0 for an empty aligned RoI."""
-    return torch.ceil(size / size.new_tensor([out_w, out_h])).long()
+    return torch.ceil(size / size.new_tensor([sampling.out_w, sampling.out_h])).long()
 
 
 def _axis_taps(start: Tensor, size: Tensor, grid: Tensor, bins: int, length: int, g: int) -> Tuple[Tensor, Tensor]:
