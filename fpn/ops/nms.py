@@ -28,6 +28,7 @@ a pair whose computed IoU exceeds t is never skipped. NaN coordinates never skip
 Shape shorthand: N boxes, B boxes per window, L tiles of T boxes, P (kept box, tile) candidate pairs.
 """
 import math
+import struct
 from typing import Optional
 
 import torch
@@ -128,63 +129,79 @@ def _greedy_keep(boxes: Tensor, groups: Optional[Tensor], iou_threshold: float) 
     n, device = boxes.shape[0], boxes.device
     threshold = _threshold_below(iou_threshold, boxes.dtype)
     # (N + 1, 5) rows x1, y1, x2, y2, area; row N (all NaN, never overlapping) pads short windows
-    table = torch.cat((boxes, (boxes[:, 2] - boxes[:, 0]).mul_(boxes[:, 3] - boxes[:, 1])[:, None]), dim=1)
-    tiles = _Tiles(table, groups, iou_threshold)
+    table = torch.cat((boxes, (boxes[:, 2:] - boxes[:, :2]).prod(dim=1, keepdim=True)), dim=1)
+    # the first window's kept boxes meet every box (one tile in visiting order: no sort, often the whole job)
+    tiles, later_tiles = _Tiles(table, groups, iou_threshold, tile=n), (table, groups)
     table = torch.cat((table, table.new_full((1, 5), math.nan)))
     if groups is not None:
         groups = torch.cat((groups, groups.new_zeros(1)))
     suppressed = torch.zeros(n, dtype=torch.int32, device=device)  # (N,) how many kept boxes overlap each box
     ranks = torch.arange(n, device=device)
     frontier = torch.zeros((), dtype=torch.int64, device=device)  # every rank below it is decided
-    size, rounds = FIRST_WINDOW, FIRST_ROUNDS
+    size, rounds, earlier = FIRST_WINDOW, FIRST_ROUNDS, None
     while True:
-        # 1. the window: the first `size` open (unsuppressed, undecided) ranks; rank N pads a short window
-        slots = torch.arange(size, device=device)
+        # 1. the window: the first `size` open (unsuppressed, undecided) ranks, then the next one; N pads
         open_box = (suppressed == 0) & (ranks >= frontier)
-        window = torch.searchsorted(torch.cumsum(open_box, 0), slots + 1)  # (B,) in [0, N]
+        window_and_next = _first_true(open_box, size + 1)  # (B + 1,) in [0, N]
+        window = window_and_next[:size]
         rows = table.index_select(0, window)  # (B, 5)
         window_groups = groups.index_select(0, window) if groups is not None else None
         # 2. greedy inside the window; its settled prefix is committed
-        keep, settled = _window_greedy(rows, window_groups, window < n, threshold, rounds)
-        kept = keep & (slots < settled)  # (B,)
-        frontier = torch.cat((window, window[-1:] + 1)).index_select(0, settled.view(1))[0]
-        # 3. the kept boxes suppress the boxes after them that they overlap
+        if earlier is None or earlier.shape[0] != size:  # (B, B) [j, i]: 1.0 where i < j
+            earlier = torch.ones(size, size, dtype=boxes.dtype, device=device).tril_(diagonal=-1)
+        keep, settled = _window_greedy(rows, window_groups, window < n, earlier, threshold, rounds)
+        kept = keep & (torch.arange(size, device=device) < settled)  # (B,)
+        frontier = window_and_next.index_select(0, settled.view(1))[0]  # the first open box not settled
+        # 3. the kept boxes suppress the boxes after them that they overlap, tile by tile
         pairs = tiles.candidates(rows, window_groups) & kept[:, None]  # (B, L)
-        unreached = open_box & (ranks >= frontier) & ~tiles.covered(pairs)  # open boxes no kept box can reach
-        num_pairs, done, more, all_settled = torch.stack((
-            pairs.sum(), frontier >= n, unreached.any(), settled >= (window < n).sum())).tolist()  # the sync
-        for pair in torch.nonzero_static(pairs, size=num_pairs).split(max(1, _CHUNK // TILE)):
-            first = window.index_select(0, pair[:, 0])  # (p,) ranks of kept boxes
-            members = tiles.members.index_select(0, pair[:, 1])  # (p, T) ranks
-            hit = _iou(rows.index_select(0, pair[:, 0])[:, :, None], tiles.rows.index_select(0, pair[:, 1]), dim=1)
-            hit = (hit > threshold) & (members > first[:, None])  # (p, T)
+        unreached = tiles.holding(open_box & (ranks >= frontier)) & ~pairs.any(dim=0)  # (L,) no kept box near
+        num_pairs, done, more, all_settled = torch.stack(
+            (pairs.sum(), frontier >= n, unreached.any(), settled >= (window < n).sum())).tolist()  # the sync
+        pair = _first_true(pairs.view(-1), num_pairs)  # (P,) flat (kept box, tile) indices
+        for pair in pair.split(max(1, _CHUNK // tiles.members.shape[1])):
+            slot, tile = pair.div(pairs.shape[1], rounding_mode="floor"), pair.remainder(pairs.shape[1])  # (p,)
+            members = tiles.members.index_select(0, tile)  # (p, T) ranks
+            hit = _iou(rows.index_select(0, slot).t()[:, :, None], tiles.rows.index_select(0, tile).transpose(0, 1))
+            hit = (hit > threshold) & (members > window.index_select(0, slot)[:, None])  # (p, T)
             if groups is not None:
-                hit &= tiles.groups.index_select(0, pair[:, 1]) == window_groups.index_select(0, pair[:, 0])[:, None]
-            suppressed.index_add_(0, members.view(-1), hit.view(-1).to(torch.int32))
-        # when every open box was within reach of a kept box, all may be gone now: ask (a second sync)
+                hit &= tiles.groups.index_select(0, tile) == window_groups.index_select(0, slot)[:, None]
+            suppressed.index_add_(0, members.view(-1), hit.view(-1).view(torch.uint8).to(torch.int32))
+        # when every open box was near a kept box, all may be suppressed now: ask (a second sync)
         if done or not (more or ((suppressed == 0) & (ranks >= frontier)).any()):
             return suppressed == 0
-        size, rounds = min(4 * size, WINDOW), FIRST_ROUNDS if all_settled else min(2 * rounds, WINDOW)
+        size = min(4 * size, WINDOW)
+        rounds = max(FIRST_ROUNDS, rounds // 2) if all_settled else min(2 * rounds, WINDOW)
+        if later_tiles is not None:
+            tiles, later_tiles = _Tiles(*later_tiles, iou_threshold), None
 
 
-def _window_greedy(rows: Tensor, groups: Optional[Tensor], valid: Tensor, threshold: float, rounds: int):
+def _first_true(mask: Tensor, count: int) -> Tensor:
+    """(count,) int64 positions of the first `count` True entries of mask (M,), in order; M where fewer."""
+    return torch.searchsorted(torch.cumsum(mask, dim=0), torch.arange(1, count + 1, device=mask.device))
+
+
+def _window_greedy(rows: Tensor, groups: Optional[Tensor], valid: Tensor, earlier: Tensor, threshold: float,
+                   rounds: int):
     """Greedy on the window's boxes by `rounds` rounds of the fixed-point iteration (see the module docstring).
 
     Args:
-        rows: (B, 5) boxes and areas in visiting order; groups: (B,) or None; valid: (B,) False for padding.
+        rows: (B, 5) boxes and areas in visiting order; groups: (B,) or None; valid: (B,) False for padding;
+        earlier: (B, B) [j, i] 1.0 where i < j, else 0.0.
 
     Returns:
         keep: (B,) bool after the last round; settled: () int64, the length of the prefix known to be final.
     """
-    overlap = (_iou(rows[:, None], rows[None, :]) > threshold).triu_(diagonal=1)  # (B, B) i visited before j
+    columns = rows.t().contiguous()  # (5, B)
+    overlap = _iou(columns[:, :, None], columns[:, None, :]) > threshold  # (B, B) symmetric
     if groups is not None:
         overlap &= groups[:, None] == groups[None, :]
-    overlap = overlap.to(rows.dtype)  # counts of 0/1 below 2**24 are exact
+    # (B, B) [j, i]: 1.0 where box i, visited before box j, overlaps it; counts of 0/1 below 2**24 are exact
+    suppressors = overlap.view(torch.uint8).to(rows.dtype).mul_(earlier)  # (via uint8: a faster conversion)
     keep = previous = valid = valid.to(rows.dtype)
     for _ in range(rounds):
-        keep, previous = valid * ((keep @ overlap) == 0), keep
-    changed = (keep != previous).to(torch.int32)
-    return keep.bool(), torch.where(changed.any(), changed.argmax(), rows.shape[0])
+        keep, previous = valid * (torch.mv(suppressors, keep) == 0), keep
+    changed = torch.cat((keep != previous, valid.new_ones(1, dtype=torch.bool)))  # a change past the window
+    return keep.bool(), changed.to(torch.int32).argmax()  # argmax: the first maximum
 
 
 class _Tiles:
@@ -195,24 +212,22 @@ class _Tiles:
     matters for speed only: the skip test uses the true ranges of whatever boxes a tile holds.
     """
 
-    def __init__(self, table: Tensor, groups: Optional[Tensor], iou_threshold: float):
+    def __init__(self, table: Tensor, groups: Optional[Tensor], iou_threshold: float, tile: int = TILE):
         n = table.shape[0]
         order = torch.arange(n, device=table.device)
-        if n > TILE:
-            strips = math.ceil(math.sqrt(n / TILE))  # tiles about as wide as high, in boxes
-            x1, y1 = table[:, 0], table[:, 1]
-            strip = ((x1 - x1.min()) / (x1.max() - x1.min()) * strips).floor_().clamp_(max=strips - 1)
-            key = strip + (y1 - y1.min()) / (y1.max() - y1.min()) * 0.5  # (N,) NaN for odd extents: order only
+        if n > tile:
+            strips = math.ceil(math.sqrt(n / tile))  # tiles about as wide as high, in boxes
+            low, high = table[:, :2].aminmax(dim=0)
+            start = (table[:, :2] - low) / (high - low)  # (N, 2) x1, y1 scaled to [0, 1]; NaN: any order
+            key = (start[:, 0] * strips).floor_().clamp_(max=strips - 1) + start[:, 1] * 0.5  # strip, then y1
             order = torch.argsort(key, stable=True)
             if groups is not None:
                 order = order.index_select(0, torch.argsort(groups.index_select(0, order), stable=True))
         # the last tile is padded with copies of its last box: a pair seen twice suppresses the same box
-        self.members = torch.cat((order, order[-1:].expand((-n) % TILE))).view(-1, TILE)  # (L, T) ranks
-        self.tile_of = torch.empty_like(order).index_put_(
-            (self.members.view(-1),), torch.arange(self.members.shape[0], device=order.device).repeat_interleave(
-                TILE))  # (N,) the tile of each rank
-        self.rows = table.index_select(0, self.members.view(-1)).view(-1, TILE, 5).transpose(1, 2).contiguous()
-        self.low, self.high = self.rows[:, :4].amin(dim=2), self.rows[:, :4].amax(dim=2)  # (L, 4) ranges
+        self.members = torch.cat((order, order[-1:].expand((-n) % tile))).view(-1, tile)  # (L, T) ranks
+        self.rows = table.index_select(0, self.members.view(-1)).view(-1, tile, 5).transpose(1, 2).contiguous()
+        self.low = self.rows[:, :4].amin(dim=2).t().contiguous()  # (4, L) ranges of x1, y1, x2, y2
+        self.high = self.rows[:, :4].amax(dim=2).t().contiguous()
         if groups is not None:
             self.groups = groups[self.members]  # (L, T)
             self.group_low, self.group_high = self.groups.amin(dim=1), self.groups.amax(dim=1)
@@ -222,36 +237,43 @@ class _Tiles:
 
     def candidates(self, rows: Tensor, groups: Optional[Tensor]) -> Tensor:
         """(B, L) bool: tile l may hold a box with IoU > t with box b of rows (B, 5); False is a proof."""
-        start, size = rows[:, None, :2], (rows[:, 2:4] - rows[:, :2])[:, None]  # (B, 1, 2) each
-        skip = (self.low[:, :2] - start >= size * self.reach_after)  # every start too far after
-        skip |= start - self.high[:, :2] >= size * self.reach_before  # every start too far before
-        skip |= self.high[:, 2:] <= start  # every end before the box starts: no overlap
-        skip = skip.any(dim=2)  # (B, L)
+        start = rows[:, :2].t()[:, :, None]  # (2, B, 1) x1, y1
+        size = (rows[:, 2:4] - rows[:, :2]).t()[:, :, None]  # (2, B, 1) width, height
+        # a margin >= 0 proves the skip (x - y >= 0 iff x >= y in floats; NaN never skips): every box of the
+        # tile starts too far after the box, or too far before it, or ends before it starts
+        margin = torch.maximum(self.low[:2, None] - start - size * self.reach_after,
+                               start - self.high[:2, None] - size * self.reach_before)  # (2, B, L)
+        margin = torch.maximum(margin, start - self.high[2:, None]).amax(dim=0)  # (B, L)
+        reach = ~(margin >= 0)
         if groups is not None:
-            skip |= (self.group_low > groups[:, None]) | (self.group_high < groups[:, None])
-        return ~skip
+            reach &= (self.group_low <= groups[:, None]) & (self.group_high >= groups[:, None])
+        return reach
 
-    def covered(self, pairs: Tensor) -> Tensor:
-        """(N,) bool: the box is in a tile of some pair of pairs (B, L)."""
-        return pairs.any(dim=0).index_select(0, self.tile_of)
+    def holding(self, mask: Tensor) -> Tensor:
+        """(L,) bool: the tile holds a box of mask (N,)."""
+        return mask[self.members].any(dim=1)
 
 
-def _iou(a: Tensor, b: Tensor, dim: int = -1) -> Tensor:
-    """IoU of boxes a and b, broadcast, in torchvision's nms arithmetic; dimension `dim` (of size 5) holds x1, y1,
-    x2, y2, area."""
-    top_left = torch.maximum(a.narrow(dim, 0, 2), b.narrow(dim, 0, 2))
-    size = (torch.minimum(a.narrow(dim, 2, 2), b.narrow(dim, 2, 2)) - top_left).clamp_(min=0)  # overlap w, h
-    inter = size.select(dim, 0) * size.select(dim, 1)
-    return inter / ((a.select(dim, 4) + b.select(dim, 4)).sub_(inter))  # inter / (area_a + area_b - inter)
+def _iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU in torchvision's nms arithmetic of boxes a and b, each (5, ...) rows x1, y1, x2, y2, area; the rows
+    of a and b broadcast against each other."""
+    width = (torch.minimum(a[2], b[2]) - torch.maximum(a[0], b[0])).clamp_(min=0)
+    height = (torch.minimum(a[3], b[3]) - torch.maximum(a[1], b[1])).clamp_(min=0)
+    inter = width.mul_(height)
+    return inter.div_((a[4] + b[4]).sub_(inter))  # inter / (area_a + area_b - inter)
 
 
 def _threshold_below(iou_threshold: float, dtype: torch.dtype) -> float:
     """The largest value of `dtype` <= iou_threshold: for an IoU x of that dtype, x > it iff x > iou_threshold.
 
     torchvision compares the IoU with the threshold in double precision; comparing a float32 tensor with a Python
-    float rounds the threshold to float32 instead, and float32(0.1) > 0.1 would be missed.
+    float rounds the threshold to float32 instead, and float32(0.1) > 0.1 would be missed. Computed on the host
+    in plain Python (no tensor op, no device round trip).
     """
-    rounded = torch.tensor(iou_threshold, dtype=torch.float64).to(dtype)
-    if float(rounded) > iou_threshold:
-        rounded = torch.nextafter(rounded, rounded.new_tensor(-math.inf))
-    return float(rounded)
+    if dtype == torch.float64:
+        return iou_threshold
+    threshold = min(iou_threshold, 2.0)  # an IoU never exceeds 1: larger thresholds act alike
+    rounded = struct.unpack("<f", struct.pack("<f", threshold))[0]  # to the nearest float32
+    if rounded > threshold:  # step down one float32 (positive floats are ordered like their bit patterns)
+        rounded = struct.unpack("<f", struct.pack("<I", struct.unpack("<I", struct.pack("<f", rounded))[0] - 1))[0]
+    return rounded
