@@ -1,9 +1,25 @@
-"""fpn.ops.nms / batched_nms must keep exactly the indices torchvision keeps, in the same order."""
+"""fpn.ops.nms / batched_nms must keep exactly the indices torchvision keeps, in the same order.
+
+Every test runs twice: with the tiles the CPU uses and with the fixed-shape blocks accelerators use (the strategy
+fixture), so both forms of the algorithm are checked here on the CPU.
+"""
+import importlib
+import math
+
 import pytest
 import torch
 import torchvision
 
-from fpn.ops import batched_nms, nms
+from fpn.ops import batched_nms, nms, roi_align
+
+nms_module = importlib.import_module("fpn.ops.nms")  # the module (fpn.ops.nms is also the function's name)
+
+
+@pytest.fixture(autouse=True, params=["tiles", "blocks"])
+def strategy(request, monkeypatch):
+    if request.param == "blocks":
+        monkeypatch.setattr(nms_module, "SPARSE_DEVICES", ())
+    return request.param
 
 
 def _uniform(n: int, seed: int, dtype=torch.float32):
@@ -158,3 +174,126 @@ def test_bad_inputs_raise():
         batched_nms(torch.zeros(3, 4), torch.zeros(3), torch.zeros(2, dtype=torch.int64), 0.5)
     with pytest.raises(ValueError, match="integer"):
         batched_nms(torch.zeros(3, 4), torch.zeros(3), torch.zeros(3), 0.5)
+
+
+# ---- adversarial and realistic inputs (those of scripts/bench_ops.py) ------------------------------------------
+
+def _jittered(n: int, objects: int, spread: float, seed: int):
+    """n boxes jittered around `objects` objects (centre and size noise `spread`), distinct scores."""
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.rand(objects, 2, generator=g) * torch.tensor([1344.0, 800.0])
+    size = torch.exp(torch.empty(objects, 2).uniform_(3.0, 6.0, generator=g))
+    which = torch.randint(0, objects, (n,), generator=g)
+    c = centre[which] + torch.randn(n, 2, generator=g) * size[which] * spread
+    s = size[which] * torch.exp(torch.randn(n, 2, generator=g) * spread)
+    return torch.cat((c - s / 2, c + s / 2), dim=1), torch.randperm(n, generator=g).float() / n
+
+
+def _chain(n: int):
+    # each box overlaps its neighbour with IoU 31/33 > 0.9 and the next but one with 30/34 < 0.9: greedy keeps
+    # every other box, and a window settles one box per round
+    x = torch.arange(n, dtype=torch.float32)
+    return torch.stack((x, torch.zeros(n), x + 32, torch.full((n,), 32.0)), dim=1), torch.linspace(1, 0, n)
+
+
+ADVERSARIAL = {
+    "4000 identical boxes": lambda: (torch.tensor([[100.0, 100.0, 300.0, 250.0]]).repeat(4000, 1),
+                                     torch.randperm(4000, generator=torch.Generator().manual_seed(0)).float()),
+    "4000 identical boxes, tied scores": lambda: (torch.tensor([[5.0, 5.0, 50.0, 40.0]]).repeat(4000, 1),
+                                                  torch.ones(4000)),
+    "10000 boxes in 5 tight clusters": lambda: _jittered(10000, 5, 0.02, 1),
+    "5000 boxes around 8 objects": lambda: _jittered(5000, 8, 0.1, 2),
+    "3000 boxes around 120 objects": lambda: _jittered(3000, 120, 0.15, 3),
+    "1500 chained boxes": lambda: _chain(1500),
+    "nested boxes": lambda: (torch.stack([torch.tensor([i, i, 600.0 - i, 500.0 - i]) for i in range(0, 240, 2)]),
+                             torch.rand(120, generator=torch.Generator().manual_seed(4))),
+}
+
+
+@pytest.mark.parametrize("case", list(ADVERSARIAL))
+@pytest.mark.parametrize("threshold", [0.5, 0.7, 0.9])
+def test_adversarial_inputs_match_torchvision(case, threshold):
+    boxes, scores = ADVERSARIAL[case]()
+    assert torch.equal(nms(boxes, scores, threshold), torchvision.ops.nms(boxes, scores, threshold))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_structures_match_torchvision(seed):
+    # small inputs of every kind at once: sizes 1..600, thresholds 0..1, integer coordinates (exact IoU ties),
+    # duplicates, zero-area and reversed boxes, boxes far outside the image, tied scores
+    g = torch.Generator().manual_seed(100 + seed)
+    n = int(torch.randint(1, 600, (1,), generator=g))
+    boxes, scores = _jittered(n, int(torch.randint(1, 40, (1,), generator=g)), float(torch.rand(1, generator=g)) * 0.3,
+                              seed)
+    if seed % 4 == 0:
+        boxes = boxes.round()
+    if seed % 5 == 0:
+        boxes[: n // 7] = boxes[n // 7: 2 * (n // 7)]
+        scores = (scores * 8).round()
+    if seed % 6 == 0:
+        boxes[::11, 2] = boxes[::11, 0]  # zero width
+        boxes[1::13] = boxes[1::13][:, [2, 3, 0, 1]]  # reversed corners
+        boxes[2::17] -= 5000.0
+    threshold = float(torch.rand(1, generator=g))
+    assert torch.equal(nms(boxes, scores, threshold), torchvision.ops.nms(boxes, scores, threshold))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5])
+def test_nan_inf_and_reversed_boxes_match_torchvision(threshold):
+    boxes, scores = _uniform(300, 8)
+    boxes[::7] = math.nan
+    boxes[3::11, 2] = math.inf
+    boxes[5::13, 0] = -math.inf
+    boxes[6::17] = boxes[6::17][:, [2, 1, 0, 3]]
+    scores[9::19] = math.nan
+    assert torch.equal(nms(boxes, scores, threshold), torchvision.ops.nms(boxes, scores, threshold))
+
+
+def test_batched_many_categories_match_per_category_nms():
+    # 90 categories, huge and negative ids: a detector's per-class NMS. Above 1,000 boxes torchvision's CPU
+    # batched_nms runs one nms per category; distinct scores make its final order well defined.
+    boxes, scores = _jittered(3000, 60, 0.15, 9)
+    categories = torch.randint(0, 90, (3000,), generator=torch.Generator().manual_seed(10))
+    idxs = categories * 1_000_003 - 40_000_000
+    assert torch.equal(batched_nms(boxes, scores, idxs, 0.5), torchvision.ops.batched_nms(boxes, scores, idxs, 0.5))
+
+
+def test_empty_batched_and_integer_idxs_dtypes():
+    for dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        keep = batched_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=dtype), 0.5)
+        assert keep.shape == (0,) and keep.dtype == torch.int64
+    boxes, scores = _uniform(200, 12)
+    idxs = torch.arange(200) % 3
+    expected = torchvision.ops.batched_nms(boxes, scores, idxs, 0.5)
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        assert torch.equal(batched_nms(boxes, scores, idxs.to(dtype), 0.5), expected)
+
+
+# ---- registered operators ------------------------------------------------------------------------------------
+
+def test_opcheck_nms_ops():
+    boxes, scores = _clustered(300, 13)
+    idxs = torch.arange(300) % 4
+    torch.library.opcheck(torch.ops.fpn.nms.default, (boxes, scores, 0.5))
+    torch.library.opcheck(torch.ops.fpn.batched_nms.default, (boxes, scores, idxs, 0.5))
+    torch.library.opcheck(torch.ops.fpn.nms.default, (boxes.double(), scores.double(), 0.7))
+
+
+def test_compiled_detection_step_has_no_graph_break():
+    # NMS then RoIAlign of the kept boxes, as a detector's second stage does. An op whose output size depends on
+    # the data (NMS, like nonzero) needs dynamo's capture_dynamic_output_shape_ops, as torchvision's nms does.
+    def detect(features, boxes, scores, idxs):
+        keep = batched_nms(boxes, scores, idxs, 0.5)
+        return roi_align(features, [boxes[keep]], 7, 0.25, 2).flatten(1).sum(1) * scores[keep]
+
+    boxes, scores = _clustered(400, 14)
+    boxes = boxes / 8  # inside a 100 x 168 image: a 25 x 42 feature map at stride 4
+    features = torch.randn(1, 8, 25, 42, generator=torch.Generator().manual_seed(15))
+    idxs = torch.arange(400) % 5
+    with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(detect)(features, boxes, scores, idxs)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        compiled = torch.compile(detect, backend="aot_eager", fullgraph=True)
+        torch.testing.assert_close(compiled(features, boxes, scores, idxs), detect(features, boxes, scores, idxs),
+                                   rtol=0, atol=0)
