@@ -33,10 +33,10 @@ from fpn.ops.nms_tiles import Tiles
 from fpn.ops.nms_window import box_table, first_true, iou, next_window, threshold_below
 
 SPARSE_DEVICES = ("cpu",)  # devices where step 3 uses tiles and reads a size per window; elsewhere fixed blocks
-WINDOW = 256  # boxes per window (B) with tiles; the first window has FIRST_WINDOW, each next 4x more, up to this
-FIRST_WINDOW = 64
+WINDOW = 256  # boxes per window (B) with tiles; up to WINDOW boxes make one window, more start with FIRST_WINDOW
+FIRST_WINDOW = 64  # (a cluster often settles everything in the first window) and grow 4x per window
 BLOCK_WINDOW = 1024  # boxes per window in fixed-shape blocks (a (B, B) and a (B, N) pass per window)
-FIRST_ROUNDS = 4  # rounds of greedy in a window; doubled while windows do not settle, halved when they do
+FIRST_ROUNDS = 8  # rounds of greedy in a window; doubled while windows do not settle, halved when they do
 PAIRS_PER_CHUNK = 2**18  # box pairs per chunk of step 3 with tiles: bounds its memory (~16 MiB)
 PAIRS_PER_BLOCK = 2**21  # box pairs per block of step 3 in fixed shapes (~30 MiB in float32)
 
@@ -135,7 +135,7 @@ def _greedy_with_tiles(boxes: Tensor, groups: Optional[Tensor], iou_threshold: f
     suppressed = torch.zeros(n, dtype=torch.int32, device=device)  # (N,) how many kept boxes overlap each box
     ranks = torch.arange(n, device=device)
     frontier = torch.zeros((), dtype=torch.int64, device=device)  # every rank below it is decided
-    size, rounds, earlier = FIRST_WINDOW, FIRST_ROUNDS, None
+    size, rounds, earlier = (n if n <= WINDOW else FIRST_WINDOW), FIRST_ROUNDS, None  # few boxes: one window
     while True:
         if earlier is None or earlier.shape[0] != size:  # (B, B) [j, i]: 1.0 where i < j
             earlier = torch.ones(size, size, dtype=boxes.dtype, device=device).tril_(diagonal=-1)
