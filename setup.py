@@ -12,8 +12,9 @@ setup(
     license="BSD-3-Clause",
     python_requires=">=3.9",
     packages=find_packages(include=["fpn", "fpn.*"]),
-    # A library does not pin torch: the tested stack is pinned in constraints.txt.
-    install_requires=["torch>=2.1", "numpy", "pycocotools", "tqdm", "pillow"],
+    # A library does not pin torch: the tested stack is pinned in constraints.txt. The ops are torch.library
+    # custom operators with fake kernels (torch 2.4) and use nonzero_static on CUDA (torch 2.6).
+    install_requires=["torch>=2.6", "numpy", "pycocotools", "tqdm", "pillow"],
     extras_require={
         # torchvision is the *reference* the parity tests compare against; fpn/ never imports it.
         "test": ["pytest", "torchvision", "matplotlib"],

@@ -268,6 +268,9 @@ class HostSyncCounter(TorchDispatchMode):
         # The mode is popped while __torch_dispatch__ runs, so calling `func` would hide the ops of its Python
         # implementation. Instead fetch the kernel registered for the tensors' device and call it with the
         # mode pushed again: its ops come back here one by one.
+        if not hasattr(torch.library, "get_kernel"):
+            raise RuntimeError(f"counting the syncs inside {func} needs torch >= 2.9 (torch.library.get_kernel); "
+                               f"this is torch {torch.__version__}")
         device = _first_device(args, kwargs)
         key = _DISPATCH_KEYS.get(device.type, device.type.upper())
         kernel = torch.library.get_kernel(func, key)
