@@ -36,7 +36,7 @@ SPARSE_DEVICES = ("cpu",)  # devices where step 3 uses tiles and reads a size pe
 WINDOW = 256  # boxes per window (B) with tiles; up to WINDOW boxes make one window, more start with FIRST_WINDOW
 FIRST_WINDOW = 64  # (a cluster often settles everything in the first window) and grow 4x per window
 BLOCK_WINDOW = 1024  # boxes per window in fixed-shape blocks (a (B, B) and a (B, N) pass per window)
-FIRST_ROUNDS = 8  # rounds of greedy in a window; doubled while windows do not settle, halved when they do
+FIRST_ROUNDS = 16  # rounds of greedy in a window; doubled while windows do not settle, halved when they do
 PAIRS_PER_CHUNK = 2**18  # box pairs per chunk of step 3 with tiles: bounds its memory (~16 MiB)
 PAIRS_PER_BLOCK = 2**21  # box pairs per block of step 3 in fixed shapes (~30 MiB in float32)
 
@@ -128,7 +128,8 @@ def _greedy_with_tiles(boxes: Tensor, groups: Optional[Tensor], iou_threshold: f
     n, device = boxes.shape[0], boxes.device
     threshold = threshold_below(iou_threshold, boxes.dtype)
     table = box_table(boxes)  # (N + 1, 5)
-    # the first window's kept boxes meet every box (one tile in visiting order: no sort, often the whole job)
+    # the first window's kept boxes meet every box if they are few (one tile in visiting order, no sort: one kept box
+    # per cluster often ends the job); more kept boxes, and the later windows, use tiles of nearby boxes
     tiles, later_tiles = Tiles(table[:n], groups, iou_threshold, tile=n), (table[:n], groups)
     if groups is not None:
         groups = torch.cat((groups, groups.new_zeros(1)))
@@ -140,14 +141,18 @@ def _greedy_with_tiles(boxes: Tensor, groups: Optional[Tensor], iou_threshold: f
         if earlier is None or earlier.shape[0] != size:  # (B, B) [j, i]: 1.0 where i < j
             earlier = torch.ones(size, size, dtype=boxes.dtype, device=device).tril_(diagonal=-1)
         window = next_window(table, groups, (suppressed == 0) & (ranks >= frontier), size, earlier, threshold,
-                             rounds)
+                             rounds, stop_early=True)
         frontier = window.frontier
         # the kept boxes of the window suppress the boxes after them that they overlap, tile by tile
-        pairs = tiles.near(window.rows, window.groups) & window.kept[:, None]  # (B, L)
-        still_open = (suppressed == 0) & (ranks >= frontier)
-        unreached = tiles.holding(still_open) & ~pairs.any(dim=0)  # (L,) tiles with open boxes no kept box nears
-        num_pairs, done, more, all_settled = torch.stack((
-            pairs.sum(), frontier >= n, unreached.any(), window.settled >= window.count)).tolist()  # the read
+        while True:
+            pairs = tiles.near(window.rows, window.groups) & window.kept[:, None]  # (B, L)
+            still_open = (suppressed == 0) & (ranks >= frontier)
+            unreached = tiles.holding(still_open) & ~pairs.any(dim=0)  # (L,) open boxes that no kept box nears
+            num_pairs, done, more, all_settled = torch.stack((
+                pairs.sum(), frontier >= n, unreached.any(), window.settled >= window.count)).tolist()  # the read
+            if later_tiles is None or num_pairs * n <= PAIRS_PER_CHUNK // 4:
+                break
+            tiles, later_tiles = Tiles(*later_tiles, iou_threshold), None  # many kept boxes: the sorted tiles now
         for pair in first_true(pairs.view(-1), num_pairs).split(max(1, PAIRS_PER_CHUNK // tiles.members.shape[1])):
             slot, tile = pair.div(pairs.shape[1], rounding_mode="floor"), pair.remainder(pairs.shape[1])  # (p,)
             members = tiles.members.index_select(0, tile)  # (p, T) ranks

@@ -29,8 +29,8 @@ class Window(NamedTuple):
 
 
 def next_window(table: Tensor, groups: Optional[Tensor], open_box: Tensor, size: int, earlier: Tensor,
-                threshold: float, rounds: int) -> Window:
-    """Select the first `size` open boxes and run `rounds` rounds of greedy among them.
+                threshold: float, rounds: int, stop_early: bool = False) -> Window:
+    """Select the first `size` open boxes and run up to `rounds` rounds of greedy among them.
 
     Args:
         table: (N + 1, 5) rows x1, y1, x2, y2, area in visiting order; row N is all NaN.
@@ -40,6 +40,7 @@ def next_window(table: Tensor, groups: Optional[Tensor], open_box: Tensor, size:
         earlier: (B, B) [j, i] 1.0 where i < j, else 0.0.
         threshold: IoU threshold as given by threshold_below.
         rounds: rounds of the fixed-point iteration.
+        stop_early: stop as soon as a round changes nothing (a host read every other round: for the CPU).
     """
     n = open_box.shape[0]
     boxes_and_next = first_true(open_box, size + 1)  # (B + 1,) in [0, N]
@@ -54,8 +55,10 @@ def next_window(table: Tensor, groups: Optional[Tensor], open_box: Tensor, size:
     # [j, i]: 1.0 where box i, visited before box j, overlaps it; sums of 0/1 below 2**24 are exact
     suppressors = overlap.view(torch.uint8).to(rows.dtype).mul_(earlier)  # (via uint8: a faster conversion)
     keep = previous = valid_float = valid.to(rows.dtype)
-    for _ in range(rounds):
+    for step in range(rounds):
         keep, previous = valid_float * (torch.mv(suppressors, keep) == 0), keep
+        if stop_early and step % 2 == 1 and torch.equal(keep, previous):
+            break
     changed = torch.cat((keep != previous, valid.new_ones(1)))  # a change just past the window
     settled = changed.view(torch.uint8).argmax()  # the first change: argmax returns the first maximum
     kept = keep.bool() & (torch.arange(size, device=boxes.device) < settled)
