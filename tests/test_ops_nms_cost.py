@@ -39,9 +39,10 @@ def test_clusters_take_a_few_host_reads(case, strategy):
     boxes, scores = ADVERSARIAL[case]()
     with HostSyncCounter() as counter:
         nms(boxes, scores, 0.7)
-    # tiles: one read for the first window, one "all suppressed?" check, the output size; blocks: one read
-    # after the first window, one after the (empty) next ones, the output size
-    assert counter.total <= 3, counter.report()
+    # tiles (CPU, where reads are free): the first window's "settled?" check after two rounds, its read, one
+    # "all suppressed?" check, the output size; blocks: one read after the first window, one after the (empty)
+    # next ones, the output size
+    assert counter.total <= (4 if strategy == "tiles" else 3), counter.report()
 
 
 def test_host_reads_grow_with_windows_not_boxes(strategy):
@@ -49,9 +50,10 @@ def test_host_reads_grow_with_windows_not_boxes(strategy):
     with HostSyncCounter() as counter:
         keep = nms(boxes, scores, 0.7)
     windows = math.ceil(keep.numel() / (nms_module.WINDOW if strategy == "tiles" else nms_module.BLOCK_WINDOW))
-    # tiles: at most two reads per window of kept boxes (plus the first, smaller windows); blocks: a read after
-    # windows 1, 3, 7, ...; both: the output size
-    bound = 2 * windows + 4 if strategy == "tiles" else math.ceil(math.log2(windows + 1)) + 3
+    # tiles (CPU): per window a read, a re-read when it switches to sorted tiles, "settled?" checks every other
+    # round and an "all suppressed?" check, for windows of kept boxes and the first, smaller windows; blocks: a
+    # read after windows 1, 3, 7, ...; both: the output size
+    bound = 4 * (windows + 2) + 1 if strategy == "tiles" else math.ceil(math.log2(windows + 1)) + 3
     assert counter.total <= bound, (keep.numel(), counter.report())
 
 
