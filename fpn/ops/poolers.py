@@ -59,8 +59,8 @@ class MultiScaleRoIAlign(nn.Module):
         strides: optional stride of each level in input pixels, e.g. (4, 8, 16, 32).
         aligned: half-pixel shift of roi_align (torchvision's module has False).
 
-    Host syncs per call: one (the number of RoIs per level, to split them), plus one per level with RoIs for
-    adaptive sampling (see roi_align).
+    Host syncs per call: one (the number of RoIs per level, to split them; none for a single level), plus two
+    per level with RoIs for adaptive sampling, forward and backward (see roi_align).
     """
 
     def __init__(

@@ -4,15 +4,17 @@
 for `torchvision.ops.RoIAlign`. The operator is registered with `torch.library` so that `torch.compile` and
 `torch.export` see one node:
 
-    fpn::roi_align(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width,
-                   int sampling_ratio, bool aligned) -> Tensor
-    fpn::roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, int pooled_height, int pooled_width,
-                            int batch_size, int channels, int height, int width, int sampling_ratio,
-                            bool aligned, bool channels_last) -> Tensor
+    fpn::roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width,
+                   SymInt sampling_ratio, bool aligned) -> Tensor
+    fpn::roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height,
+                            SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width,
+                            SymInt sampling_ratio, bool aligned, bool channels_last) -> Tensor
 
-both with fake (meta) kernels; the second is the first's backward (registered with `register_autograd`). No
-gradient flows to the boxes, as in torchvision. The computation itself is in fpn/ops/roi_align_kernel.py (one
-Python code path for CPU, CUDA and MPS): no host sync for sampling_ratio > 0, one per pass for adaptive sampling.
+both with fake (meta) kernels; the second is the first's backward (registered with `register_autograd`). The
+output is channels-last in memory; the input's gradient is contiguous, or channels-last for a channels-last input
+(`channels_last`). No gradient flows to the boxes, as in torchvision. The computation itself is in
+fpn/ops/roi_align_kernel.py (one Python code path for CPU, CUDA and MPS): no host sync for sampling_ratio > 0,
+one per pass for adaptive sampling.
 """
 from typing import List, Sequence, Tuple, Union
 
@@ -34,8 +36,9 @@ def roi_align(
     """Pool a fixed-size feature for each box by bilinear sampling.
 
     Args:
-        input: (N, C, H, W) float feature maps (float32/64, float16 or bfloat16; under autocast the low-precision
-            map is read as it is: sums in its dtype, weights rounded to it, the input gradient summed in float32).
+        input: (N, C, H, W) float feature maps (float32/64, float16 or bfloat16). A low-precision map (as under
+            autocast) is read as it is, with no float32 copy: the tap weights are rounded to its dtype (about one
+            more rounding of the output) and its gradient is summed in float32, then rounded once.
         boxes: (K, 5) rows (batch_index, x1, y1, x2, y2), or a list of N (Ki, 4) tensors (x1, y1, x2, y2), one
             per image; in input-image pixels (multiplied by spatial_scale); any real dtype, on input's device.
         output_size: oh = ow, or (oh, ow).
