@@ -5,71 +5,9 @@ import torch
 import torchvision
 from functorch.compile import make_boxed_func
 from torch._dynamo.backends.common import aot_autograd
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from fpn.host_sync import HostSyncCounter
 from fpn.ops import RoIAlign, roi_align
-from fpn.ops.roi_align_kernel import roi_align_backward, roi_align_forward
-
-aten = torch.ops.aten
-# ops that make the host wait for a CUDA device every time (the value or the output size is read back)
-ALWAYS_SYNC = {aten._local_scalar_dense, aten.item, aten.is_nonzero, aten.nonzero, aten.argwhere, aten.equal,
-               aten.allclose, aten.masked_select}
-# ops that do when they are given a boolean mask as an index (a nonzero inside)
-MASK_INDEXED = {aten.index, aten.index_put, aten.index_put_, aten._index_put_impl_}
-FPN_KERNELS = {"fpn.roi_align.default": roi_align_forward, "fpn.roi_align_backward.default": roi_align_backward}
-
-
-class SyncCounter(TorchDispatchMode):
-    """Record the ops that would force a device-to-host sync on CUDA, while the context is open (on any device).
-
-    `syncs` lists them by name, `seen` lists every op. Tensor.tolist does not dispatch, so it is patched for the
-    duration. The fpn:: operators' Python kernels are run inside the mode: a mode is switched off while its
-    handler runs, so the ops of a custom op's implementation would otherwise go unseen.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.syncs, self.seen, self._depth = [], [], 0
-
-    def __enter__(self):
-        if self._depth == 0:  # the outermost entry (the handler re-enters for the fpn:: kernels)
-            original = self._tolist = torch.Tensor.tolist
-
-            def counted_tolist(tensor):
-                self.syncs.append("Tensor.tolist")
-                return original(tensor)
-
-            torch.Tensor.tolist = counted_tolist
-        self._depth += 1
-        return super().__enter__()
-
-    def __exit__(self, *exc_info):
-        self._depth -= 1
-        if self._depth == 0:
-            torch.Tensor.tolist = self._tolist
-        return super().__exit__(*exc_info)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        self.seen.append(str(func))
-        if _forces_sync(func, args, kwargs):
-            self.syncs.append(str(func))
-        if str(func) in FPN_KERNELS:
-            with self:
-                return FPN_KERNELS[str(func)](*args, **kwargs)
-        return func(*args, **kwargs)
-
-
-def _forces_sync(func, args, kwargs) -> bool:
-    packet = func.overloadpacket
-    if packet in ALWAYS_SYNC or packet.__name__.lstrip("_").startswith("unique"):
-        return True
-    if packet in MASK_INDEXED:
-        return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1])
-    if packet is aten.repeat_interleave:  # the output size is read back unless given
-        return func._overloadname != "self_int" and kwargs.get("output_size") is None
-    return False
-
 
 def _inputs(dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -84,36 +22,23 @@ def _rois(boxes):
     return torch.cat([torch.cat((torch.full_like(b[:, :1], i), b), dim=1) for i, b in enumerate(boxes)])
 
 
-def test_counter_flags_syncs():  # the control: the tests below could otherwise pass vacuously
-    x = torch.tensor([0.5, -1.0, 2.0])
-    assert torch.Tensor.tolist is torch._C.TensorBase.tolist
-    with SyncCounter() as counter:
-        x[x > 0], x.nonzero(), torch.unique(x), x.max().item(), x.tolist(), x.repeat_interleave(torch.tensor([1, 2, 0]))
-        x[torch.tensor([0, 2])], x.repeat_interleave(2), x.sort()  # long index, int repeats: no sync
-    assert counter.syncs == ["aten.index.Tensor", "aten.nonzero.default", "aten._unique2.default",
-                             "aten._local_scalar_dense.default", "Tensor.tolist", "aten.repeat_interleave.Tensor"]
-    assert torch.Tensor.tolist is torch._C.TensorBase.tolist  # restored
-
-
 @pytest.mark.parametrize("box_form", ["list", "rois"])
 def test_no_host_sync_with_fixed_sampling_ratio(box_form):
+    # HostSyncCounter runs the fpn:: kernels inside itself (the adaptive test below shows it sees their syncs)
     features, boxes = _inputs()
     features.requires_grad_()
-    with SyncCounter() as counter:
+    with HostSyncCounter() as counter:
         out = roi_align(features, boxes if box_form == "list" else _rois(boxes), (3, 4), 0.5, 2, True)
         out.square().sum().backward()
-    assert counter.syncs == []
-    assert "fpn.roi_align.default" in counter.seen and "fpn.roi_align_backward.default" in counter.seen
-    kernel_ops = [op for op in counter.seen if "embedding_bag" in op or op.startswith("aten.sort")]
-    assert len(kernel_ops) == 3  # the kernels ran inside the counter: one bag sum forward, sort and sum backward
+    assert counter.total == 0, counter.report()
 
 
 def test_adaptive_sampling_syncs_once_per_pass():
     features, boxes = _inputs()
     features.requires_grad_()
-    with SyncCounter() as counter:
+    with HostSyncCounter() as counter:
         roi_align(features, boxes, (3, 4), 0.5, -1).sum().backward()
-    assert counter.syncs == ["Tensor.tolist", "Tensor.tolist"]  # the per-RoI grids, forward and backward
+    assert dict(counter.by_op) == {"Tensor.tolist": 2}, counter.report()  # the per-RoI grids, forward and backward
 
 
 @pytest.mark.parametrize("dtype, ratio, aligned, layout", [
