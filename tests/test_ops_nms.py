@@ -297,3 +297,25 @@ def test_compiled_detection_step_has_no_graph_break():
         compiled = torch.compile(detect, backend="aot_eager", fullgraph=True)
         torch.testing.assert_close(compiled(features, boxes, scores, idxs), detect(features, boxes, scores, idxs),
                                    rtol=0, atol=0)
+
+
+def test_exported_detection_step_carries_the_ops_and_reloads(tmp_path):
+    class Detect(torch.nn.Module):
+        def forward(self, features, boxes, scores, idxs):
+            keep = batched_nms(boxes, scores, idxs, 0.5)
+            return roi_align(features, [boxes[keep]], 7, 0.25, 2).flatten(1).sum(1) * scores[keep]
+
+    boxes, scores = _clustered(300, 16)
+    boxes = boxes / 8
+    features = torch.randn(1, 8, 25, 42, generator=torch.Generator().manual_seed(17))
+    idxs = torch.arange(300) % 4
+    exported = torch.export.export(Detect(), (features, boxes, scores, idxs))
+    targets = {str(node.target) for node in exported.graph.nodes}
+    assert {"fpn.batched_nms.default", "fpn.roi_align.default"} <= targets
+    torch.export.save(exported, tmp_path / "detect.pt2")
+    reloaded = torch.export.load(tmp_path / "detect.pt2").module()
+    expected = Detect()(features, boxes, scores, idxs)
+    assert torch.equal(reloaded(features, boxes, scores, idxs), expected)
+    # other inputs, another number of kept boxes: the kept count is dynamic in the exported graph
+    boxes2, scores2 = _clustered(300, 18)
+    assert torch.equal(reloaded(features, boxes2 / 8, scores2, idxs), Detect()(features, boxes2 / 8, scores2, idxs))
