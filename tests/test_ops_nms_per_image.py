@@ -4,7 +4,8 @@ import torchvision
 
 from fpn.host_sync import HostSyncCounter
 from fpn.ops import batched_nms
-from fpn.ops.nms_per_image import large_enough, nms_per_image
+from fpn.ops.boxes import large_enough
+from fpn.ops.nms_per_image import nms_per_image
 
 
 def _candidates(seed: int, counts, num_classes: int):

@@ -21,7 +21,8 @@ from fpn.ops import (
     box_iou,
     clip_boxes_to_image,
 )
-from fpn.ops.nms_per_image import large_enough, nms_per_image
+from fpn.ops.boxes import large_enough
+from fpn.ops.nms_per_image import nms_per_image
 
 
 class RoIHeads(nn.Module):

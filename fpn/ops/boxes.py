@@ -133,6 +133,15 @@ def clip_boxes_to_image(boxes: Tensor, size: Tuple[int, int]) -> Tensor:
     return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
 
 
+def large_enough(boxes: Tensor, min_size: float) -> Tensor:
+    """(N,) bool: the boxes (N, 4) whose width and height are both >= min_size (measured in the widened dtype).
+
+    The mask form of remove_small_boxes: no host sync, for filters that combine it with others.
+    """
+    boxes = _widen(boxes)
+    return ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
+
+
 def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     """Indices of the boxes whose both sides are at least `min_size`.
 
@@ -146,8 +155,4 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
         (K,) int64 indices into `boxes`, increasing.
     """
     _check_box_list(boxes, "boxes")
-    boxes = _widen(boxes)
-    widths = boxes[:, 2] - boxes[:, 0]
-    heights = boxes[:, 3] - boxes[:, 1]
-    keep = (widths >= min_size) & (heights >= min_size)
-    return torch.where(keep)[0]
+    return torch.where(large_enough(boxes, min_size))[0]

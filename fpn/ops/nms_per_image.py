@@ -59,7 +59,3 @@ def nms_per_image(
     starts = [0] + ends[:-1]
     return [kept[start:min(end, start + top_k)] for start, end in zip(starts, ends)]
 
-
-def large_enough(boxes: Tensor, min_size: float) -> Tensor:
-    """(N,) bool: boxes (N, 4) whose width and height are both >= min_size (torchvision's remove_small_boxes)."""
-    return ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
