@@ -90,6 +90,9 @@ def distributed_session(device: torch.device, timeout_minutes: float = 30.0) -> 
     """`init_distributed` on entry, `destroy_distributed` on exit, also when training raises."""
     try:
         yield init_distributed(device, timeout_minutes)
+        # every rank is done before any leaves: a gloo peer torn down while another still talks to it can abort
+        # that process at exit ("terminate called without an active exception")
+        barrier()
     finally:
         destroy_distributed()
 
