@@ -1,0 +1,78 @@
+"""How the command-line tools end: one clear line and an exit code, a traceback only with `--debug`.
+
+    sys.exit(run_cli(main, prog="train"))
+
+Exit codes (the same for every script):
+    0  done
+    1  done, but something failed along the way (e.g. some images of a predict run), or training stopped on
+       a non-finite value
+    2  a usage or input error: a bad flag value, a missing or unreadable file, an unwritable output directory,
+       a checkpoint that does not fit; nothing was computed on wrong inputs
+  130  interrupted (Ctrl-C)
+
+A usage/input error is any `InputError` and any `ValueError` or `OSError` that reaches the top: the library
+raises those for bad inputs with a message naming the bad value or file. With `--debug` on the command line
+the exception propagates with its full traceback instead.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Optional, Sequence
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class InputError(ValueError):
+    """A bad flag, file or value, found before (or instead of) doing the work; its message says what to do."""
+
+
+class Interrupted(Exception):
+    """Raised by a tool that handled Ctrl-C itself, carrying the one line to print (e.g. how to resume)."""
+
+
+def error_line(error: BaseException) -> str:
+    """The one-line message of `error`.
+
+    An exception re-raised by a DataLoader from a worker process carries the worker's whole traceback in its
+    message ("Caught ValueError in DataLoader worker process 0. Original Traceback ..."); its last line is the
+    original message, which is what the user needs.
+    """
+    text = str(error).strip() or type(error).__name__
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        name, _, message = last.partition(": ")
+        text = message if message and name.replace(".", "").replace("_", "").isalnum() else last
+    if isinstance(error, OSError) and not isinstance(error, InputError) and error.filename and \
+            str(error.filename) not in text:
+        text = f"{error.filename}: {text}"
+    return text
+
+
+def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None, *,
+            prog: str = "") -> int:
+    """Run `main(argv)`, turning input errors and Ctrl-C into one line on stderr and an exit code.
+
+    Args:
+        main: the tool's entry point; returns its exit code.
+        argv: the arguments (None: sys.argv[1:]); `--debug` among them lets every exception through.
+        prog: the tool's name, printed before the message.
+    Returns:
+        the exit code: main's own, or EXIT_USAGE / EXIT_INTERRUPTED.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args:
+        return main(argv)
+    prefix = f"{prog}: " if prog else ""
+    try:
+        return main(argv)
+    except Interrupted as stop:
+        print(f"\n{prefix}{stop}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"\n{prefix}interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError) as error:
+        print(f"{prefix}error: {error_line(error)}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
