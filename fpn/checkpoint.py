@@ -27,9 +27,11 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from fpn.cli import InputError
 from fpn.config import FasterRCNNConfig
 from fpn.data.coco_names import COCO_CLASS_NAMES
 from fpn.model import FasterRCNNFPN
+from fpn.weights_file import read_weights
 
 PathLike = Union[str, Path]
 _NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
@@ -176,11 +178,23 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Read a checkpoint with `weights_only=True`; a file that is not a training checkpoint raises ValueError."""
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    """Read a checkpoint with `weights_only=True`; a missing, unreadable or foreign file raises InputError."""
+    checkpoint = read_weights(path, "checkpoint")
     if not is_training_checkpoint(checkpoint):
-        raise ValueError(f"{path} is not a training checkpoint of this project (no 'model'/'config'/'iteration')")
+        raise InputError(f"{path} is not a training checkpoint of this project (no 'model'/'config'/'iteration')")
+    if map_location not in ("cpu", torch.device("cpu")):
+        checkpoint = _to_device(checkpoint, map_location)
     return checkpoint
+
+
+def _to_device(value: Any, device: Union[str, torch.device]) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    return value
 
 
 def is_training_checkpoint(obj: Any) -> bool:
@@ -229,10 +243,8 @@ def load_pretrained_weights(model: FasterRCNNFPN, path: PathLike) -> List[str]:
         ValueError: the file is missing, or its tensors do not match the model's architecture.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"--init-from file not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    source = obj["model"] if is_training_checkpoint(obj) else FasterRCNNFPN.from_torchvision(obj).state_dict()
+    obj = read_weights(path, "--init-from file")
+    source = obj["model"] if is_training_checkpoint(obj) else _torchvision_detector(obj, path).state_dict()
     own = model.state_dict()
     missing = sorted(set(own) - set(source))
     if missing:
@@ -265,14 +277,25 @@ def load_detector(path: PathLike, device: Union[str, torch.device] = "cpu") -> T
         (model in eval mode on `device`, class_names {label: name}); a torchvision file gets the 91 COCO names.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint file not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = read_weights(path, "weights file")
     if is_training_checkpoint(obj):
         model = build_from_checkpoint(obj)
         class_names = {int(k): str(v) for k, v in obj.get("class_names", {}).items()}
     else:
-        model = FasterRCNNFPN.from_torchvision(obj)
+        model = _torchvision_detector(obj, path)
         # torchvision's COCO detectors use the raw COCO category ids as labels (91 outputs)
         class_names = dict(COCO_CLASS_NAMES) if model.num_classes == len(COCO_CLASS_NAMES) else {}
     return model.to(device).eval(), class_names
+
+
+def _torchvision_detector(obj: Any, path: Path) -> FasterRCNNFPN:
+    """The detector of a torchvision state dict file, or InputError saying what the file is instead."""
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        kind = f"a {type(obj).__name__}" + (f" with keys {sorted(map(str, obj))[:5]}" if isinstance(obj, dict) else "")
+        raise InputError(f"{path} is neither a training checkpoint of this project nor a torchvision detector "
+                         f"state dict (it holds {kind})")
+    try:
+        return FasterRCNNFPN.from_torchvision(obj)
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise InputError(f"{path} is not a torchvision fasterrcnn_resnet50_fpn state dict: "
+                         f"{str(error).strip().splitlines()[0]}") from error
