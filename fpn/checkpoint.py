@@ -1,10 +1,11 @@
-"""Training checkpoints: atomic writes, `weights_only` loading, resuming, and loading a detector for inference.
+"""Training checkpoints: atomic writes, `weights_only` loading, housekeeping, and loading a detector for inference.
 
 A checkpoint file `checkpoint_0001234.pt` (the number is the iterations completed) holds:
 
     model, optimizer, scheduler, scaler   state dicts (scaler is None without fp16)
     iteration                             int, iterations completed
-    rng                                   torch CPU / CUDA / numpy / python RNG states, as tensors and lists
+    rng                                   this process's torch CPU / CUDA / numpy / python RNG states
+    rng_per_rank                          [the same, of every process of the run, index = rank]
     config                                FasterRCNNConfig.to_dict() of the model (tuples stored as lists)
     num_classes                           int, background included
     label_to_category                     {label: COCO category id}
@@ -13,28 +14,31 @@ A checkpoint file `checkpoint_0001234.pt` (the number is the iterations complete
 
 Everything is a tensor, dict, list, number, string, bool or None, so `torch.load(path, weights_only=True)` reads
 it. A file is written to a temporary name in the same directory, flushed to disk, then renamed over the final
-name: a crash while writing never leaves a truncated checkpoint behind, and the previous one stays intact.
+name: a crash while writing never leaves a truncated checkpoint behind, and the previous one stays intact. A
+process killed mid-write (kill -9, or a SIGTERM from torchrun or SLURM) leaves its hidden temporary file
+`.checkpoint_NNNNNNN.pt.XXXXXXXX.tmp`; `remove_stale_temp_files` deletes those, and only those, at the next start.
+Resuming (which checkpoint, what a changed flag means) is `fpn.resume`.
 """
 from __future__ import annotations
 
 import os
-import random
 import re
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
 
 from fpn.cli import InputError
 from fpn.config import FasterRCNNConfig
 from fpn.data.coco_names import COCO_CLASS_NAMES
 from fpn.model import FasterRCNNFPN
+from fpn.rng_state import capture_rng_state
 from fpn.weights_file import read_weights
 
 PathLike = Union[str, Path]
 _NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
+_TEMP_NAME = re.compile(r"^\.checkpoint_\d+\.pt\.[A-Za-z0-9_]+\.tmp$")  # atomic_save's temporary files
 
 
 def checkpoint_path(output_dir: PathLike, iteration: int) -> Path:
@@ -42,13 +46,54 @@ def checkpoint_path(output_dir: PathLike, iteration: int) -> Path:
     return Path(output_dir) / f"checkpoint_{iteration:07d}.pt"
 
 
-def last_checkpoint(output_dir: PathLike) -> Optional[Path]:
-    """The checkpoint with the most iterations in `output_dir`, or None when there is none (for --resume)."""
+def list_checkpoints(output_dir: PathLike) -> List[Tuple[int, Path]]:
+    """(iteration, path) of every `checkpoint_NNNNNNN.pt` in `output_dir`, by increasing iteration."""
     directory = Path(output_dir)
     if not directory.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
-    return max(found)[1] if found else None
+        return []
+    return sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name)))
+
+
+def last_checkpoint(output_dir: PathLike) -> Optional[Path]:
+    """The checkpoint with the most iterations in `output_dir`, or None when there is none (for --resume)."""
+    found = list_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
+def remove_stale_temp_files(output_dir: PathLike) -> List[Path]:
+    """Delete the temporary files a killed `atomic_save` left in `output_dir` (only names of that pattern).
+
+    Call it when no other process writes checkpoints into the directory (at the start of a run, on rank 0).
+    Returns the removed paths.
+    """
+    directory = Path(output_dir)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.iterdir() if _TEMP_NAME.match(p.name) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def prune_checkpoints(output_dir: PathLike, keep: int, protect: Tuple[int, ...] = ()) -> List[Path]:
+    """Delete all but the newest `keep` checkpoints of `output_dir`, never those of the `protect` iterations.
+
+    Args:
+        output_dir: the run's directory.
+        keep: how many of the newest checkpoints stay; 0 keeps everything.
+        protect: iterations whose checkpoint always stays (the final one).
+    Returns:
+        the removed paths.
+    """
+    if keep < 0:
+        raise ValueError(f"keep must be >= 0, got {keep}")
+    if keep == 0:
+        return []
+    found = [(it, p) for it, p in list_checkpoints(output_dir) if it not in protect]
+    doomed = [p for _, p in found[:-keep]]
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
 
 
 def atomic_save(obj: Any, path: PathLike) -> None:
@@ -97,44 +142,6 @@ def to_plain(value: Any) -> Any:
     return str(value)
 
 
-def capture_rng_state() -> Dict[str, Any]:
-    """The state of every random generator a training step may draw from."""
-    version, mt_state, gauss = random.getstate()
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {
-            "name": np_state[0],
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "python": {"version": version, "state": list(mt_state), "gauss": gauss},
-    }
-
-
-def restore_rng_state(state: Dict[str, Any]) -> None:
-    """Inverse of `capture_rng_state` (CUDA states are restored only when as many devices are visible)."""
-    torch.set_rng_state(state["torch"])
-    cuda_states = state.get("cuda", [])
-    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_states)
-    np_state = state["numpy"]
-    np.random.set_state(
-        (
-            np_state["name"],
-            np_state["keys"].numpy().astype(np.uint32),
-            np_state["pos"],
-            np_state["has_gauss"],
-            np_state["cached_gaussian"],
-        )
-    )
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
-
-
 def save_checkpoint(
     path: PathLike,
     *,
@@ -146,6 +153,7 @@ def save_checkpoint(
     label_to_category: Dict[int, int],
     class_names: Dict[int, str],
     args: Optional[Dict[str, Any]] = None,
+    rng_per_rank: Optional[List[Dict[str, Any]]] = None,
 ) -> Path:
     """Write a training checkpoint atomically (see the module docstring for its contents).
 
@@ -157,6 +165,7 @@ def save_checkpoint(
         label_to_category: {contiguous label: COCO category id} of the training set.
         class_names: {contiguous label: name}.
         args: training arguments (dict); values are stored as plain types.
+        rng_per_rank: every process's `capture_rng_state()`, index = rank (None: this process's only).
     Returns:
         Path of the written file.
     """
@@ -167,6 +176,7 @@ def save_checkpoint(
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "iteration": int(iteration),
         "rng": capture_rng_state(),
+        "rng_per_rank": list(rng_per_rank) if rng_per_rank is not None else [capture_rng_state()],
         "config": to_plain(model.config.to_dict()),
         "num_classes": int(model.num_classes),
         "label_to_category": {int(k): int(v) for k, v in label_to_category.items()},
@@ -199,24 +209,6 @@ def _to_device(value: Any, device: Union[str, torch.device]) -> Any:
 
 def is_training_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and {"model", "config", "num_classes", "iteration"} <= set(obj)
-
-
-def resume_training_state(
-    checkpoint: Dict[str, Any],
-    *,
-    model: FasterRCNNFPN,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: Optional[torch.amp.GradScaler],
-) -> int:
-    """Load model, optimiser, scheduler, scaler and RNG states from `checkpoint`; returns its iteration."""
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    if scaler is not None and checkpoint.get("scaler") is not None:
-        scaler.load_state_dict(checkpoint["scaler"])
-    restore_rng_state(checkpoint["rng"])
-    return int(checkpoint["iteration"])
 
 
 def build_from_checkpoint(checkpoint: Dict[str, Any]) -> FasterRCNNFPN:

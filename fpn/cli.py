@@ -16,8 +16,9 @@ the exception propagates with its full traceback instead.
 """
 from __future__ import annotations
 
+import argparse
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -30,6 +31,13 @@ class InputError(ValueError):
 
 class Interrupted(Exception):
     """Raised by a tool that handled Ctrl-C itself, carrying the one line to print (e.g. how to resume)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line (not the usage block of every flag), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def error_line(error: BaseException) -> str:
@@ -51,13 +59,15 @@ def error_line(error: BaseException) -> str:
 
 
 def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None, *,
-            prog: str = "") -> int:
+            prog: str = "", quiet: Callable[[], bool] = lambda: False) -> int:
     """Run `main(argv)`, turning input errors and Ctrl-C into one line on stderr and an exit code.
 
     Args:
         main: the tool's entry point; returns its exit code.
         argv: the arguments (None: sys.argv[1:]); `--debug` among them lets every exception through.
         prog: the tool's name, printed before the message.
+        quiet: True where this process should not print the message (the other ranks of a distributed run,
+            which stop with the same error as rank 0).
     Returns:
         the exit code: main's own, or EXIT_USAGE / EXIT_INTERRUPTED.
     """
@@ -65,14 +75,19 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Seque
     if "--debug" in args:
         return main(argv)
     prefix = f"{prog}: " if prog else ""
+
+    def say(line: str) -> None:
+        if not quiet():
+            print(line, file=sys.stderr, flush=True)
+
     try:
         return main(argv)
     except Interrupted as stop:
-        print(f"\n{prefix}{stop}", file=sys.stderr, flush=True)
+        say(f"\n{prefix}{stop}")
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print(f"\n{prefix}interrupted", file=sys.stderr, flush=True)
+        say(f"\n{prefix}interrupted")
         return EXIT_INTERRUPTED
     except (ValueError, OSError) as error:
-        print(f"{prefix}error: {error_line(error)}", file=sys.stderr, flush=True)
+        say(f"{prefix}error: {error_line(error)}")
         return EXIT_USAGE

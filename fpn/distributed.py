@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Iterator, List
+from typing import Any, Callable, Iterator, List, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -127,3 +129,26 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         values /= get_world_size()
     return values
+
+
+def run_on_main(fn: Callable[[], T]) -> T:
+    """`fn()` on rank 0 only, its result (or its error) shared with every rank.
+
+    For the checks and file work one process does for all (the output directory, the image files): if `fn`
+    raises on rank 0, every rank raises too, so no rank is left waiting in a collective for a
+    process that has stopped. Rank 0 re-raises the original exception; the others raise a ValueError with
+    the same message.
+    """
+    if not is_distributed():
+        return fn()
+    result, message = None, None
+    if is_main_process():
+        try:
+            result = fn()
+        except Exception as error:
+            broadcast_object((None, str(error)))
+            raise
+    result, message = broadcast_object((result, message))
+    if message is not None:
+        raise ValueError(message)
+    return result

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from functools import partial
 from pathlib import Path
@@ -19,21 +18,10 @@ from PIL import Image
 from torch import Tensor, nn
 
 from fpn import distributed
+from fpn.nonfinite import FiniteWatch, NonFiniteError, check_losses
 from fpn.visualize import draw_detections
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN or infinite; training stops before the bad step touches any weight."""
-
-    def __init__(self, iteration: int, term: str, value: float):
-        super().__init__(
-            f"non-finite loss at iteration {iteration}: {term} = {value}; training stopped without writing a "
-            "checkpoint (the last checkpoint in the output directory is the last good state). Lower the LR, "
-            "enable --clip-grad-norm, or check the data."
-        )
-        self.iteration, self.term, self.value = iteration, term, value
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -85,6 +73,7 @@ def train_step(
     iteration: int,
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
     clip_grad_norm: Optional[float] = None,
+    watch: Optional[FiniteWatch] = None,
 ) -> Dict[str, float]:
     """One forward/backward/step on this process's N images (DDP averages the gradients over ranks).
 
@@ -96,30 +85,40 @@ def train_step(
         iteration: the 1-based number of this step, used in error messages.
         autocast: factory of the mixed-precision context.
         clip_grad_norm: clip the global gradient norm to this value (None: no clipping).
+        watch: checks the gradients and updated parameters for NaN/inf; the previous step's flags are read
+            with this step's losses (no extra host read). None: losses only.
     Returns:
         {loss term: value averaged over ranks, ..., "loss": their sum}, Python floats.
     Raises:
-        NonFiniteLossError: a loss term (averaged over ranks, so every rank raises together) is NaN/inf;
-            raised before backward, so no parameter changes.
+        NonFiniteError: a loss term (averaged over ranks, so every rank raises together) is NaN/inf — raised
+            before backward, so no parameter changes — or the previous step's gradients or parameters were.
     """
     with autocast():
         loss_dict = model(images, targets)
     names = sorted(loss_dict)
-    # (T,) one value per loss term; the mean over ranks is what is logged, and checking it keeps ranks in step.
-    values = distributed.all_reduce_mean(torch.stack([loss_dict[name].detach().float() for name in names]))
-    for name, value in zip(names, values.tolist()):
-        if not math.isfinite(value):
-            raise NonFiniteLossError(iteration, name, value)
+    # (T,) one value per loss term, then the previous step's finite flags (2,): one host read for all of them.
+    # The mean over ranks is what is logged, and checking it keeps the ranks in step.
+    values = torch.stack([loss_dict[name].detach().float() for name in names])
+    flags = watch.pending() if watch is not None else None
+    if flags is not None:
+        values = torch.cat([values, flags.to(values.device)])
+    read = distributed.all_reduce_mean(values).tolist()
+    if flags is not None:
+        watch.raise_if_bad(read[len(names):])
+    check_losses(names, read[:len(names)], iteration)
     total = sum(loss_dict[name].float() for name in names)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(total).backward()
+    grad_norm = None
     if clip_grad_norm is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
     scaler.step(optimizer)
     scaler.update()
-    logged = dict(zip(names, values.tolist()))
+    if watch is not None:
+        watch.record(iteration, grad_norm)
+    logged = dict(zip(names, read[:len(names)]))
     logged["loss"] = float(sum(logged.values()))
     return logged
 
@@ -153,6 +152,7 @@ def train_iterations(
     log_every: int = 20,
     metrics: Optional[MetricsLog] = None,
     progress=None,
+    watch: Optional[FiniteWatch] = None,
 ) -> int:
     """Train from `start_iter` completed iterations up to `end_iter`; the scheduler steps once per iteration.
 
@@ -166,8 +166,12 @@ def train_iterations(
         log_every: a metrics line every this many iterations (and at `end_iter`).
         metrics: where the lines go (None: nowhere).
         progress: a tqdm-like bar (update(n), set_postfix(dict)) or None.
+        watch: NaN/inf check of gradients and parameters (see `train_step`); the last step's flags are read
+            before returning, so whatever the caller saves next is finite.
     Returns:
         int, `end_iter`.
+    Raises:
+        NonFiniteError: see `train_step`.
     """
     if not 0 <= start_iter <= end_iter:
         raise ValueError(f"need 0 <= start_iter <= end_iter, got {start_iter} and {end_iter}")
@@ -181,7 +185,7 @@ def train_iterations(
         lr = optimizer.param_groups[0]["lr"]
         losses = train_step(
             model, images, targets, optimizer, scaler,
-            iteration=iteration + 1, autocast=autocast, clip_grad_norm=clip_grad_norm,
+            iteration=iteration + 1, autocast=autocast, clip_grad_norm=clip_grad_norm, watch=watch,
         )
         scheduler.step()
         step_time = time.perf_counter() - tic
@@ -197,6 +201,8 @@ def train_iterations(
             record.update({key: sum(vals) / len(vals) for key, vals in window.items()})
             metrics.write(record)
             window.clear()
+    if watch is not None:
+        watch.check_now()
     return end_iter
 
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -36,20 +38,24 @@ from tqdm import tqdm
 
 from fpn import distributed
 from fpn.checkpoint import (
-    checkpoint_path, last_checkpoint, load_checkpoint, load_pretrained_weights, resume_training_state,
-    save_checkpoint,
+    checkpoint_path, load_pretrained_weights, prune_checkpoints, remove_stale_temp_files, save_checkpoint, to_plain,
 )
+from fpn.cli import EXIT_FAILED, ArgumentParser, InputError, Interrupted, run_cli
 from fpn.config import FasterRCNNConfig
 from fpn.data.coco import CocoDetection, collate
 from fpn.data.samplers import GroupedBatchSampler, TrainingSampler
 from fpn.data.synthetic import generate_synthetic_coco
 from fpn.engine import (
-    MetricsLog, NonFiniteLossError, autocast_factory, build_grad_scaler, save_detection_picture, select_device,
-    train_iterations,
+    MetricsLog, autocast_factory, build_grad_scaler, save_detection_picture, select_device, train_iterations,
 )
 from fpn.evaluation import evaluate_coco, format_metrics
 from fpn.model import FasterRCNNFPN
+from fpn.nonfinite import FiniteWatch, NonFiniteError
 from fpn.presets import PRESETS, add_config_flags, apply_config_flags, get_preset
+from fpn.resume import (
+    apply_hyperparameters, changed_arguments, config_differences, find_resume_checkpoint, restore_training_state,
+)
+from fpn.rng_state import capture_rng_state
 from fpn.schedule import build_lr_scheduler, build_optimizer, scaled_lr
 
 # Flags that override a field of the preset: (flag, type, help). Their default is "not given" (the preset's).
@@ -75,13 +81,16 @@ PRESET_FLAGS = (
     ("--synthetic-train-images", int, "images of the generated synthetic training set"),
     ("--synthetic-val-images", int, "images of the generated synthetic validation set"),
     ("--synthetic-image-size", int, "shortest side of the synthetic images (the longest is 64 px more at most)"),
+    ("--keep-checkpoints", int, "periodic checkpoints kept, the newest (the final one is always kept; 0: all)"),
+    ("--dist-timeout-min", float, "minutes a collective waits for a stopped process before the job fails"),
 )
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line; preset values fill every training and model field that was not given."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS), help="defaults for everything")
+    parser = ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="defaults for everything (required): cpu-demo, paper or 1x, see fpn/presets.py")
     parser.add_argument("--output-dir", default="runs/train", help="checkpoints, metrics and pictures go here")
     parser.add_argument("--coco-root", help="DIR with train2017/, val2017/, annotations/instances_{train,val}2017.json")
     parser.add_argument("--train-images", help="training images folder")
@@ -95,10 +104,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--backbone-weights", help="ImageNet ResNet checkpoint (torchvision layout) for the backbone")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights init, data order and augmentation")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     for flag, kind, text in PRESET_FLAGS:
         parser.add_argument(flag, type=kind, default=None, help=f"{text} (default: the preset's)")
     add_config_flags(parser, FasterRCNNConfig())
     args = parser.parse_args(argv)
+    if args.preset is None:
+        parser.error("choose a --preset: cpu-demo (small model, synthetic set or your own small data, CPU minutes), "
+                     "paper (ResNet-50 FPN on COCO as in Lin et al., 8 GPUs) or 1x (detectron2's 1x schedule)")
+    check_preset_fits_data(parser, args)
 
     preset = get_preset(args.preset)
     for flag, _, _ in PRESET_FLAGS:
@@ -113,7 +127,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for name in ("iters", "batch_size", "checkpoint_every", "log_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.keep_checkpoints < 0 or args.dist_timeout_min <= 0:
+        parser.error("--keep-checkpoints must be >= 0 and --dist-timeout-min > 0")
     return args
+
+
+def check_preset_fits_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A COCO preset without data would train ResNet-50 at 800 px on the synthetic set: a mistake, said early.
+
+    (The explicit `--preset cpu-demo` with data flags is a legitimate choice: the small model on a small set.)
+    """
+    has_data = any([args.coco_root, args.train_images, args.train_annotations, args.val_images,
+                    args.val_annotations])
+    if args.preset != "cpu-demo" and not has_data:
+        parser.error(f"--preset {args.preset} trains ResNet-50 at 800 px on COCO: give --coco-root DIR (or "
+                     "--train-images/--train-annotations/--val-images/--val-annotations); for the synthetic "
+                     "demo choose --preset cpu-demo")
 
 
 def dataset_paths(args: argparse.Namespace) -> dict:
@@ -185,95 +214,198 @@ def block_ends(start_iter: int, iters: int, every: Sequence[int]) -> list:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line; exit code 0 done, 1 stopped on a non-finite value, 2 usage/input error, 130 Ctrl-C."""
+    return run_cli(_main, argv, prog="train.py", quiet=lambda: os.environ.get("RANK", "0") != "0")
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     args = parse_args(argv)
-    with distributed.distributed_session(select_device(args.device)) as device:
+    device = select_device(args.device)
+    with distributed.distributed_session(device, timeout_minutes=args.dist_timeout_min) as device:
+        run = TrainingRun(args, device)
         try:
-            train(args, device)
-        except NonFiniteLossError as error:
-            print(f"error: {error}", file=sys.stderr, flush=True)
-            return 1
+            run.train()
+        except NonFiniteError as error:
+            if distributed.is_main_process():
+                print(f"error: {error}; training stopped before writing anything: {run.last_good()}. Lower the "
+                      "LR, enable --clip-grad-norm, or check the data.", file=sys.stderr, flush=True)
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted at iteration {run.iteration}; {run.last_good()}") from None
     return 0
 
 
-def build_model(args: argparse.Namespace, device: torch.device, num_classes: int, output_dir: Path):
-    """The detector, SGD, LR schedule and grad scaler, restored from the last checkpoint with --resume.
-
-    Returns:
-        (model, optimizer, scheduler, scaler, start_iter).
-    """
-    torch.manual_seed(args.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
-    model = FasterRCNNFPN(num_classes=num_classes, config=args.model_config)
-    resume_from = last_checkpoint(output_dir) if args.resume else None
-    if args.init_from and resume_from is None:
-        skipped = load_pretrained_weights(model, args.init_from)
-        distributed.log(f"initialised from {args.init_from}; not loaded (shape differs): {skipped or 'none'}")
-    model.to(device)
-    lr = scaled_lr(args.lr, args.batch_size * distributed.get_world_size(), args.lr_reference_batch)
-    optimizer = build_optimizer(model, lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    scheduler = build_lr_scheduler(optimizer, steps=args.steps, gamma=args.gamma,
-                                   warmup_iters=args.warmup_iters, warmup_factor=args.warmup_factor)
-    scaler = build_grad_scaler(device, args.amp)
-    torch.manual_seed(args.seed + distributed.get_rank())  # per-rank random streams (train sizes, sampling)
-    start_iter = 0
-    if resume_from is not None:  # also restores the RNG states saved with it
-        start_iter = resume_training_state(load_checkpoint(resume_from, "cpu"), model=model, optimizer=optimizer,
-                                           scheduler=scheduler, scaler=scaler)
-        distributed.log(f"resumed from {resume_from} at iteration {start_iter}")
-    elif args.resume:
-        distributed.log(f"--resume: no checkpoint in {output_dir}, starting at iteration 0")
-    distributed.log(f"{distributed.get_world_size()} process(es) x {args.batch_size} images, LR {lr:g}, "
-                    f"{args.iters} iterations, {device.type}, amp {args.amp}")
-    return model, optimizer, scheduler, scaler, start_iter
+def prepare_output_dir(output_dir: Path) -> None:
+    """Create the output directory, prove it writable, and remove temporary files of a killed checkpoint write."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir) as probe:
+            probe.write(b"ok")
+    except OSError as error:
+        raise InputError(f"--output-dir {output_dir} is not writable ({error.strerror or error}): choose "
+                         "another directory or fix its permissions") from error
+    stale = remove_stale_temp_files(output_dir)
+    if stale:
+        distributed.log(f"removed {len(stale)} temporary file(s) of an interrupted checkpoint write: "
+                        + ", ".join(p.name for p in stale))
 
 
-def train(args: argparse.Namespace, device: torch.device) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    train_set, val_set = build_datasets(args)
-    distributed.log(f"{len(train_set)} training / {len(val_set)} validation images, {train_set.num_classes - 1} "
-                    "classes")
-    model, optimizer, scheduler, scaler, start_iter = build_model(args, device, train_set.num_classes, output_dir)
-    # DDP averages the gradients over the ranks during backward.
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if distributed.is_distributed() else model
-    batches = iter(training_loader(train_set, args, start_iter))
-    autocast = autocast_factory(device, args.amp)
-    metrics = MetricsLog(output_dir / "metrics.jsonl")
-    bar = tqdm(total=args.iters, initial=start_iter, desc="train", dynamic_ncols=True,
-               disable=not distributed.is_main_process())
+class TrainingRun:
+    """One training run: data, model and optimisation state, and the last checkpoint written (for messages)."""
 
-    def evaluate(iteration: int, prefix: str) -> dict:
-        result = evaluate_coco(model, val_set, device=device, output_dir=output_dir, prefix=prefix,
-                               batch_size=args.eval_batch_size, num_workers=args.workers, autocast=autocast)
-        metrics.write({"iter": iteration, **result})
-        distributed.log(f"\nCOCO box evaluation at iteration {iteration} ({len(val_set)} images):\n"
-                        + format_metrics(result))
-        return result
+    def __init__(self, args: argparse.Namespace, device: torch.device):
+        self.args, self.device = args, device
+        self.output_dir = Path(args.output_dir)
+        self.iteration = 0  # iterations completed
+        self.last_saved: Optional[Path] = None  # the newest checkpoint known good (written or resumed from)
+        self.last_saved_iteration = 0
 
-    iteration = start_iter
-    for end in block_ends(start_iter, args.iters, (args.checkpoint_every, args.eval_every)):
-        iteration = train_iterations(net, optimizer, scheduler, scaler, batches, start_iter=iteration, end_iter=end,
-                                     device=device, autocast=autocast, clip_grad_norm=args.clip_grad_norm,
-                                     log_every=args.log_every, metrics=metrics, progress=bar)
-        if end % args.checkpoint_every == 0 or end == args.iters:
-            if distributed.is_main_process():
-                save_checkpoint(checkpoint_path(output_dir, end), model=model, optimizer=optimizer,
-                                scheduler=scheduler, scaler=scaler, iteration=end,
-                                label_to_category=train_set.label_to_category, class_names=train_set.class_names,
-                                args={k: v for k, v in vars(args).items() if k != "model_config"})
-            distributed.barrier()
-        if args.eval_every and end % args.eval_every == 0 and end != args.iters:
-            evaluate(end, f"eval_{end:07d}")
-    bar.close()
+    def last_good(self) -> str:
+        """Where a rerun with --resume continues from, in words."""
+        if self.last_saved is None:
+            return "no checkpoint was written yet, a rerun starts from iteration 0"
+        return (f"the last good checkpoint is {self.last_saved} (iteration {self.last_saved_iteration}); rerun "
+                "the same command with --resume to continue from it")
 
-    final = evaluate(args.iters, "eval_final")
-    if distributed.is_main_process():
-        (output_dir / "final_metrics.json").write_text(json.dumps({"iter": args.iters, **final}, indent=2))
-        picture = save_detection_picture(model, val_set, output_dir / "detections.png", device=device)
-        distributed.log(f"detections on validation images: {picture}")
-        plot_curves(output_dir / "metrics.jsonl", output_dir)
+    def train(self) -> None:
+        args, device = self.args, self.device
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        distributed.run_on_main(lambda: prepare_output_dir(self.output_dir))
+        train_set, val_set = build_datasets(args)
+        distributed.log(f"{len(train_set)} training / {len(val_set)} validation images, "
+                        f"{train_set.num_classes - 1} classes")
+        model, optimizer, scheduler, scaler = self.build_model(train_set)
+        # DDP averages the gradients over the ranks during backward.
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+            if distributed.is_distributed() else model
+        batches = iter(training_loader(train_set, args, self.iteration))
+        autocast = autocast_factory(device, args.amp)
+        metrics = MetricsLog(self.output_dir / "metrics.jsonl")
+        watch = FiniteWatch(model, check_gradients=args.amp != "fp16")  # fp16: the grad scaler skips inf steps
+        bar = tqdm(total=args.iters, initial=self.iteration, desc="train", dynamic_ncols=True,
+                   disable=not distributed.is_main_process())
+
+        def evaluate(iteration: int, prefix: str) -> dict:
+            result = evaluate_coco(model, val_set, device=device, output_dir=self.output_dir, prefix=prefix,
+                                   batch_size=args.eval_batch_size, num_workers=args.workers, autocast=autocast)
+            metrics.write({"iter": iteration, **result})
+            distributed.log(f"\nCOCO box evaluation at iteration {iteration} ({len(val_set)} images):\n"
+                            + format_metrics(result))
+            return result
+
+        for end in block_ends(self.iteration, args.iters, (args.checkpoint_every, args.eval_every)):
+            self.iteration = train_iterations(
+                net, optimizer, scheduler, scaler, batches, start_iter=self.iteration, end_iter=end, device=device,
+                autocast=autocast, clip_grad_norm=args.clip_grad_norm, log_every=args.log_every, metrics=metrics,
+                progress=bar, watch=watch,
+            )
+            if end % args.checkpoint_every == 0 or end == args.iters:
+                self.save(model, optimizer, scheduler, scaler, train_set)
+            if args.eval_every and end % args.eval_every == 0 and end != args.iters:
+                evaluate(end, f"eval_{end:07d}")
+        bar.close()
+
+        final = evaluate(args.iters, "eval_final")
+        if distributed.is_main_process():
+            (self.output_dir / "final_metrics.json").write_text(json.dumps({"iter": args.iters, **final}, indent=2))
+            picture = save_detection_picture(model, val_set, self.output_dir / "detections.png", device=device)
+            distributed.log(f"detections on validation images: {picture}")
+            plot_curves(self.output_dir / "metrics.jsonl", self.output_dir)
+
+    def save(self, model, optimizer, scheduler, scaler, train_set) -> None:
+        """Checkpoint after `self.iteration` (every rank's RNG states in it), then drop the oldest ones."""
+        args = self.args
+        rng_per_rank = distributed.all_gather_objects(capture_rng_state())  # a collective: every rank calls it
+        path = checkpoint_path(self.output_dir, self.iteration)
+        if distributed.is_main_process():
+            save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                            iteration=self.iteration, label_to_category=train_set.label_to_category,
+                            class_names=train_set.class_names, rng_per_rank=rng_per_rank,
+                            args={k: v for k, v in vars(args).items() if k != "model_config"})
+            prune_checkpoints(self.output_dir, args.keep_checkpoints, protect=(args.iters,))
+        distributed.barrier()
+        self.last_saved, self.last_saved_iteration = path, self.iteration
+
+    def build_model(self, train_set: CocoDetection):
+        """The detector, SGD, LR schedule and grad scaler, restored from the last usable checkpoint with --resume.
+
+        Returns:
+            (model, optimizer, scheduler, scaler); sets `self.iteration` to the resumed iteration.
+        """
+        args, device = self.args, self.device
+        torch.manual_seed(args.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+        model = FasterRCNNFPN(num_classes=train_set.num_classes, config=args.model_config)
+        path, checkpoint, skipped = find_resume_checkpoint(self.output_dir) if args.resume else (None, None, [])
+        for line in skipped:
+            distributed.log(f"--resume: {line}; falling back to the previous checkpoint")
+        if checkpoint is not None:
+            check_resumable(checkpoint, path, model, train_set)
+            if args.init_from:
+                distributed.log(f"--init-from {args.init_from} is not used: resuming from {path}")
+        elif args.init_from:
+            skipped_tensors = load_pretrained_weights(model, args.init_from)
+            distributed.log(f"initialised from {args.init_from}; not loaded (shape differs): "
+                            f"{skipped_tensors or 'none'}")
+        model.to(device)
+        lr = scaled_lr(args.lr, args.batch_size * distributed.get_world_size(), args.lr_reference_batch)
+        optimizer = build_optimizer(model, lr, momentum=args.momentum, weight_decay=args.weight_decay)
+        scheduler = build_lr_scheduler(optimizer, steps=args.steps, gamma=args.gamma,
+                                       warmup_iters=args.warmup_iters, warmup_factor=args.warmup_factor)
+        scaler = build_grad_scaler(device, args.amp)
+        torch.manual_seed(args.seed + distributed.get_rank())  # per-rank random streams (train sizes, sampling)
+        if checkpoint is not None:
+            notes = restore_training_state(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler,
+                                           scaler=scaler, rank=distributed.get_rank(),
+                                           world_size=distributed.get_world_size())
+            self.iteration = self.last_saved_iteration = int(checkpoint["iteration"])
+            self.last_saved = path
+            distributed.log(f"resumed from {path} at iteration {self.iteration}")
+            for note in notes:
+                distributed.log(f"--resume: {note}")
+            self.apply_changed_flags(checkpoint, optimizer, scheduler, lr)
+        elif args.resume:
+            distributed.log(f"--resume: no checkpoint in {self.output_dir}, starting at iteration 0")
+        distributed.log(f"{distributed.get_world_size()} process(es) x {args.batch_size} images, LR {lr:g}, "
+                        f"{args.iters} iterations, {device.type}, amp {args.amp}")
+        return model, optimizer, scheduler, scaler
+
+    def apply_changed_flags(self, checkpoint: dict, optimizer, scheduler, lr: float) -> None:
+        """Flags that differ from the checkpoint's run take effect from here on; each is reported."""
+        args = self.args
+        saved = checkpoint.get("args") or {}
+        current = to_plain({k: v for k, v in vars(args).items() if k != "model_config"})
+        for name, old, new in changed_arguments(saved, current):
+            distributed.log(f"--resume: --{name.replace('_', '-')} changed from {old} to {new}: applied from "
+                            f"iteration {self.iteration + 1} on")
+        if scheduler.base_lrs[0] != lr or any(
+                g["momentum"] != args.momentum or g["weight_decay"] != args.weight_decay
+                for g in optimizer.param_groups):
+            apply_hyperparameters(optimizer, scheduler, lr=lr, momentum=args.momentum,
+                                  weight_decay=args.weight_decay)
+            distributed.log(f"--resume: base LR {lr:g} (was {checkpoint['scheduler']['base_lrs'][0]:g}), "
+                            f"momentum {args.momentum}, weight decay {args.weight_decay}")
+
+
+def check_resumable(checkpoint: dict, path: Path, model: FasterRCNNFPN, train_set: CocoDetection) -> None:
+    """The checkpoint must be of this data set's categories and of a model its weights fit; config changes that
+    keep the weights loadable are reported, the others refused, before the first iteration."""
+    saved_map = {int(k): int(v) for k, v in checkpoint["label_to_category"].items()}
+    if saved_map != train_set.label_to_category:
+        raise InputError(
+            f"--resume: {path} was trained on {len(saved_map)} categories {sorted(saved_map.values())}, the "
+            f"training data has {len(train_set.label_to_category)}: {sorted(train_set.label_to_category.values())}. "
+            "Resume with the same data, or start a new --output-dir with --init-from to fine-tune"
+        )
+    changes = config_differences(checkpoint["config"], to_plain(model.config.to_dict()))
+    if not changes:
+        return
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError:
+        raise InputError(f"--resume: the model config differs from {path}'s and its weights do not fit the "
+                         f"changed model: {'; '.join(changes)}. Drop these flags to resume") from None
+    distributed.log(f"--resume: model config changed from {path}'s, applied (the weights fit): {'; '.join(changes)}")
 
 
 def plot_curves(metrics_file: Path, output_dir: Path) -> None:

@@ -7,9 +7,10 @@ from PIL import Image
 from torch import nn
 
 from fpn.engine import (
-    MetricsLog, NonFiniteLossError, autocast_factory, build_grad_scaler, save_detection_picture, select_device,
+    MetricsLog, autocast_factory, build_grad_scaler, save_detection_picture, select_device,
     train_iterations, train_step,
 )
+from fpn.nonfinite import NonFiniteError
 from fpn.schedule import build_lr_scheduler
 
 CPU = torch.device("cpu")
@@ -75,9 +76,9 @@ def test_non_finite_loss_raises_before_touching_the_weights(term):
     model = Toy(poison=(1, term))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     images, targets = _batch([[1.0, 2.0]])
-    with pytest.raises(NonFiniteLossError, match=f"non-finite loss at iteration 7: {term} = nan") as info:
+    with pytest.raises(NonFiniteError, match=f"non-finite loss term {term} = nan at iteration 7") as info:
         train_step(model, images, targets, optimizer, build_grad_scaler(CPU, "none"), iteration=7)
-    assert (info.value.iteration, info.value.term) == (7, term)
+    assert (info.value.iteration, info.value.kind, info.value.name) == (7, "loss", term)
     assert torch.equal(model.w.detach(), torch.tensor([1.0, -1.0])) and model.b.item() == 0.5
     assert model.w.grad is None
 

@@ -1,6 +1,7 @@
 """Bad inputs through the training entry point: corrupt image, no annotations, degenerate boxes, unknown
 category, and a non-finite loss (which must leave the last good checkpoint intact)."""
 import json
+import re
 import shutil
 
 import pytest
@@ -38,12 +39,20 @@ def _edit_annotations(root, edit):
     return path
 
 
-def test_corrupt_image_is_named(data, tmp_path):
+def _usage_error(argv, capsys, pattern):
+    """The run stops with exit code 2 and one `error:` line matching `pattern`, without a traceback."""
+    assert load_train_script().main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_corrupt_image_is_named(data, tmp_path, capsys):
     bad = sorted((data / "train2017").iterdir())[2]
     bad.write_bytes(b"this is not a png")
-    train = load_train_script()
-    with pytest.raises(ValueError, match=bad.name):
-        train.main(tiny_args(tmp_path / "run", *_data_flags(data)))
+    _usage_error(tiny_args(tmp_path / "run", *_data_flags(data)), capsys, re.escape(bad.name))
 
 
 def test_corrupt_image_skipped_on_request(data, tmp_path):
@@ -53,10 +62,10 @@ def test_corrupt_image_skipped_on_request(data, tmp_path):
         assert load_train_script().main(tiny_args(tmp_path / "run", *_data_flags(data), "--skip-bad-images")) == 0
 
 
-def test_no_annotations_is_an_error(data, tmp_path):
+def test_no_annotations_is_an_error(data, tmp_path, capsys):
     path = _edit_annotations(data, lambda doc: doc.update(annotations=[]))
-    with pytest.raises(ValueError, match=f"{path}: no usable boxes to train on"):
-        load_train_script().main(tiny_args(tmp_path / "run", *_data_flags(data)))
+    _usage_error(tiny_args(tmp_path / "run", *_data_flags(data)), capsys,
+                 re.escape(f"{path}: no usable boxes to train on"))
 
 
 def test_degenerate_boxes_are_dropped_with_a_warning(data, tmp_path):
@@ -69,20 +78,19 @@ def test_degenerate_boxes_are_dropped_with_a_warning(data, tmp_path):
         assert load_train_script().main(tiny_args(tmp_path / "run", *_data_flags(data), iters=1)) == 0
 
 
-def test_all_boxes_degenerate_is_an_error(data, tmp_path):
+def test_all_boxes_degenerate_is_an_error(data, tmp_path, capsys):
     def flatten_all(doc):
         for ann in doc["annotations"]:
             ann["bbox"][2] = 0
 
     _edit_annotations(data, flatten_all)
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no usable boxes .* empty after clipping"):
-        load_train_script().main(tiny_args(tmp_path / "run", *_data_flags(data)))
+    with pytest.warns(UserWarning):
+        _usage_error(tiny_args(tmp_path / "run", *_data_flags(data)), capsys, "no usable boxes .* empty after clipping")
 
 
-def test_unknown_category_is_named(data, tmp_path):
+def test_unknown_category_is_named(data, tmp_path, capsys):
     _edit_annotations(data, lambda doc: doc["annotations"][3].update(category_id=99))
-    with pytest.raises(ValueError, match="category_id 99"):
-        load_train_script().main(tiny_args(tmp_path / "run", *_data_flags(data)))
+    _usage_error(tiny_args(tmp_path / "run", *_data_flags(data)), capsys, "category_id 99")
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch, capsys):
@@ -102,7 +110,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path
     code = load_train_script().main(tiny_args(run, *_data_flags(data), "--checkpoint-every", "2", iters=6))
     assert code == 1
     err = capsys.readouterr().err
-    assert "non-finite loss at iteration 3: loss_box_reg = nan" in err
+    assert "non-finite loss term loss_box_reg = nan at iteration 3" in err
+    assert f"the last good checkpoint is {run / 'checkpoint_0000002.pt'} (iteration 2)" in err
     assert sorted(p.name for p in run.glob("checkpoint_*")) == ["checkpoint_0000002.pt"]
     assert load_checkpoint(run / "checkpoint_0000002.pt")["iteration"] == 2
     model, names = load_detector(run / "checkpoint_0000002.pt")

@@ -40,10 +40,10 @@ def tiny_args(output_dir, *extra, iters=4):
 
 def test_preset_values_are_defaults_and_flags_override_them():
     train = load_train_script()
-    args = train.parse_args(["--preset", "1x"])
+    args = train.parse_args(["--preset", "1x", "--coco-root", "/data/coco"])
     assert (args.iters, args.lr, args.steps, args.batch_size, args.amp) == (90_000, 0.02, (60_000, 80_000), 2, "none")
     assert args.model_config.input.train_min_sizes == (640, 672, 704, 736, 768, 800)
-    args = train.parse_args(["--preset", "1x", "--iters", "100", "--steps", "50,80", "--amp", "bf16",
+    args = train.parse_args(["--preset", "1x", "--coco-root", "/data/coco", "--iters", "100", "--steps", "50,80", "--amp", "bf16",
                              "--backbone.depth", "101", "--backbone-weights", "r101.pth", "--channels-last", "false"])
     assert (args.iters, args.steps, args.amp, args.model_config.channels_last) == (100, (50, 80), "bf16", False)
     assert args.model_config.backbone.depth == 101 and args.model_config.backbone.weights == "r101.pth"
@@ -52,8 +52,8 @@ def test_preset_values_are_defaults_and_flags_override_them():
 
 def test_bad_flag_values_exit_with_a_message(capsys):
     train = load_train_script()
-    for argv, message in ((["--amp", "fp8"], "--amp must be none, bf16 or fp16, got 'fp8'"),
-                          (["--iters", "0"], "--iters must be >= 1, got 0"),
+    for argv, message in ((["--preset", "cpu-demo", "--amp", "fp8"], "--amp must be none, bf16 or fp16, got 'fp8'"),
+                          (["--preset", "cpu-demo", "--iters", "0"], "--iters must be >= 1, got 0"),
                           (["--preset", "2x"], "invalid choice: '2x'")):
         with pytest.raises(SystemExit):
             train.parse_args(argv)
@@ -70,10 +70,10 @@ def test_block_ends_stop_at_checkpoints_evaluations_and_the_end():
 
 def test_partial_data_flags_are_an_error(tmp_path):
     train = load_train_script()
-    args = train.parse_args(["--output-dir", str(tmp_path), "--train-images", "x"])
+    args = train.parse_args(["--preset", "cpu-demo", "--output-dir", str(tmp_path), "--train-images", "x"])
     with pytest.raises(ValueError, match="give all of --train-images"):
         train.dataset_paths(args)
-    args = train.parse_args(["--coco-root", "/data/coco"])
+    args = train.parse_args(["--preset", "1x", "--coco-root", "/data/coco"])
     assert train.dataset_paths(args)["val_annotations"] == Path("/data/coco/annotations/instances_val2017.json")
 
 
