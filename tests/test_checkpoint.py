@@ -8,13 +8,15 @@ import torch
 import torchvision
 
 from fpn.checkpoint import (
-    atomic_save, capture_rng_state, checkpoint_path, last_checkpoint, load_checkpoint, load_detector,
-    load_pretrained_weights, restore_rng_state, resume_training_state, save_checkpoint,
+    atomic_save, checkpoint_path, last_checkpoint, load_checkpoint, load_detector, load_pretrained_weights,
+    save_checkpoint,
 )
 from fpn.config import FasterRCNNConfig
 from fpn.data.coco_names import COCO_CLASS_NAMES
 from fpn.engine import build_grad_scaler
 from fpn.model import FasterRCNNFPN
+from fpn.resume import restore_training_state
+from fpn.rng_state import capture_rng_state, restore_rng_state
 from fpn.schedule import build_lr_scheduler, build_optimizer
 
 
@@ -117,9 +119,9 @@ def test_checkpoint_is_weights_only_loadable_and_resumes_training_state(tmp_path
 
     restored, optimizer2, scheduler2 = _training_objects(seed=1)
     torch.manual_seed(123)
-    iteration = resume_training_state(load_checkpoint(path), model=restored, optimizer=optimizer2,
-                                      scheduler=scheduler2, scaler=None)
-    assert iteration == 1 and scheduler2.last_epoch == scheduler.last_epoch == 1
+    checkpoint = load_checkpoint(path)
+    notes = restore_training_state(checkpoint, model=restored, optimizer=optimizer2, scheduler=scheduler2, scaler=None)
+    assert notes == [] and checkpoint["iteration"] == 1 and scheduler2.last_epoch == scheduler.last_epoch == 1
     assert optimizer2.param_groups[0]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"])
     for key, value in model.state_dict().items():
         assert torch.equal(restored.state_dict()[key], value), key
