@@ -26,8 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -221,7 +223,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _main(argv: Optional[Sequence[str]]) -> int:
     args = parse_args(argv)
     device = select_device(args.device)
-    with distributed.distributed_session(device, timeout_minutes=args.dist_timeout_min) as device:
+    with distributed.distributed_session(device, timeout_minutes=args.dist_timeout_min) as device, \
+            sigterm_as_interrupt():
         run = TrainingRun(args, device)
         try:
             run.train()
@@ -230,9 +233,28 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                 print(f"error: {error}; training stopped before writing anything: {run.last_good()}. Lower the "
                       "LR, enable --clip-grad-norm, or check the data.", file=sys.stderr, flush=True)
             return EXIT_FAILED
-        except KeyboardInterrupt:
-            raise Interrupted(f"interrupted at iteration {run.iteration}; {run.last_good()}") from None
+        except KeyboardInterrupt as stop:
+            what = "terminated (SIGTERM)" if str(stop) == "SIGTERM" else "interrupted"
+            raise Interrupted(f"{what} after {run.completed()} iterations; {run.last_good()}") from None
     return 0
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (what torchrun and SLURM send to stop a job) ends the run like Ctrl-C: a checkpoint being written
+    is abandoned cleanly (its temporary file removed) and the message says where to resume from."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave the signal alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def prepare_output_dir(output_dir: Path) -> None:
@@ -259,6 +281,11 @@ class TrainingRun:
         self.iteration = 0  # iterations completed
         self.last_saved: Optional[Path] = None  # the newest checkpoint known good (written or resumed from)
         self.last_saved_iteration = 0
+        self.bar = None  # the progress bar, which counts the iterations done inside a block too
+
+    def completed(self) -> int:
+        """Iterations completed so far."""
+        return self.bar.n if self.bar is not None and not self.bar.disable else self.iteration
 
     def last_good(self) -> str:
         """Where a rerun with --resume continues from, in words."""
@@ -285,6 +312,7 @@ class TrainingRun:
         watch = FiniteWatch(model, check_gradients=args.amp != "fp16")  # fp16: the grad scaler skips inf steps
         bar = tqdm(total=args.iters, initial=self.iteration, desc="train", dynamic_ncols=True,
                    disable=not distributed.is_main_process())
+        self.bar = bar
 
         def evaluate(iteration: int, prefix: str) -> dict:
             result = evaluate_coco(model, val_set, device=device, output_dir=self.output_dir, prefix=prefix,
