@@ -1,5 +1,5 @@
 """fpn.data.coco: label mapping, box conversion/clipping/filtering, crowd handling, errors naming what is wrong,
-bad-image skipping, reproducible flips independent of DataLoader workers, collate."""
+bad-image skipping, dropping images, reproducible flips independent of DataLoader workers, collate."""
 import json
 import warnings
 
@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from fpn.cli import InputError
 from fpn.data.coco import CocoDetection, collate
 from fpn.data.samplers import GroupedBatchSampler, TrainingSampler
 
@@ -146,9 +147,9 @@ def test_missing_and_truncated_images_name_the_file(tmp_path):
     data = (images_dir / "0002.png").read_bytes()
     (images_dir / "0002.png").write_bytes(data[: len(data) // 2])
     dataset = CocoDetection(images_dir, path, train=False)
-    with pytest.raises(FileNotFoundError, match="0001.png"):
+    with pytest.raises(InputError, match="image file not found: .*0001.png; restore or replace the file"):
         dataset[0]
-    with pytest.raises(ValueError, match="0002.png"):
+    with pytest.raises(InputError, match="cannot decode image file .*0002.png: .*; restore or replace the file"):
         dataset[1]
 
 
@@ -172,6 +173,25 @@ def test_skip_bad_images_returns_next_valid_and_counts(tmp_path):
 def test_aspect_ratio_groups_from_json_sizes(tmp_path):
     images_dir, path = _write(tmp_path, [(1, 40, 30), (2, 20, 36), (3, 24, 24)], [], write_files=False)
     assert CocoDetection(images_dir, path, train=False).aspect_ratio_groups() == [0, 1, 0]
+
+
+def test_drop_images_rebuilds_every_per_sample_index(tmp_path):
+    dataset = _basic(tmp_path)  # image ids 2, 5, 9 (sorted); 2 has a crowd box, 5 two boxes, 9 none
+    dataset.drop_images([0])  # image id 2
+    assert dataset.image_ids == [5, 9] and len(dataset) == 2 and dataset.num_dropped_images == 1
+    assert dataset.aspect_ratio_groups() == [0, 0] and dataset.image_sizes() == [(30, 40), (24, 24)]
+    assert [p.name for p in dataset.image_paths()] == ["0005.png", "0009.png"]
+    assert sorted(dataset.coco.getImgIds()) == [5, 9] and len(dataset.coco.getAnnIds()) == 2
+    assert dataset.num_crowd_annotations == 0 and dataset.label_to_category == {1: 3, 2: 7, 3: 42}
+    _, target = dataset[0]
+    assert target["image_id"] == 5 and target["labels"].tolist() == [3, 1]
+    assert dataset[1][1]["image_id"] == 9 and dataset[1][1]["boxes"].shape == (0, 4)
+    dataset.drop_images([])
+    assert len(dataset) == 2
+    with pytest.raises(IndexError, match="index 2"):
+        dataset.drop_images([2])
+    with pytest.raises(ValueError, match="cannot drop all 2 images"):
+        dataset.drop_images([0, 1])
 
 
 def _flip_dataset(tmp_path, seed=0):

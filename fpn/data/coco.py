@@ -19,13 +19,14 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from fpn.cli import InputError
 from fpn.data.image_io import load_rgb_image, pil_to_tensor01
 from fpn.data.transforms import Compose, RandomHorizontalFlip
 
@@ -42,8 +43,9 @@ class CocoDetection(Dataset):
         train: apply the training augmentation (horizontal flip, p = 0.5).
         skip_bad_images: when an image file is missing or cannot be decoded, warn once for that file and return
             the next readable image in index order (index + 1, index + 2, ..., wrapping around) instead of
-            raising; the count of bad files found is `num_skipped_images` (per process: with DataLoader workers,
-            each worker keeps its own count).
+            raising InputError; the count of bad files found is `num_skipped_images` (per process: with
+            DataLoader workers, each worker keeps its own count). `fpn.data.file_check` finds bad files before
+            training and drops them (`drop_images`) under this same option.
         seed: non-negative seed of the flip draws (see the module docstring).
 
     Attributes:
@@ -55,6 +57,7 @@ class CocoDetection(Dataset):
         num_classes: K + 1 (background included).
         num_dropped_boxes: annotations dropped for an empty box after clipping (crowd ones not counted).
         num_crowd_annotations: annotations left out of the targets because iscrowd = 1.
+        num_dropped_images: images left out by `drop_images` (e.g. unreadable files found before training).
 
     Raises:
         FileNotFoundError: the annotation file does not exist.
@@ -63,6 +66,7 @@ class CocoDetection(Dataset):
 
     Each sample is `(image, target)`: image float32 (3, H, W) RGB in [0, 1]; target `boxes` float32 (N, 4) xyxy
     absolute pixels, `labels` int64 (N,) in 1..K, `image_id` int, `orig_size` (H, W) ints. N may be 0.
+    A missing or undecodable file raises InputError (one line naming the file) unless skip_bad_images.
     """
 
     def __init__(
@@ -91,12 +95,17 @@ class CocoDetection(Dataset):
         self.class_names.update({lb: categories[c] for lb, c in self.label_to_category.items()})
         self.num_classes = len(self.label_to_category) + 1
 
+        self.num_dropped_images = 0
+        self._index(data, warn=True)
+
+    def _index(self, data: dict, warn: bool) -> None:
+        """(Re)build everything indexed by sample: ids, file names, sizes, targets, the COCO object."""
         images = _check_images(data, self.annotations_file)
         self.image_ids = sorted(images)
         self._file_names = [str(images[i]["file_name"]) for i in self.image_ids]
         # (n, 2) int64: the (height, width) the json states, used for clipping and aspect-ratio grouping
         self._json_sizes = np.array([[images[i]["height"], images[i]["width"]] for i in self.image_ids], np.int64)
-        self._build_targets(data["annotations"])
+        self._build_targets(data["annotations"], warn)
 
         self.coco = COCO()
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
@@ -105,7 +114,33 @@ class CocoDetection(Dataset):
         self._bad_indices: set = set()
         self._warned_size_mismatch: set = set()
 
-    def _build_targets(self, annotations: Sequence[dict]) -> None:
+    def drop_images(self, indices: Iterable[int]) -> None:
+        """Leave the samples at `indices` out of the data set, as if the json had never listed them.
+
+        Everything indexed by sample is rebuilt from the remaining images: `image_ids`, the targets,
+        `aspect_ratio_groups()`, `coco` (images and annotations of the dropped ones removed) and the box counts;
+        the label mapping stays (it comes from the categories). Adds the count to `num_dropped_images`.
+
+        Raises:
+            IndexError: an index out of range.
+            ValueError: every image would be dropped.
+        """
+        drop_ids = set()
+        for index in indices:
+            if not 0 <= index < len(self):
+                raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
+            drop_ids.add(self.image_ids[index])
+        if not drop_ids:
+            return
+        if len(drop_ids) == len(self):
+            raise ValueError(f"cannot drop all {len(self)} images of {self.annotations_file}")
+        data = dict(self.coco.dataset)
+        data["images"] = [img for img in data["images"] if img.get("id") not in drop_ids]
+        data["annotations"] = [ann for ann in data["annotations"] if ann.get("image_id") not in drop_ids]
+        self._index(data, warn=False)  # the empty-box warning was given once, at construction
+        self.num_dropped_images += len(drop_ids)
+
+    def _build_targets(self, annotations: Sequence[dict], warn: bool) -> None:
         """Store every image's boxes/labels in flat arrays (cheap to share with forked DataLoader workers)."""
         row_of_image = {image_id: row for row, image_id in enumerate(self.image_ids)}
         rows, boxes, labels = [], [], []
@@ -131,7 +166,7 @@ class CocoDetection(Dataset):
             rows.append(row)
             boxes.append(box)
             labels.append(self.category_to_label[cat_id])
-        if self.num_dropped_boxes:
+        if self.num_dropped_boxes and warn:
             warnings.warn(
                 f"{self.annotations_file}: dropped {self.num_dropped_boxes} annotations whose box is empty "
                 f"(zero area or inverted) after clipping to the image"
@@ -158,6 +193,14 @@ class CocoDetection(Dataset):
     def aspect_ratio_groups(self) -> List[int]:
         """Per sample, 0 if width >= height else 1 (portrait), from the json sizes (no decoding)."""
         return [int(w < h) for h, w in self._json_sizes.tolist()]
+
+    def image_paths(self) -> List[Path]:
+        """Per sample, the image file (`images_dir / file_name`)."""
+        return [self.images_dir / name for name in self._file_names]
+
+    def image_sizes(self) -> List[Tuple[int, int]]:
+        """Per sample, the (height, width) the json states."""
+        return [(h, w) for h, w in self._json_sizes.tolist()]
 
     def __getitem__(self, key: SampleKey) -> Tuple[torch.Tensor, Dict[str, object]]:
         index, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), self.epoch)
@@ -193,7 +236,10 @@ class CocoDetection(Dataset):
                 return pil_to_tensor01(load_rgb_image(path)), candidate  # (3, H, W) float32 in [0, 1]
             except (FileNotFoundError, ValueError) as err:
                 if not self.skip_bad_images:
-                    raise
+                    # One line, so that the message a DataLoader re-raises from a worker ends with all of it.
+                    reason = " ".join(str(err).split())
+                    raise InputError(f"{reason}; restore or replace the file, or skip unreadable images with "
+                                     f"--skip-bad-images") from err
                 self._bad_indices.add(candidate)
                 warnings.warn(f"skipping bad image {path}: {err}")
         raise ValueError(f"no readable image among the {n} images of {self.annotations_file} in {self.images_dir}")

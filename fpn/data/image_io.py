@@ -23,7 +23,7 @@ from typing import Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -50,7 +50,15 @@ def load_rgb_image(path: Union[str, os.PathLike]) -> Image.Image:
             upright = ImageOps.exif_transpose(img)
             return to_rgb(upright)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot decode image file {path}: {err}") from err
+        raise ValueError(f"cannot decode image file {path}: {pillow_error_reason(err, path)}") from err
+
+
+def pillow_error_reason(error: BaseException, path: Union[str, os.PathLike]) -> str:
+    """Pillow's message for a file it failed to read, on one line and without the path (the caller names it)."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image file Pillow can read"
+    text = str(error).replace(f"'{path}'", "").replace(str(path), "")
+    return " ".join(text.split()) or type(error).__name__
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
