@@ -1,9 +1,11 @@
-"""Data: COCO-format datasets, image decoding, flip augmentation, samplers, and the synthetic shapes data set.
+"""Data: COCO-format datasets, image decoding, checking image files before training, flip augmentation, samplers,
+and the synthetic shapes data set.
 
 Never imports the model. Resizing for the network happens inside the model (see `fpn.data.transforms`).
 """
 from fpn.data.coco import CocoDetection, collate
 from fpn.data.coco_names import COCO_CLASS_NAMES
+from fpn.data.file_check import check_dataset_images, check_image_files, handle_bad_images
 from fpn.data.image_io import load_rgb_image, pil_to_tensor01, to_uint8_tensor
 from fpn.data.samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
 from fpn.data.transforms import Compose, RandomHorizontalFlip, hflip
@@ -12,6 +14,9 @@ __all__ = [
     "CocoDetection",
     "collate",
     "COCO_CLASS_NAMES",
+    "check_dataset_images",
+    "check_image_files",
+    "handle_bad_images",
     "load_rgb_image",
     "pil_to_tensor01",
     "to_uint8_tensor",
