@@ -1,7 +1,8 @@
 """Training presets: a model config plus the optimisation schedule, chosen by name with `--preset`.
 
-Every value here is only a default: each field has a command-line flag in `scripts/train.py` that overrides it
-(`--iters`, `--lr`, `--backbone.depth`, ...). The three presets:
+Every value here is only a default: `add_preset_flags` and `add_config_flags` give each field a command-line flag
+(`--iters`, `--lr`, `--backbone.depth`, ...) whose help is the field's `# comment` and the chosen preset's value,
+so every field here and in fpn/config.py carries one (tests/test_presets_help.py checks). The three presets:
 
 * `cpu-demo`: the README demo. A narrow ResNet-18 with GroupNorm trained from scratch on the synthetic shapes
   set at ~256 px; the same code path as full training, sized to finish on a 2-core CPU in minutes.
@@ -13,9 +14,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import inspect
+import io
+import re
+import textwrap
+import tokenize
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from fpn.config import FasterRCNNConfig
 
@@ -26,28 +33,30 @@ class TrainingPreset:
     iters: int = 90_000  # training iterations (one optimiser step each)
     batch_size: int = 2  # images per process per iteration
     lr: float = 0.02  # learning rate for `lr_reference_batch` images, scaled linearly to the real total batch
-    lr_reference_batch: int = 16  # the total batch `lr` is defined for (16 in the paper)
+    lr_reference_batch: int = 16  # the total batch (all processes) `lr` is meant for (16 in the paper)
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 1e-4  # L2 weight decay, applied to every trained parameter
     steps: Tuple[int, ...] = (60_000, 80_000)  # iterations where the LR is multiplied by `gamma`
     gamma: float = 0.1  # LR decay factor at each step
-    warmup_iters: int = 1000  # linear warm-up length
+    warmup_iters: int = 1000  # length of the linear LR warm-up, iterations
     warmup_factor: float = 0.001  # LR multiplier at iteration 0 of the warm-up
-    clip_grad_norm: Optional[float] = None  # max global gradient norm; None: no clipping
-    amp: str = "none"  # mixed precision: "none", "bf16" (autocast) or "fp16" (autocast + GradScaler)
-    eval_every: int = 0  # iterations between COCO evaluations; 0: only at the end
+    clip_grad_norm: Optional[float] = None  # max global gradient norm; none: no clipping
+    amp: str = "none"  # mixed precision: none, bf16 (autocast) or fp16 (autocast + gradient scaler)
+    eval_every: int = 0  # iterations between COCO evaluations on the validation set; 0: only at the end
     checkpoint_every: int = 5000  # iterations between checkpoints (one is always written at the end)
+    keep_checkpoints: int = 3  # periodic checkpoints kept, the newest; the final one is always kept; 0 keeps all
     log_every: int = 20  # iterations between metrics.jsonl lines
     workers: int = 4  # DataLoader worker processes per training process
     threads: int = 0  # CPU threads per training process; 0: torch's default (one per core)
     eval_batch_size: int = 2  # images per forward pass in evaluation
-    synthetic_train_images: int = 2000  # images generated for the built-in synthetic set (no data flags)
+    dist_timeout_min: float = 30.0  # minutes a collective waits for a missing rank before the job fails
+    synthetic_train_images: int = 2000  # training images of the built-in synthetic set (used without data flags)
     synthetic_val_images: int = 200  # validation images of the synthetic set
-    synthetic_image_size: int = 320  # side of the synthetic images, px
+    synthetic_image_size: int = 320  # smallest side of the synthetic images, px (sides drawn up to 64 px more)
 
 
 def cpu_demo() -> TrainingPreset:
-    """The README demo: trains and evaluates on the synthetic set on a laptop-class CPU."""
+    """The README demo: the generated synthetic shapes set, trained and evaluated in minutes on a 2-core CPU."""
     model = FasterRCNNConfig()
     model.backbone.depth = 18
     model.backbone.width = 24  # 3/8 of ResNet's width: 800 iterations fit in a few CPU minutes
@@ -77,7 +86,7 @@ def cpu_demo() -> TrainingPreset:
         warmup_iters=100,
         warmup_factor=0.01,
         clip_grad_norm=10.0,
-        eval_every=0,
+        eval_every=200,  # 4 evaluations (100 images at 256 px, seconds each): ap.png shows a curve, not a dot
         checkpoint_every=400,
         log_every=10,
         workers=1,  # decodes the next batch on the second core
@@ -92,13 +101,13 @@ def cpu_demo() -> TrainingPreset:
 
 
 def paper() -> TrainingPreset:
-    """Lin et al. (2017), Sec. 5.1: 60k iterations at 0.02 then 20k at 0.002, 16 images per batch, 800 px."""
+    """Lin et al. (2017), Sec. 5.1, on COCO: LR 0.02 for 60k iterations then 0.002 for 20k, 8 GPUs x 2 images."""
     model = FasterRCNNConfig()  # ResNet-50, frozen BN, FPN 256, 800 px: the paper's detector
     return TrainingPreset(model=model, iters=80_000, batch_size=2, lr=0.02, steps=(60_000,), checkpoint_every=5000)
 
 
 def detectron2_1x() -> TrainingPreset:
-    """detectron2's 1x schedule: 90k iterations, steps at 60k and 80k, multi-scale training 640..800 px."""
+    """detectron2's 1x schedule on COCO: LR x0.1 at 60k and 80k, 8 GPUs x 2 images, shorter side 640..800 px."""
     model = FasterRCNNConfig()
     model.input.train_min_sizes = (640, 672, 704, 736, 768, 800)
     return TrainingPreset(model=model, iters=90_000, batch_size=2, lr=0.02, steps=(60_000, 80_000))
@@ -114,23 +123,80 @@ def get_preset(name: str) -> TrainingPreset:
     return copy.deepcopy(PRESETS[name]())
 
 
+def describe_presets() -> str:
+    """One line per preset, "name: what it is for, its data (N iterations)", for `--help` and error messages.
+
+    The text is the first line of the preset function's docstring.
+    """
+    lines = []
+    for name, make in PRESETS.items():
+        preset = make()
+        purpose = inspect.getdoc(make).splitlines()[0].rstrip(".")
+        lines.append(f"{name}: {purpose} ({preset.iters:,} iterations)")
+    return "\n".join(lines)
+
+
+def preset_name_in(argv: Sequence[str], default: str) -> str:
+    """The `--preset` value of a command line, or `default` when it has none.
+
+    The flags' help shows the chosen preset's values, so the preset must be known before the parser is built.
+    An unknown name gives `default` here: the full parser (choices=PRESETS) then reports it.
+    """
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--preset", default=default)
+    name = early.parse_known_args(list(argv))[0].preset
+    return name if name in PRESETS else default
+
+
+def add_preset_flags(parser: argparse.ArgumentParser, preset: TrainingPreset) -> None:
+    """Add one flag per training field of TrainingPreset (all but `model`): `--iters 800`, `--steps 600,750`.
+
+    The help of each flag is the field's comment and `preset`'s value, e.g. "training iterations (one optimiser
+    step each) (default: 800)". Flags default to "not given" (argparse.SUPPRESS), so `apply_preset_flags` changes
+    only what was typed. Tuples are comma-separated lists, optionals accept "none".
+    """
+    group = parser.add_argument_group("training (defaults: the preset's values)")
+    hints = typing.get_type_hints(TrainingPreset)
+    for item in fields(preset):
+        if item.name != "model":
+            flag, hint = _flag((item.name,)), hints[item.name]
+            value = getattr(preset, item.name)
+            group.add_argument(flag, dest=item.name, type=_parser_for(hint, flag), default=argparse.SUPPRESS,
+                               metavar=_metavar(hint), help=_help(TrainingPreset, item.name, value))
+
+
+def apply_preset_flags(preset: TrainingPreset, args: argparse.Namespace) -> TrainingPreset:
+    """A copy of `preset` with the training fields given on the command line (see `add_preset_flags`) set.
+
+    The model config is left as it is: `apply_config_flags(preset.model, args)` applies the model flags.
+    """
+    preset = copy.deepcopy(preset)
+    given = vars(args)
+    for item in fields(preset):
+        if item.name != "model" and item.name in given:
+            setattr(preset, item.name, given[item.name])
+    return preset
+
+
 def add_config_flags(parser: argparse.ArgumentParser, config: FasterRCNNConfig) -> None:
     """Add one flag per field of the nested model config: `--backbone.depth 18`, `--input.train-min-sizes 640,800`.
 
-    A field of a section is `--section.field`, a top-level field `--field` (e.g. `--channels-last false`). Flags
-    default to "not given" (argparse.SUPPRESS), so `apply_config_flags` changes only what was typed and the
-    preset's values stay the defaults. Tuples are comma-separated lists, booleans true/false, optionals "none".
+    A field of a section is `--section.field`, a top-level field `--field` (e.g. `--channels-last false`), in
+    one help group per section. Each help is the field's comment in fpn/config.py and its value in `config` (pass
+    the chosen preset's model config, so the help shows the defaults that apply). Flags default to "not given"
+    (argparse.SUPPRESS), so `apply_config_flags` changes only what was typed. Tuples are comma-separated lists,
+    booleans true/false, optionals "none".
     """
-    group = parser.add_argument_group("model config (defaults: the preset's values)")
-    for path, hint, default in _config_leaves(config):
-        group.add_argument(
-            "--" + ".".join(part.replace("_", "-") for part in path),
-            dest="model." + ".".join(path),
-            type=_parser_for(hint, ".".join(path)),
-            default=argparse.SUPPRESS,
-            metavar=type(default).__name__.upper() if default is not None else "VALUE",
-            help=f"FasterRCNNConfig default: {_show(default)} (a preset may set another)",
-        )
+    groups = {}
+    for path, owner, hint, value in _config_leaves(config):
+        section = path[0] if len(path) > 1 else ""
+        if section not in groups:
+            where = f"--{_flag((section,))[2:]}.FIELD, {type(owner).__name__}" if section else "FasterRCNNConfig"
+            groups[section] = parser.add_argument_group(f"model config: {where} in fpn/config.py")
+        flag = _flag(path)
+        groups[section].add_argument(flag, dest="model." + ".".join(path), type=_parser_for(hint, flag),
+                                     default=argparse.SUPPRESS, metavar=_metavar(hint),
+                                     help=_help(type(owner), path[-1], value))
 
 
 def apply_config_flags(config: FasterRCNNConfig, args: argparse.Namespace) -> FasterRCNNConfig:
@@ -146,8 +212,75 @@ def apply_config_flags(config: FasterRCNNConfig, args: argparse.Namespace) -> Fa
     return config
 
 
-def _config_leaves(config: Any, prefix: Tuple[str, ...] = ()) -> List[Tuple[Tuple[str, ...], Any, Any]]:
-    """(field path, type hint, value) of every non-dataclass field, depth first."""
+def field_comments(cls: type) -> Dict[str, str]:
+    """{field name: its comment} of a dataclass, read from the source of the class (and of its dataclass bases).
+
+    A field's comment is the `# ...` text within its statement: the trailing comment of its line or, for a
+    statement spread over several lines, the comments on those lines joined by spaces. Comment-only lines are
+    not part of any field. Fields without a comment are absent; so is everything when the source is not
+    available (a class defined in an interactive session). Read once per class.
+
+    Raises:
+        ValueError: `cls` is not a dataclass.
+    """
+    if not (isinstance(cls, type) and is_dataclass(cls)):
+        raise ValueError(f"field_comments needs a dataclass, got {cls!r}")
+    return dict(_field_comments(cls))
+
+
+@functools.lru_cache(maxsize=None)
+def _field_comments(cls: type) -> Tuple[Tuple[str, str], ...]:
+    comments: Dict[str, str] = {}
+    for base in reversed(cls.__mro__):  # a subclass's comment wins over its base's
+        if "__dataclass_fields__" in vars(base):
+            comments.update(_comments_in_body(base))
+    names = {item.name for item in fields(cls)}
+    return tuple((name, text) for name, text in comments.items() if name in names)
+
+
+def _comments_in_body(cls: type) -> Dict[str, str]:
+    """{name: comment} of the annotated statements `name: type ...` directly in the body of `cls`."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    comments: Dict[str, str] = {}
+    depth, statement = 0, []  # indentation depth (1: the class body) and the tokens of the current statement
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type in (tokenize.INDENT, tokenize.DEDENT):
+            depth += 1 if token.type == tokenize.INDENT else -1
+        elif depth != 1:
+            continue
+        elif token.type == tokenize.NEWLINE:  # the end of a logical line, however many physical lines it spans
+            code = [t for t in statement if t.type != tokenize.COMMENT]
+            if len(code) >= 2 and code[0].type == tokenize.NAME and code[1].string == ":":
+                text = " ".join(t.string.lstrip("#").strip() for t in statement if t.type == tokenize.COMMENT)
+                if text:
+                    comments[code[0].string] = text
+            statement = []
+        elif token.type == tokenize.NL:
+            if all(t.type == tokenize.COMMENT for t in statement):
+                statement = []  # a comment-only line belongs to no field
+        else:
+            statement.append(token)
+    return comments
+
+
+def _help(cls: type, name: str, value: Any) -> str:
+    """The help of a field's flag: its comment (`a_field` written --a-field) and "(default: <value>)"."""
+    comment = field_comments(cls).get(name, "")
+    siblings = {item.name for item in fields(cls)}
+    comment = re.sub(r"`(\w+)`", lambda m: _flag((m[1],)) if m[1] in siblings else m[0], comment)
+    text = f"{comment} (default: {_show(value)})" if comment else f"default: {_show(value)}"
+    return text.replace("%", "%%")  # argparse %-formats help strings
+
+
+def _flag(path: Tuple[str, ...]) -> str:
+    return "--" + ".".join(part.replace("_", "-") for part in path)
+
+
+def _config_leaves(config: Any, prefix: Tuple[str, ...] = ()) -> List[Tuple[Tuple[str, ...], Any, Any, Any]]:
+    """(field path, owning dataclass instance, type hint, value) of every non-dataclass field, depth first."""
     hints = typing.get_type_hints(type(config))
     leaves = []
     for item in fields(config):
@@ -155,28 +288,41 @@ def _config_leaves(config: Any, prefix: Tuple[str, ...] = ()) -> List[Tuple[Tupl
         if is_dataclass(value):
             leaves.extend(_config_leaves(value, prefix + (item.name,)))
         else:
-            leaves.append((prefix + (item.name,), hints[item.name], value))
+            leaves.append((prefix + (item.name,), config, hints[item.name], value))
     return leaves
 
 
 def _show(value: Any) -> str:
-    return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+    """A value as it is typed on the command line: 600,750 / none / true."""
+    if isinstance(value, tuple):
+        return ",".join(_show(v) for v in value)
+    return str(value).lower() if value is None or isinstance(value, bool) else str(value)
 
 
-def _parser_for(hint: Any, name: str) -> Callable[[str], Any]:
+def _metavar(hint: Any) -> str:
+    """INT, FLOAT, STR, BOOL; Optional[X]: X; Tuple[int, ...]: INT,...; Tuple[float, float]: FLOAT,FLOAT."""
+    origin, params = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return _metavar(next(p for p in params if p is not type(None)))
+    if origin is tuple:
+        return f"{_metavar(params[0])},..." if params[-1] is Ellipsis else ",".join(_metavar(p) for p in params)
+    return getattr(hint, "__name__", "VALUE").upper()
+
+
+def _parser_for(hint: Any, flag: str) -> Callable[[str], Any]:
     """A string -> value converter for a field type: int, float, str, bool, Optional[X], Tuple[X, ...]."""
     origin, params = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Union and type(None) in params:
-        inner = _parser_for(next(p for p in params if p is not type(None)), name)
+        inner = _parser_for(next(p for p in params if p is not type(None)), flag)
         return lambda text: None if text.lower() == "none" else inner(text)
     if origin is tuple:
-        item = _parser_for(params[0], name)
+        item = _parser_for(params[0], flag)
         length = None if (len(params) == 2 and params[1] is Ellipsis) else len(params)
 
         def parse_tuple(text: str) -> tuple:
             values = tuple(item(part) for part in text.split(",") if part.strip())
             if length is not None and len(values) != length:
-                raise argparse.ArgumentTypeError(f"--{name} needs {length} comma-separated values, got {text!r}")
+                raise argparse.ArgumentTypeError(f"{flag} needs {length} comma-separated values, got {text!r}")
             return values
 
         return parse_tuple
@@ -184,7 +330,7 @@ def _parser_for(hint: Any, name: str) -> Callable[[str], Any]:
         return _parse_bool
     if hint in (int, float, str):
         return hint
-    raise TypeError(f"config field {name} has a type {hint} with no command-line parser")
+    raise TypeError(f"field {flag} has a type {hint} with no command-line parser")
 
 
 def _parse_bool(text: str) -> bool:

@@ -1,6 +1,9 @@
 """Presets and the model-config flags generated from the FasterRCNNConfig dataclass."""
 import argparse
+import shutil
+import subprocess
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +82,24 @@ def test_get_preset_returns_independent_copies_and_rejects_unknown_names():
     assert get_preset("1x").model.backbone.depth == 50
     with pytest.raises(ValueError, match="unknown preset '2x'"):
         get_preset("2x")
+
+
+def test_demo_evaluates_a_few_times_so_its_ap_plot_is_a_curve():
+    demo = get_preset("cpu-demo")
+    evaluations = [it for it in range(demo.eval_every, demo.iters, demo.eval_every)] + [demo.iters]
+    assert 3 <= len(evaluations) <= 6, evaluations
+    assert (demo.keep_checkpoints, demo.dist_timeout_min) == (3, 30.0)
+
+
+def test_example_outputs_are_git_ignored():
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    written = ["runs/demo/metrics.jsonl", "runs/predict/detections.json", "predictions/detections.json",
+               "out/detections.json", "out.json", "ops.json", "evaluate_metrics.json", "resnet50.pth"]
+    done = subprocess.run(["git", "check-ignore", "--no-index", *written], cwd=root, capture_output=True,
+                          text=True)
+    assert sorted(done.stdout.split()) == sorted(written)
+    kept = subprocess.run(["git", "check-ignore", "--no-index", "fpn/presets.py", "docs/demo_detections.png"],
+                          cwd=root, capture_output=True, text=True)
+    assert kept.stdout == ""
