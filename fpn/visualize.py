@@ -1,15 +1,18 @@
 """Drawing detections on an image: boxes, "name 0.93" labels on a filled background, a fixed colour per class.
 
-Shape shorthand: D detections. Boxes are (x1, y1, x2, y2) in absolute pixels of the image they are drawn on
-(the frame `FasterRCNNFPN` returns them in).
+Shape shorthand: D detections, G ground-truth boxes. Boxes are (x1, y1, x2, y2) in absolute pixels of the image
+they are drawn on (the frame `FasterRCNNFPN` returns them in). `save_detection_picture` puts a model's
+predictions under the ground truth of a few data set images (training's detections.png).
 """
 from __future__ import annotations
 
 import functools
-from typing import Mapping, Tuple
+from pathlib import Path
+from typing import List, Mapping, Sequence, Tuple, Union
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from torch import nn
 
 Colour = Tuple[int, int, int]
 
@@ -91,24 +94,51 @@ def draw_detections(
     if not isinstance(image, Image.Image):
         raise ValueError(f"image: expected a PIL.Image.Image, got {type(image).__name__}")
     boxes_t, labels_t, scores_t = _as_tensors(boxes, labels, scores)
-    out = image.copy() if image.mode in ("RGB", "RGBA") else image.convert("RGB")
     keep = torch.nonzero(scores_t >= score_threshold).flatten()
-    if keep.numel() == 0:
-        return out
     keep = keep[torch.argsort(scores_t[keep], stable=True)]  # ascending: best drawn last, on top
+    texts = [f"{class_names.get(int(labels_t[i]), str(int(labels_t[i])))} {float(scores_t[i]):.2f}" for i in keep]
+    return _draw_boxes(image, boxes_t[keep], labels_t[keep], texts)
+
+
+def draw_ground_truth(image: Image.Image, boxes, labels, class_names: Mapping[int, str]) -> Image.Image:
+    """Draw ground-truth boxes on a copy of `image`, like `draw_detections` but labelled with the name alone.
+
+    Args:
+        image: PIL image; modes other than RGB/RGBA are converted to RGB in the copy.
+        boxes: (G, 4) float, xyxy in absolute pixels of `image`.
+        labels: (G,) int class ids; ids missing from `class_names` are written as the number.
+        class_names: class id -> name.
+
+    Returns:
+        A new PIL image of the same size.
+
+    Raises:
+        ValueError: as `draw_detections`.
+    """
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"image: expected a PIL.Image.Image, got {type(image).__name__}")
+    labels = torch.as_tensor(_detach(labels)).reshape(-1)
+    boxes_t, labels_t, _ = _as_tensors(boxes, labels, torch.ones(labels.numel()))
+    texts = [class_names.get(label, str(label)) for label in labels_t.tolist()]
+    return _draw_boxes(image, boxes_t, labels_t, texts)
+
+
+def _draw_boxes(image: Image.Image, boxes: torch.Tensor, labels: torch.Tensor, texts: List[str]) -> Image.Image:
+    """A copy of `image` with each (D, 4) xyxy box outlined in its label's colour and its text above it."""
+    out = image.copy() if image.mode in ("RGB", "RGBA") else image.convert("RGB")
+    if len(texts) == 0:
+        return out
     draw = ImageDraw.Draw(out)
     width, height = out.size
     line_width = line_width_for(width, height)
     font = _font(font_size_for(width, height))
-    for i in keep.tolist():
-        x1, y1, x2, y2 = boxes_t[i].tolist()
+    for box, label, text in zip(boxes.tolist(), labels.tolist(), texts):
+        x1, y1, x2, y2 = box
         # Clip to the image so a box reaching past the border still shows its edges there.
         x1, x2 = (min(max(v, 0.0), width - 1.0) for v in (x1, x2))
         y1, y2 = (min(max(v, 0.0), height - 1.0) for v in (y1, y2))
-        label = int(labels_t[i])
         colour = colour_for_label(label)
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=line_width)
-        text = f"{class_names.get(label, str(label))} {float(scores_t[i]):.2f}"
         _draw_label(draw, text, (x1, y1), colour, font, (width, height))
     return out
 
@@ -161,3 +191,79 @@ def _as_tensors(boxes, labels, scores) -> Tuple[torch.Tensor, torch.Tensor, torc
 
 def _detach(values):
     return values.detach().cpu() if isinstance(values, torch.Tensor) else values
+
+
+@torch.no_grad()
+def save_detection_picture(
+    model: nn.Module,
+    dataset,
+    path: Union[str, Path],
+    *,
+    device: torch.device,
+    num_images: int = 4,
+    score_threshold: float = 0.5,
+) -> Path:
+    """Draw the first `num_images` images of `dataset`, each as a column: ground truth above, predictions below.
+
+    The panels are titled "ground truth" and "predictions (score >= 0.5)"; a box has its class's colour in both,
+    so a missed or a wrong detection shows at a glance.
+
+    Args:
+        model: the detector (not DDP-wrapped); its train/eval mode is restored afterwards.
+        dataset: yields (image float (3, H, W) in [0, 1], target dict with "boxes" (G, 4) xyxy in the image's
+            pixels and "labels" (G,)); has `class_names` {label: name}.
+        path: the PNG to write (its folder is created).
+        device: where the model runs.
+        num_images: how many images (fewer if the dataset is smaller).
+        score_threshold: detections below this score are not drawn.
+    Returns:
+        Path of the written picture.
+    Raises:
+        ValueError: the dataset has no images.
+    """
+    was_training = model.training
+    model.eval()
+    columns = []
+    try:
+        for index in range(min(num_images, len(dataset))):
+            image, target = dataset[index]
+            detections = model([image.to(device)])[0]
+            picture = Image.fromarray((image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy())
+            truth = draw_ground_truth(picture, target.get("boxes", torch.zeros(0, 4)),
+                                      target.get("labels", torch.zeros(0, dtype=torch.int64)), dataset.class_names)
+            predicted = draw_detections(picture, detections["boxes"].float().cpu(), detections["labels"].cpu(),
+                                        detections["scores"].float().cpu(), dataset.class_names,
+                                        score_threshold=score_threshold)
+            columns.append((truth, predicted))
+    finally:
+        model.train(was_training)
+    if not columns:
+        raise ValueError("the dataset has no images to draw")
+    canvas = _panel_grid(columns, ("ground truth", f"predictions (score >= {score_threshold:g})"))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+def _panel_grid(columns: List[Tuple[Image.Image, ...]], titles: Sequence[str], gap: int = 8) -> Image.Image:
+    """Columns of panels on white, row r of every column under `titles[r]`; a column is as wide as its title."""
+    size = max(14, font_size_for(max(p.width for c in columns for p in c), max(p.height for c in columns for p in c)))
+    font = _font(size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    extents = [measure.textbbox((0, 0), title, font=font) for title in titles]  # (left, top, right, bottom)
+    title_height = max(bottom for _, _, _, bottom in extents) + 4
+    widths = [max(max(right for _, _, right, _ in extents), *(panel.width for panel in column)) for column in columns]
+    heights = [title_height + max(column[row].height for column in columns) for row in range(len(titles))]
+    canvas = Image.new("RGB", (sum(widths) + gap * (len(columns) - 1), sum(heights) + gap * (len(titles) - 1)),
+                       (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for column, width in zip(columns, widths):
+        y = 0
+        for title, panel, height in zip(titles, column, heights):
+            draw.text((x, y), title, fill=(0, 0, 0), font=font)
+            canvas.paste(panel.convert("RGB"), (x, y + title_height))
+            y += height + gap
+        x += width + gap
+    return canvas

@@ -2,13 +2,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from fpn.visualize import (
     PALETTE,
     colour_for_label,
     draw_detections,
+    draw_ground_truth,
     font_size_for,
     line_width_for,
+    save_detection_picture,
     text_colour_for,
 )
 
@@ -157,3 +160,84 @@ def test_bad_input_raises_value_error(boxes, labels, scores, message):
         draw_detections(_image(), boxes, labels, scores, NAMES)
     with pytest.raises(ValueError, match="PIL"):
         draw_detections(np.zeros((10, 10, 3)), [], [], [], NAMES)
+
+
+TEAL = (51, 153, 102)  # the test images' colour: no anti-aliased black-on-white title pixel has it
+
+
+class _Shapes:
+    """Images of TEAL with one ground-truth square (label 1) at x 10..50, y 12..40; the last has no boxes."""
+
+    class_names = {1: "square", 2: "disc"}
+
+    def __init__(self, n=3):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        image = torch.tensor(TEAL, dtype=torch.float32).div(255).view(3, 1, 1).expand(3, 60, 80).clone()
+        boxes = torch.tensor([[10.0, 12.0, 50.0, 40.0]]) if index < self.n - 1 else torch.zeros(0, 4)
+        return image, {"boxes": boxes, "labels": torch.ones(len(boxes), dtype=torch.int64)}
+
+
+class _Predicts(nn.Module):
+    """A confident disc (label 2) at x 55..75, y 30..55 and a square scoring below the threshold."""
+
+    def forward(self, images):
+        assert not self.training
+        return [{"boxes": torch.tensor([[55.0, 30.0, 75.0, 55.0], [5.0, 5.0, 20.0, 20.0]]),
+                 "scores": torch.tensor([0.9, 0.3]), "labels": torch.tensor([2, 1])} for _ in images]
+
+
+def _runs(mask_1d):
+    """(start, stop) of the runs of True."""
+    edges = np.diff(np.concatenate(([0], mask_1d.astype(np.int8), [0])))
+    return list(zip(np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]))
+
+
+def test_detection_picture_shows_ground_truth_above_predictions(tmp_path):
+    model = _Predicts().train()
+    path = save_detection_picture(model, _Shapes(), tmp_path / "pics" / "d.png", device=torch.device("cpu"),
+                                  num_images=4)
+    assert path == tmp_path / "pics" / "d.png" and model.training  # the mode is restored
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    teal = (pixels == TEAL).all(axis=-1)
+    rows, columns = _runs(teal.any(axis=1)), _runs(teal.any(axis=0))
+    assert [b - a for a, b in rows] == [60, 60]  # two panels per image: ground truth above, predictions below
+    assert [b - a for a, b in columns] == [80, 80, 80]  # num_images=4, but the data set has 3
+    (truth_y, pred_y), (x0, _) = [a for a, _ in rows], columns[0]
+    square, disc = np.array(colour_for_label(1)), np.array(colour_for_label(2))
+    # Ground truth: the square's left and bottom edges in its class colour; no prediction drawn there.
+    np.testing.assert_array_equal(pixels[truth_y + 35, x0 + 10], square)
+    np.testing.assert_array_equal(pixels[truth_y + 40, x0 + 30], square)
+    np.testing.assert_array_equal(pixels[truth_y + 50, x0 + 55], TEAL)
+    # Predictions: the disc above the threshold; neither the ground truth nor the 0.3 square.
+    np.testing.assert_array_equal(pixels[pred_y + 50, x0 + 55], disc)
+    np.testing.assert_array_equal(pixels[pred_y + 35, x0 + 10], TEAL)
+    np.testing.assert_array_equal(pixels[pred_y + 15, x0 + 5], TEAL)
+    # Each panel has a title (dark text) in the strip above it.
+    for top in (truth_y, pred_y):
+        strip = pixels[max(0, top - 16):top, x0:x0 + 80]
+        assert (strip.max(axis=-1) < 100).any()
+    # The last image has no ground truth: its upper panel is plain.
+    last = columns[-1][0]
+    assert teal[truth_y:truth_y + 60, last:last + 80].all()
+
+
+def test_detection_picture_of_an_empty_data_set_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no images"):
+        save_detection_picture(_Predicts(), _Shapes(n=0), tmp_path / "d.png", device=torch.device("cpu"))
+
+
+def test_ground_truth_is_labelled_with_the_name_alone():
+    image = _image()
+    truth = draw_ground_truth(image, [[50.0, 60.0, 150.0, 130.0]], [1], NAMES)
+    scored = draw_detections(image, [[50.0, 60.0, 150.0, 130.0]], [1], [0.93], NAMES)
+    np.testing.assert_array_equal(np.asarray(truth)[100, 50], colour_for_label(1))
+    # "person" is a shorter label than "person 0.93": the filled background ends further left.
+    width = [_changed(image, out)[40:58, 50:].any(axis=0).sum() for out in (truth, scored)]
+    assert width[0] < width[1]
+    np.testing.assert_array_equal(np.asarray(draw_ground_truth(image, torch.zeros(0, 4), [], NAMES)),
+                                  np.asarray(image))
