@@ -112,22 +112,40 @@ def plot_metrics(metrics_file, output_dir) -> List[Path]:
 
 
 def _save_plot(figure_class, path: Path, title: str, ylabel: str, series: Series, style: str) -> Path:
-    figure = figure_class(figsize=(8, 4.5), dpi=100)
+    make_plot(figure_class(figsize=(8, 4.5), dpi=100), title, ylabel, series, style).savefig(path)
+    return path
+
+
+def make_plot(figure, title: str, ylabel: str, series: Series, style: str):
+    """Draw `series` against the iteration on `figure` (a matplotlib Figure) and return it.
+
+    `style` is a matplotlib format: "-" for lines (training lines, logged every few iterations), "o-" for lines
+    with a marker on every point (evaluations, a few per run: even a run evaluated once shows its dot). A plot
+    with markers or more than one series has a legend, and the last "AP" point is labelled with its value.
+    The iteration axis starts at 0, so a single evaluation sits where it happened in the run.
+    """
     axes = figure.add_subplot()
     for key, (iters, values) in series.items():
-        # The total loss stands out; the terms are thinner.
+        # The total loss and the AP stand out; the other terms are thinner.
         width = 2.0 if key in ("loss", "AP") else 1.2
-        axes.plot(iters, values, style, label=key, linewidth=width, markersize=4)
+        headline = key == "AP"  # drawn larger and on top
+        axes.plot(iters, values, style, label=key, linewidth=width, markersize=6 if headline else 4,
+                  zorder=3 if headline else 2)
     finite = [v for _, values in series.values() for v in values if math.isfinite(v)]
     if ylabel == "loss" and finite and min(finite) > 0 and max(finite) / min(finite) > 100:
         axes.set_yscale("log")  # losses spanning decades read better on a log axis
+    if "AP" in series and math.isfinite(series["AP"][1][-1]):
+        last_iter, last_ap = series["AP"][0][-1], series["AP"][1][-1]
+        axes.annotate(f"AP {last_ap:.3f}", (last_iter, last_ap), textcoords="offset points", xytext=(-8, 8),
+                      ha="right")
+    last = max(iters[-1] for iters, _ in series.values())
+    axes.set_xlim(0, last * 1.05 if last > 0 else 1)
     axes.set(title=title, xlabel="iteration", ylabel=ylabel)
     axes.grid(True, alpha=0.3)
-    if len(series) > 1:
-        axes.legend()
+    if len(series) > 1 or "o" in style:
+        axes.legend(loc="best")
     figure.tight_layout()
-    figure.savefig(path)
-    return path
+    return figure
 
 
 def _figure_class():

@@ -103,3 +103,50 @@ def test_command_line(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope.jsonl")], capture_output=True,
                           text=True)
     assert done.returncode == 1 and "nope.jsonl" in done.stderr
+
+
+def _ap_figure(tmp_path, rows):
+    """The AP plot of `rows`, saved as ap.png, with its axes and pixels."""
+    from matplotlib.figure import Figure
+
+    parsed = plot_metrics_module.read_metrics(_write(tmp_path / "metrics.jsonl", rows))
+    series = plot_metrics_module.collect_series(parsed, plot_metrics_module.AP_KEYS)
+    figure = plot_metrics_module.make_plot(Figure(figsize=(8, 4.5), dpi=100), "Evaluation (COCO AP)", "AP", series,
+                                           "o-")
+    figure.savefig(tmp_path / "ap.png")
+    with Image.open(tmp_path / "ap.png") as image:
+        pixels = np.asarray(image.convert("RGB"))
+    return figure.axes[0], pixels
+
+
+def _ap_colour_at(axes, pixels, iteration, value):
+    """Whether the AP line's colour is drawn within 2 px of the point (iteration, value)."""
+    from matplotlib.colors import to_rgb
+
+    colour = np.round(np.array(to_rgb(axes.get_lines()[0].get_color())) * 255)
+    x, y = axes.transData.transform((iteration, value))
+    row, column = pixels.shape[0] - int(round(y)), int(round(x))
+    patch = pixels[row - 2:row + 3, column - 2:column + 3].astype(int)
+    return bool((np.abs(patch - colour).sum(axis=-1) < 30).any())
+
+
+def test_ap_plot_draws_lines_with_markers_over_the_evaluations(tmp_path):
+    aps = [(200, 0.05), (400, 0.2), (600, 0.38), (800, 0.444)]
+    axes, pixels = _ap_figure(tmp_path, [_train_line(i, 1.0) for i in range(0, 800, 100)]
+                              + [_eval_line(it, ap) for it, ap in aps])
+    ap_line = axes.get_lines()[0]
+    assert ap_line.get_label() == "AP" and ap_line.get_marker() == "o" and ap_line.get_linestyle() == "-"
+    assert list(ap_line.get_xdata()) == [200, 400, 600, 800]
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == list(plot_metrics_module.AP_KEYS)
+    assert [t.get_text() for t in axes.texts] == ["AP 0.444"]
+    assert all(_ap_colour_at(axes, pixels, it, ap) for it, ap in aps)
+    assert _ap_colour_at(axes, pixels, 300, 0.125)  # the line between two evaluations
+
+
+def test_a_single_evaluation_is_visible_and_labelled(tmp_path):
+    axes, pixels = _ap_figure(tmp_path, [{"iter": 800, "AP": 0.44}])
+    assert axes.get_xlim()[0] == 0 and axes.get_xlim()[1] > 800  # the dot sits at the end of the run
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == ["AP"]
+    assert [t.get_text() for t in axes.texts] == ["AP 0.440"]
+    assert _ap_colour_at(axes, pixels, 800, 0.44)
+    assert not _ap_colour_at(axes, pixels, 400, 0.44)  # a dot, no line to nowhere
