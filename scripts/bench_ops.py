@@ -25,14 +25,19 @@ single-threaded by default because torchvision's CPU kernels are serial: the com
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections import OrderedDict
 
 import torch
-import torchvision
 
 from fpn.memory import peak_cpu_memory
 from fpn.ops import MultiScaleRoIAlign, batched_nms, nms
+
+try:  # the reference measured against; the "test" extra installs it, the main-job install does not
+    import torchvision
+except (ImportError, RuntimeError) as error:  # RuntimeError: a torchvision built for another torch
+    torchvision, MISSING_REFERENCE = None, error
 
 IMAGE = (800, 1344)  # (height, width)
 LEVELS = ("p2", "p3", "p4", "p5")
@@ -205,7 +210,11 @@ def markdown(rows) -> str:
     return "\n".join(lines)
 
 
-def main(args):
+def main(args) -> int:
+    if torchvision is None:
+        print(f"bench_ops.py: error: torchvision, the reference this benchmark compares against, cannot be imported "
+              f'({MISSING_REFERENCE}); install it: pip install -c constraints.txt -e ".[test]"', file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
@@ -226,6 +235,7 @@ def main(args):
         keys = ("op", "size", "device", "ours_ms", "torchvision_ms", "ours_peak_mib", "torchvision_peak_mib")
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"threads": torch.get_num_threads(), "rows": [dict(zip(keys, r)) for r in rows]}, f, indent=1)
+    return 0
 
 
 if __name__ == "__main__":
@@ -235,4 +245,4 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs; the median is reported")
-    main(parser.parse_args())
+    sys.exit(main(parser.parse_args()))

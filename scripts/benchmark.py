@@ -35,11 +35,13 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-import torchvision
-from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from fpn import FasterRCNNFPN
+
+try:  # the reference measured against; the "test" extra installs it, the main-job install does not
+    import torchvision
+except (ImportError, RuntimeError) as error:  # RuntimeError: a torchvision built for another torch
+    torchvision, MISSING_REFERENCE = None, error
 
 
 @dataclass
@@ -71,6 +73,9 @@ def machine_info() -> dict:
 
 def build_models(settings: Settings):
     """(ours, torchvision's) in eval mode on the CPU, with identical seeded random weights."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
     torch.manual_seed(settings.seed)
     backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=3)
     size = {"min_size": min(settings.height, settings.width), "max_size": max(settings.height, settings.width)}
@@ -317,6 +322,10 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", action="store_true", help="also break CPU inference time down")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     args = parser.parse_args(argv)
+    if torchvision is None:
+        print(f"benchmark.py: error: torchvision, the reference this benchmark compares against, cannot be imported "
+              f'({MISSING_REFERENCE}); install it: pip install -c constraints.txt -e ".[test]"', file=sys.stderr)
+        return 2
     settings = QUICK if args.quick else Settings()
     if args.size is not None:
         try:

@@ -53,3 +53,21 @@ def test_quick_benchmark_writes_complete_json(tmp_path):
     # The Markdown table printed on stdout has one line per result row.
     table = [line for line in done.stdout.splitlines() if line.startswith("| cpu | fp32 |")]
     assert len(table) == len(METRICS)
+
+
+
+def check_missing_torchvision_is_reported(script: Path) -> None:
+    """`script --quick` with `import torchvision` failing, as after `pip install -e .` (no test extra), exits 2
+    with one line naming torchvision and the install command."""
+    code = ("import runpy, sys; sys.modules['torchvision'] = None; "
+            f"sys.argv = [{script.name!r}, '--quick']; runpy.run_path({str(script)!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"{script.name}: error: torchvision")
+    assert 'pip install -c constraints.txt -e ".[test]"' in lines[0]
+
+
+def test_missing_torchvision_is_one_line_saying_how_to_install_it():
+    check_missing_torchvision_is_reported(SCRIPT)

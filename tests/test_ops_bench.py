@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from test_benchmark import check_missing_torchvision_is_reported
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_ops.py"
 
 
@@ -21,3 +23,9 @@ def test_quick_benchmark_prints_table(tmp_path):
     assert len(saved["rows"]) == len(rows) and saved["threads"] == 1
     assert all(row["ours_ms"] > 0 and row["torchvision_ms"] > 0 for row in saved["rows"])
     assert all(row["ours_peak_mib"] > 0 for row in saved["rows"])  # every call allocates its output at least
+
+
+
+
+def test_missing_torchvision_is_one_line_saying_how_to_install_it():
+    check_missing_torchvision_is_reported(SCRIPT)
