@@ -1,12 +1,16 @@
 """Run a trained detector on image files: a COCO-style results JSON plus one picture per image with its boxes.
 
-    python -m fpn.predict photos/ extra/*.jpg one.png --weights runs/coco/model_final.pth --output-dir out/
+    python -m fpn.predict photos/ extra/*.jpg one.png --weights runs/demo/checkpoint_0000800.pt \\
+        --output-dir runs/predict/demo
 
 Inputs are files, folders (their image files, not recursing) and glob patterns (`**` recurses). A path that does
 not exist, a glob matching nothing or an unreadable image is reported by name, the other images are still
-processed, and the exit code is 1 at the end with a summary of what failed.
+processed, and the exit code is 1 at the end with a summary of what failed. Weights that cannot be loaded
+(missing, empty, truncated, not a torch file, a pickle that would run code, neither our checkpoint nor a
+torchvision detector), no readable input and bad flag values end the run at once: one line `predict: error: ...`
+naming the file and the reason, exit code 2 (`--debug` shows the traceback instead).
 
-`<output-dir>/detections.json` is a list with one entry per detection:
+`<output-dir>/detections.json` (default `runs/predict/detections.json`) is a list with one entry per detection:
 
     {"image_id": 397133, "file_name": "val2017/000000397133.jpg", "category_id": 1, "category_name": "person",
      "bbox": [x, y, w, h], "score": 0.98}
@@ -29,15 +33,18 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from fpn.checkpoint import is_training_checkpoint, load_detector
+from fpn.cli import InputError, run_cli
 from fpn.data.image_io import load_rgb_image, pil_to_tensor01
+from fpn.engine import select_device
 from fpn.visualize import draw_detections
+from fpn.weights_file import read_weights
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 RESULTS_FILE = "detections.json"
@@ -209,70 +216,87 @@ def predict_files(
     return run
 
 
-def read_label_map(weights, num_classes: int) -> Optional[Dict[int, int]]:
+def read_label_map(weights: Union[str, Path], num_classes: int) -> Optional[Dict[int, int]]:
     """The label -> dataset category id map of a weights file, or None when it has none.
 
     Our training checkpoints store `label_to_category`; a torchvision COCO detector's labels already are COCO
     category ids (91 outputs, ids with gaps), so its map is the identity over its `num_classes` labels.
+    A file that cannot be read raises `InputError` naming it (see `fpn.weights_file.read_weights`).
     """
-    try:  # memory-mapped: only the small entries are actually read
-        obj = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # files in torch's legacy (pre-1.6) format cannot be memory-mapped
-        obj = torch.load(weights, map_location="cpu", weights_only=True)
-    if not is_training_checkpoint(obj):
+    # memory-mapped: only the small entries are actually read
+    return label_map_of(read_weights(weights, "weights file", mmap=True), num_classes)
+
+
+def label_map_of(weights: object, num_classes: int) -> Optional[Dict[int, int]]:
+    """`read_label_map` of the already loaded contents of a weights file."""
+    if not is_training_checkpoint(weights):
         return {label: label for label in range(num_classes)}
-    mapping = obj.get("label_to_category") or {}
+    mapping = weights.get("label_to_category") or {}
     return {int(k): int(v) for k, v in mapping.items()} or None
 
 
-def auto_device(name: str = "auto") -> torch.device:
-    """`"auto"`: CUDA if available, else MPS if available, else CPU; any other name is passed to torch.device."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def load_inference_weights(weights: Union[str, Path], device: torch.device) -> Tuple[nn.Module, Dict[int, str]]:
+    """`load_detector(weights, device)` where every failure is an `InputError` naming its cause.
+
+    A file whose contents do not build a detector (a checkpoint whose config or tensors do not fit, e.g. cut
+    short or edited) names the file; a device that cannot take the model (CUDA asked for on a machine without
+    it) names the device.
+    """
+    try:
+        model, class_names = load_detector(weights, "cpu")
+    except InputError:
+        raise
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise InputError(f"weights file {weights}: cannot build a detector from it ({_first_line(error)})") from error
+    try:
+        return model.to(device), class_names
+    except (RuntimeError, AssertionError) as error:  # torch raises AssertionError for a CUDA-less build
+        raise InputError(f"device {device}: cannot run the model there ({_first_line(error)})") from error
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fpn.predict",
         description="Detect objects in images; write detections.json (COCO results) and pictures with boxes.",
+        epilog="Exit codes: 0 done, 1 some inputs failed (named at the end), 2 usage or input error (bad flag, "
+               "no image, weights that cannot be loaded), 130 interrupted.",
     )
     parser.add_argument("inputs", nargs="+", help="image files, folders (not recursive) and glob patterns")
     parser.add_argument("--weights", required=True,
                         help="our checkpoint, or a torchvision fasterrcnn_resnet50_fpn state-dict file")
-    parser.add_argument("--output-dir", default="predictions", help="where detections.json and pictures go")
+    parser.add_argument("--output-dir", default="runs/predict", help="where detections.json and pictures go")
     parser.add_argument("--score-threshold", type=float, default=0.5,
                         help="minimum score of a drawn box; the JSON keeps every detection of the model")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The command line; returns the exit code (0 all fine, 1 some input failed, 2 no image or no model)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """The command line; returns the exit code (0 all fine, 1 some input failed, 2 usage or input error: a bad
+    flag value, no image, weights that cannot be loaded; 130 interrupted). Errors are one line on stderr."""
+    return run_cli(predict_command, argv, prog="predict")
+
+
+def predict_command(argv: Optional[Sequence[str]] = None) -> int:
+    """`main` without the error handling: input errors propagate as `InputError`."""
+    args = build_parser().parse_args(argv)
     if not 0.0 <= args.score_threshold <= 1.0:
-        parser.error(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+        raise InputError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
     if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     paths, failures = resolve_inputs(args.inputs)
     for arg, reason in failures:
         print(f"error: {arg}: {reason}", file=sys.stderr)
     if not paths:
-        print("error: no image to process", file=sys.stderr)
-        return 2
-    try:
-        model, class_names = load_detector(args.weights, auto_device(args.device))
-    except (OSError, RuntimeError, ValueError) as err:  # missing, unreadable or foreign weights file
-        print(f"error: cannot load --weights {args.weights}: {err}", file=sys.stderr)
-        return 2
+        raise InputError("no image to process")
+    model, class_names = load_inference_weights(args.weights, select_device(args.device))
     output_dir = Path(args.output_dir)
     run = predict_files(
         model, paths, class_names, output_dir,

@@ -1,6 +1,7 @@
 """Detect objects in images with a trained detector; see `fpn/predict.py` for the options and the output schema.
 
-    python scripts/predict.py photos/ --weights runs/demo/model_final.pth --output-dir runs/demo/predictions
+    python scripts/predict.py photos/ --weights runs/demo/checkpoint_0000800.pt \\
+        --output-dir runs/predict/demo
 """
 import sys
 

@@ -10,7 +10,6 @@ from fpn.config import FasterRCNNConfig
 from fpn.model import FasterRCNNFPN
 from fpn.predict import (
     RESULTS_FILE,
-    auto_device,
     detections_to_results,
     image_ids_for,
     main,
@@ -114,18 +113,6 @@ def test_picture_names_are_unique_and_never_the_input(tmp_path):
     assert picture_path_for(source, tmp_path, set()).name == "dog-1.png"
 
 
-def test_auto_device_prefers_cuda_then_mps(monkeypatch):
-    assert auto_device("cpu") == torch.device("cpu")
-    assert auto_device("cuda:1") == torch.device("cuda", 1)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert auto_device("auto") == torch.device("cuda")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    assert auto_device("auto") == torch.device("mps")
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    assert auto_device("auto") == torch.device("cpu")
-
-
 def test_label_map_from_checkpoint_or_identity_for_torchvision(checkpoint, tmp_path):
     assert read_label_map(checkpoint, 4) == LABEL_TO_CATEGORY
     torchvision_like = tmp_path / "tv.pth"
@@ -198,7 +185,7 @@ def test_command_line_all_good_exits_zero_and_nothing_exits_two(checkpoint, tmp_
     assert main([str(tmp_path / "nothing-*.png"), "--weights", str(checkpoint), "--output-dir", str(out)]) == 2
     assert "no image to process" in capsys.readouterr().err
     assert main([str(image), "--weights", str(tmp_path / "absent.pt"), "--output-dir", str(out)]) == 2
-    assert f"cannot load --weights {tmp_path / 'absent.pt'}" in capsys.readouterr().err
+    assert f"predict: error: weights file {tmp_path / 'absent.pt'}: no such file" in capsys.readouterr().err
 
 
 def test_results_load_into_coco_evaluation(checkpoint, tmp_path):
