@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from fpn import distributed
+from fpn.cli import InputError
 from fpn.data.coco import collate
 from fpn.data.samplers import InferenceSampler
 
@@ -210,3 +211,49 @@ def evaluate_coco(
             (output_dir / f"{prefix}_results.json").write_text(json.dumps(results))
             (output_dir / f"{prefix}_metrics.json").write_text(json.dumps(metrics, indent=2))
     return distributed.broadcast_object(metrics)
+
+
+def check_categories(
+    model_categories: Mapping[int, str],
+    data_categories: Mapping[int, str],
+    *,
+    model_name: str,
+    data_name: str,
+    allow_missing: bool = False,
+) -> Optional[str]:
+    """Compare the categories a model can predict with those of an annotation file, before any inference.
+
+    COCOeval scores every category of the annotation file: one the model has no output for scores AP 0 and
+    lowers the mean without a word; detections of a category the file lacks are ignored, and a model predicting
+    them was trained on another label set. Both are errors, the first one unless `allow_missing`.
+
+    Args:
+        model_categories: {category id: name} the model has an output for (background and unused ids left out).
+        data_categories: {category id: name} of the annotation file.
+        model_name, data_name: how the messages name the two (their file paths).
+        allow_missing: accept data categories the model cannot predict (scored as AP 0).
+    Returns:
+        None when the categories match; with `allow_missing`, a warning line naming those the model lacks.
+    Raises:
+        InputError: naming both counts and the categories of the one that the other lacks.
+    """
+    counts = f"{model_name} predicts {len(model_categories)} categories, {data_name} has {len(data_categories)}"
+    extra = sorted(set(model_categories) - set(data_categories))
+    if extra:
+        raise InputError(f"{counts}: the data lacks {len(extra)} of the model's categories, "
+                         f"{_category_list(extra, model_categories)} (a model of another label set, or a subset "
+                         "file whose 'categories' list leaves some out?)")
+    missing = sorted(set(data_categories) - set(model_categories))
+    if not missing:
+        return None
+    lacking = (f"{counts}: the model has no output for {len(missing)} of the data's categories, "
+               f"{_category_list(missing, data_categories)}")
+    if not allow_missing:
+        raise InputError(f"{lacking}; their AP would be 0 (--allow-missing-categories evaluates anyway)")
+    return f"{lacking}; they are scored as AP 0"
+
+
+def _category_list(ids: Sequence[int], names: Mapping[int, str], shown: int = 10) -> str:
+    """The ids with their names, as "ids 4 (star), 5 (hexagon)", at most `shown` of them."""
+    text = ", ".join(f"{i} ({names[i]})" for i in ids[:shown])
+    return f"ids {text}" + (f" and {len(ids) - shown} more" if len(ids) > shown else "")

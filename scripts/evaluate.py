@@ -2,8 +2,8 @@
 
 One device:
 
-    python scripts/evaluate.py runs/demo/checkpoint_0001200.pt --images runs/demo/synthetic/val2017 \\
-        --annotations runs/demo/synthetic/annotations/instances_val2017.json --output-dir runs/demo/eval
+    python scripts/evaluate.py runs/demo/checkpoint_0000800.pt --coco-root runs/demo/synthetic \\
+        --output-dir runs/demo/eval
     python scripts/evaluate.py fasterrcnn_resnet50_fpn_coco-258fb6c6.pth --coco-root /data/coco
 
 Several GPUs (the images are split over the processes, the detections gathered on rank 0):
@@ -12,26 +12,47 @@ Several GPUs (the images are split over the processes, the detections gathered o
 
 CHECKPOINT is one of our training checkpoints or a torchvision `fasterrcnn_resnet50_fpn` file (whose labels are
 the COCO category ids). Writes OUTPUT_DIR/{PREFIX}_results.json (COCO results format) and {PREFIX}_metrics.json.
+
+Batching: the images of a batch are zero-padded to a common size, and the padding enters the GroupNorm
+statistics, so the batch composition changes the detections a little (on a CPU the thread count does too).
+--batch-size, --amp and --threads therefore default to the training's own evaluation settings, stored in our
+checkpoints (its --eval-batch-size, --amp and --threads): the same checkpoint on the same validation set, with as
+many processes as the training, gives exactly the AP of the training's final evaluation. The line "evaluating
+with ..." says which were used. A torchvision file gets batch size 2, no mixed precision, torch's threads.
+
+Categories: before any inference the model's categories are compared with the annotation file's. A model
+predicting categories the file lacks (another label set) is an error; so is a file with categories the model has
+no output for (their AP would be 0, lowering the mean silently) unless --allow-missing-categories is given.
+
+Exit codes: 0 done; 2 a usage or input error (bad flag, missing or unreadable checkpoint or annotation file,
+categories that do not match), one line on stderr (--debug shows the traceback); 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from tqdm import tqdm
 
 from fpn import distributed
-from fpn.checkpoint import is_training_checkpoint, load_detector
+from fpn.checkpoint import is_training_checkpoint
+from fpn.cli import InputError, run_cli
 from fpn.data.coco import CocoDetection
-from fpn.engine import autocast_factory, select_device
-from fpn.evaluation import evaluate_coco, format_metrics
+from fpn.engine import AMP_DTYPES, autocast_factory, select_device
+from fpn.evaluation import check_categories, evaluate_coco, format_metrics
+from fpn.predict import label_map_of, load_inference_weights
+from fpn.weights_file import read_weights
+
+TORCHVISION_BATCHING = (2, "none")  # (batch size, amp) for files that do not say how they were evaluated
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="scripts/evaluate.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="our training checkpoint or a torchvision detector file")
     parser.add_argument("--coco-root", help="DIR with val2017/ and annotations/instances_val2017.json")
     parser.add_argument("--images", help="images folder")
@@ -39,43 +60,127 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default=None, help="where the JSON files go (default: the checkpoint's dir)")
     parser.add_argument("--prefix", default="evaluate", help="file name prefix of the JSON files")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--batch-size", type=int, default=2, help="images per forward pass")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per forward pass (default: the training's --eval-batch-size, stored in our "
+                             "checkpoints, so the padding and the AP are the training's; 2 for a torchvision file)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="mixed precision")
+    parser.add_argument("--amp", default=None, choices=sorted(AMP_DTYPES),
+                        help="mixed precision (default: the training's --amp; none for a torchvision file)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: the training's --threads when it set one, else torch's default; "
+                             "on a CPU the thread count changes the arithmetic's order, and the scores a little)")
+    parser.add_argument("--allow-missing-categories", action="store_true",
+                        help="evaluate even when the data has categories the model cannot predict (AP 0 for them)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     if args.coco_root:
         args.images = args.images or str(Path(args.coco_root) / "val2017")
         args.annotations = args.annotations or str(Path(args.coco_root) / "annotations/instances_val2017.json")
     if not (args.images and args.annotations):
-        parser.error("give --coco-root, or both --images and --annotations")
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise InputError("give --coco-root, or both --images and --annotations")
+    if not Path(args.images).is_dir():
+        raise InputError(f"images folder {args.images}: no such directory")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 0:
+        raise InputError(f"--threads must be >= 0, got {args.threads}")
+    if args.workers < 0:
+        raise InputError(f"--workers must be >= 0, got {args.workers}")
     return args
 
 
-def label_map(checkpoint: Path, num_classes: int, dataset: CocoDetection) -> dict:
-    """The model's {label: COCO category id}: stored in our checkpoints; the identity for torchvision files."""
-    obj = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if not is_training_checkpoint(obj):  # torchvision's COCO detectors predict the COCO category id itself
-        return {label: label for label in range(1, num_classes)}
-    mapping = {int(k): int(v) for k, v in obj["label_to_category"].items()}
-    unknown = sorted(set(mapping.values()) - set(dataset.label_to_category.values()))
-    if unknown:
-        raise ValueError(f"{checkpoint} predicts category ids {unknown} that {dataset.annotations_file} does not have")
-    return mapping
+@dataclass(frozen=True)
+class Batching:
+    """How the images go through the model: what decides the padding and the arithmetic, hence the scores."""
+
+    batch_size: int  # images per forward pass
+    amp: str  # mixed precision: none, bf16 or fp16
+    threads: int  # CPU threads; 0: torch's default
+    described: str  # "batch size 4 (the training's --eval-batch-size), amp none (...), threads 1 (...)"
+
+
+def evaluation_batching(weights: Any, args: argparse.Namespace) -> Batching:
+    """The flags' values, or where they were not given the training's own (stored in our checkpoints' `args`).
+
+    Args:
+        weights: the loaded contents of the checkpoint file.
+        args: the parsed command line (`batch_size`, `amp`, `threads`; None where not given).
+    Returns:
+        the batching; a file without training arguments (torchvision's) gets `TORCHVISION_BATCHING`.
+    """
+    trained = weights.get("args") if is_training_checkpoint(weights) else None
+    trained = trained if isinstance(trained, dict) else {}
+    chosen = {}
+    for name, stored, fallback, valid in (
+        ("batch_size", "eval_batch_size", TORCHVISION_BATCHING[0], lambda v: isinstance(v, int) and v >= 1),
+        ("amp", "amp", TORCHVISION_BATCHING[1], lambda v: v in AMP_DTYPES),
+        ("threads", "threads", 0, lambda v: isinstance(v, int) and v >= 0),
+    ):
+        flag = "--" + name.replace("_", "-")
+        if getattr(args, name) is not None:
+            chosen[name] = (getattr(args, name), flag)
+        elif valid(trained.get(stored)):
+            chosen[name] = (trained[stored], f"the training's --{stored.replace('_', '-')}")
+        else:
+            chosen[name] = (fallback, "the checkpoint does not say")
+    described = ", ".join(f"{name.replace('_', ' ')} {value} ({source})" for name, (value, source) in chosen.items())
+    return Batching(**{name: value for name, (value, _) in chosen.items()}, described=described)
+
+
+def label_map(weights: Any, num_classes: int, class_names: Mapping[int, str], dataset: CocoDetection, *,
+              checkpoint: str, allow_missing: bool = False) -> Tuple[Dict[int, int], Optional[str]]:
+    """The model's {label: COCO category id}, checked against the data set's categories (`check_categories`).
+
+    Args:
+        weights: the loaded contents of the checkpoint file: our checkpoints store the map; a torchvision
+            detector's labels are the COCO category ids themselves (the identity; its unused "N/A" ids are not
+            counted as categories it predicts).
+        num_classes: the model's outputs, background included.
+        class_names: the model's {label: name}.
+        dataset: the evaluation set.
+        checkpoint: the file's path, for the messages.
+        allow_missing: see `check_categories`.
+    Returns:
+        (the map without the background, a warning line when `allow_missing` let missing categories through).
+    """
+    mapping = label_map_of(weights, num_classes)
+    if not mapping:
+        raise InputError(f"checkpoint {checkpoint} has no label_to_category map: its labels cannot be matched "
+                         f"to the categories of {dataset.annotations_file}")
+    mapping = {label: category for label, category in mapping.items() if label != 0}
+    predicted = {category: class_names.get(label, str(category)) for label, category in mapping.items()
+                 if class_names.get(label) != "N/A"}
+    data = {category: dataset.class_names[label] for label, category in dataset.label_to_category.items()}
+    warning = check_categories(predicted, data, model_name=str(checkpoint), data_name=str(dataset.annotations_file),
+                               allow_missing=allow_missing)
+    return mapping, warning
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line; returns the exit code (0 done, 2 usage or input error, 130 interrupted)."""
+    return run_cli(evaluate_command, argv, prog="evaluate")
+
+
+def evaluate_command(argv: Optional[Sequence[str]] = None) -> int:
+    """`main` without the error handling: input errors propagate as `InputError`/`OSError`."""
     args = parse_args(argv)
+    weights = read_weights(args.checkpoint, "checkpoint", mmap=True)  # memory-mapped: the label map and args
+    dataset = CocoDetection(args.images, args.annotations, train=False)
+    batching = evaluation_batching(weights, args)
+    if batching.threads:
+        torch.set_num_threads(batching.threads)
     with distributed.distributed_session(select_device(args.device)) as device:
-        model, _ = load_detector(args.checkpoint, device)
-        dataset = CocoDetection(args.images, args.annotations, train=False)
+        model, class_names = load_inference_weights(args.checkpoint, device)
+        mapping, warning = label_map(weights, model.num_classes, class_names, dataset, checkpoint=args.checkpoint,
+                                     allow_missing=args.allow_missing_categories)
+        if warning and distributed.is_main_process():
+            print(f"evaluate: warning: {warning}", file=sys.stderr, flush=True)
+        distributed.log(f"evaluating with {batching.described}")
         output_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).resolve().parent
         bar = tqdm(total=len(dataset), desc="evaluate", disable=not distributed.is_main_process())
         metrics = evaluate_coco(
-            model, dataset, device=device, output_dir=output_dir, prefix=args.prefix,
-            label_to_category=label_map(Path(args.checkpoint), model.num_classes, dataset), batch_size=args.batch_size,
-            num_workers=args.workers, autocast=autocast_factory(device, args.amp),
+            model, dataset, device=device, output_dir=output_dir, prefix=args.prefix, label_to_category=mapping,
+            batch_size=batching.batch_size, num_workers=args.workers, autocast=autocast_factory(device, batching.amp),
             progress=lambda n: bar.update(n * distributed.get_world_size()),
         )
         bar.close()

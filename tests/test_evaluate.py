@@ -11,9 +11,10 @@ from torch import nn
 
 from fpn.data.coco import CocoDetection
 from fpn.data.synthetic import generate_synthetic_coco
+from fpn.cli import InputError
 from fpn.evaluation import (
-    METRIC_NAMES, coco_evaluate, coco_scale, detections_to_coco, evaluate_coco, flatten_results, format_metrics,
-    run_inference,
+    METRIC_NAMES, check_categories, coco_evaluate, coco_scale, detections_to_coco, evaluate_coco, flatten_results,
+    format_metrics, run_inference,
 )
 
 
@@ -186,48 +187,18 @@ class _Readable:
         return self.samples[index]
 
 
-def _evaluate_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
-    spec = importlib.util.spec_from_file_location("fpn_evaluate_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_evaluate_script_writes_results_and_metrics(val_set, tmp_path, capsys):
-    from fpn.checkpoint import save_checkpoint
-    from fpn.model import FasterRCNNFPN
-    from test_checkpoint import tiny_config
-
-    torch.manual_seed(0)
-    model = FasterRCNNFPN(num_classes=val_set.num_classes, config=tiny_config())
-    checkpoint = save_checkpoint(tmp_path / "c.pt", model=model, optimizer=None, scheduler=None, scaler=None,
-                                 iteration=0, label_to_category=val_set.label_to_category,
-                                 class_names=val_set.class_names)
-    script = _evaluate_script()
-    code = script.main([str(checkpoint), "--images", str(val_set.images_dir), "--annotations",
-                        str(val_set.annotations_file), "--device", "cpu", "--workers", "0",
-                        "--output-dir", str(tmp_path / "out")])
-    assert code == 0
-    metrics = json.loads((tmp_path / "out" / "evaluate_metrics.json").read_text())
-    assert set(metrics) == set(METRIC_NAMES)
-    results = json.loads((tmp_path / "out" / "evaluate_results.json").read_text())
-    assert all(r["category_id"] in val_set.label_to_category.values() for r in results)
-    assert "|    AP |" in capsys.readouterr().out
-
-
-def test_evaluate_script_label_maps(val_set, tmp_path):
-    script = _evaluate_script()
-    torch.save({"backbone.body.conv1.weight": torch.zeros(1)}, tmp_path / "tv.pth")  # not a training checkpoint
-    assert script.label_map(tmp_path / "tv.pth", 4, val_set) == {1: 1, 2: 2, 3: 3}
-    from fpn.checkpoint import atomic_save
-
-    atomic_save({"model": {}, "config": {}, "num_classes": 3, "iteration": 0, "label_to_category": {1: 1, 2: 77}},
-                tmp_path / "ours.pt")
-    with pytest.raises(ValueError, match=r"predicts category ids \[77\]"):
-        script.label_map(tmp_path / "ours.pt", 3, val_set)
-    with pytest.raises(SystemExit):
-        script.parse_args(["x.pt", "--images", "dir"])
+def test_check_categories_names_counts_and_the_categories_lacking():
+    data = {1: "cat", 2: "dog", 3: "bird"}
+    assert check_categories(data, data, model_name="m.pt", data_name="d.json") is None
+    with pytest.raises(InputError) as missing:
+        check_categories({1: "cat"}, data, model_name="m.pt", data_name="d.json")
+    assert str(missing.value) == ("m.pt predicts 1 categories, d.json has 3: the model has no output for 2 of the "
+                                  "data's categories, ids 2 (dog), 3 (bird); their AP would be 0 "
+                                  "(--allow-missing-categories evaluates anyway)")
+    warning = check_categories({1: "cat"}, data, model_name="m.pt", data_name="d.json", allow_missing=True)
+    assert warning.endswith("ids 2 (dog), 3 (bird); they are scored as AP 0")
+    many = {i: f"c{i}" for i in range(1, 15)}
+    for allow_missing in (False, True):  # a model of another label set is an error either way
+        with pytest.raises(InputError, match=r"m.pt predicts 14 categories, d.json has 3: the data lacks 11 of the "
+                                             r"model's categories, ids 4 \(c4\), .*, 13 \(c13\) and 1 more \(a model"):
+            check_categories(many, data, model_name="m.pt", data_name="d.json", allow_missing=allow_missing)

@@ -1,0 +1,196 @@
+"""scripts/evaluate.py: the training's batching by default (same AP as the training's final evaluation),
+categories checked against the data before inference, one-line input errors with exit code 2."""
+import importlib.util
+import json
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+
+from fpn.checkpoint import save_checkpoint
+from fpn.cli import InputError
+from fpn.data.coco import CocoDetection
+from fpn.data.coco_names import COCO_CLASS_NAMES
+from fpn.data.synthetic import generate_synthetic_coco
+from fpn.evaluation import METRIC_NAMES
+from fpn.model import FasterRCNNFPN
+from test_checkpoint import tiny_config
+from test_predict_errors import one_error_line
+from test_train_script import load_train_script, tiny_args
+
+
+def load_evaluate_script():
+    """scripts/evaluate.py as a module (registered, so its dataclass can find its module)."""
+    if "fpn_evaluate_script" not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
+        spec = importlib.util.spec_from_file_location("fpn_evaluate_script", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["fpn_evaluate_script"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["fpn_evaluate_script"]
+
+
+@pytest.fixture(scope="module")
+def val_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn")
+    paths = generate_synthetic_coco(root, 2, num_val=3, seed=3, min_size=64, max_size=96, progress=False)
+    return CocoDetection(paths["val_images"], paths["val_annotations"], train=False)
+
+
+def _checkpoint(path, label_to_category, class_names, args=None):
+    torch.manual_seed(0)
+    model = FasterRCNNFPN(num_classes=len(label_to_category) + 1, config=tiny_config())
+    return save_checkpoint(path, model=model, optimizer=None, scheduler=None, scaler=None, iteration=0,
+                           label_to_category=label_to_category, class_names=class_names, args=args)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(val_set, tmp_path_factory):
+    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "c.pt", val_set.label_to_category, val_set.class_names)
+
+
+def _data_flags(val_set):
+    return ["--images", str(val_set.images_dir), "--annotations", str(val_set.annotations_file)]
+
+
+def _run(argv, tmp_path):
+    return load_evaluate_script().main([*argv, "--device", "cpu", "--workers", "0", "--output-dir",
+                                        str(tmp_path / "out")])
+
+
+def test_evaluation_gives_the_training_final_ap(tmp_path, capsys):
+    # 5 validation images, the 5th the only landscape one: evaluated 3 at a time (the training's batching)
+    # images 4 and 5 are padded to one square size; 2 at a time, image 5 is alone and padded less.
+    run = tmp_path / "run"
+    assert load_train_script().main(
+        tiny_args(run, "--eval-batch-size", "3", "--synthetic-val-images", "5", iters=2)) == 0
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final.pop("iter") == 2
+    capsys.readouterr()
+    checkpoint = run / "checkpoint_0000002.pt"
+    assert _run([str(checkpoint), "--coco-root", str(run / "synthetic")], tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "evaluating with batch size 3 (the training's --eval-batch-size), amp none (the training's --amp)" in out
+    assert json.loads((tmp_path / "out" / "evaluate_metrics.json").read_text()) == final
+    assert (tmp_path / "out" / "evaluate_results.json").read_text() == (run / "eval_final_results.json").read_text()
+    # the batching matters: 2 at a time (the former default) scores differently
+    assert _run([str(checkpoint), "--coco-root", str(run / "synthetic"), "--batch-size", "2"], tmp_path) == 0
+    assert json.loads((tmp_path / "out" / "evaluate_metrics.json").read_text()) != final
+
+
+def test_evaluate_script_writes_results_and_metrics(val_set, checkpoint, tmp_path, capsys):
+    assert _run([str(checkpoint), *_data_flags(val_set)], tmp_path) == 0
+    metrics = json.loads((tmp_path / "out" / "evaluate_metrics.json").read_text())
+    assert set(metrics) == set(METRIC_NAMES)
+    results = json.loads((tmp_path / "out" / "evaluate_results.json").read_text())
+    assert all(r["category_id"] in val_set.label_to_category.values() for r in results)
+    out = capsys.readouterr().out
+    assert "|    AP |" in out
+    assert "batch size 2 (the checkpoint does not say), amp none (the checkpoint does not say)" in out
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing checkpoint", "empty checkpoint", "foreign torch file", "no annotations",
+                                  "malformed annotations", "no images folder", "no data flags", "batch size 0"])
+def test_input_errors_exit_two_with_one_line(case, val_set, checkpoint, tmp_path, capsys):
+    data, weights = _data_flags(val_set), str(checkpoint)
+    if case == "missing checkpoint":
+        weights, expected = str(tmp_path / "absent.pt"), f"checkpoint {tmp_path / 'absent.pt'}: no such file"
+    elif case == "empty checkpoint":
+        weights, expected = str(_write(tmp_path / "empty.pt", "")), "the file is empty"
+    elif case == "foreign torch file":
+        torch.save({"foo": 1}, tmp_path / "foo.pt")
+        weights, expected = str(tmp_path / "foo.pt"), "neither a training checkpoint of this project nor"
+    elif case == "no annotations":
+        data[3], expected = str(tmp_path / "absent.json"), f"annotations file not found: {tmp_path / 'absent.json'}"
+    elif case == "malformed annotations":
+        data[3], expected = str(_write(tmp_path / "bad.json", "{")), "malformed JSON"
+    elif case == "no images folder":
+        data[1], expected = str(tmp_path / "nowhere"), f"images folder {tmp_path / 'nowhere'}: no such directory"
+    elif case == "no data flags":
+        data, expected = [], "give --coco-root, or both --images and --annotations"
+    else:
+        data, expected = data + ["--batch-size", "0"], "--batch-size must be >= 1, got 0"
+    assert _run([weights, *data], tmp_path) == 2
+    assert expected in one_error_line(capsys, "evaluate")
+    assert not (tmp_path / "out").exists()  # nothing was evaluated
+
+
+def test_debug_shows_the_exception(val_set, tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        _run([str(tmp_path / "absent.pt"), *_data_flags(val_set), "--debug"], tmp_path)
+
+
+def test_checkpoint_with_fewer_classes_than_the_data(val_set, tmp_path, capsys):
+    few = _checkpoint(tmp_path / "few.pt", {1: 1, 2: 2}, {0: "__background__", 1: "circle", 2: "square"})
+    assert _run([str(few), *_data_flags(val_set)], tmp_path) == 2
+    line = one_error_line(capsys, "evaluate")
+    assert f"{few} predicts 2 categories, {val_set.annotations_file} has 6" in line
+    assert "no output for 4 of the data's categories, ids 3 (triangle), 4 (cross), 5 (ring), 6 (diamond)" in line
+    assert "their AP would be 0 (--allow-missing-categories evaluates anyway)" in line
+    assert not (tmp_path / "out").exists()
+
+    assert _run([str(few), *_data_flags(val_set), "--allow-missing-categories"], tmp_path) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert warnings == [f"evaluate: warning: {few} predicts 2 categories, {val_set.annotations_file} has 6: the "
+                        "model has no output for 4 of the data's categories, ids 3 (triangle), 4 (cross), 5 (ring), "
+                        "6 (diamond); they are scored as AP 0"]
+    results = json.loads((tmp_path / "out" / "evaluate_results.json").read_text())
+    assert {r["category_id"] for r in results} <= {1, 2}
+
+
+def test_checkpoint_with_more_classes_than_the_data(val_set, tmp_path, capsys):
+    names = {**val_set.class_names, 7: "pentagon"}
+    more = _checkpoint(tmp_path / "more.pt", {**val_set.label_to_category, 7: 77}, names)
+    assert _run([str(more), *_data_flags(val_set), "--allow-missing-categories"], tmp_path) == 2
+    line = one_error_line(capsys, "evaluate")
+    assert f"{more} predicts 7 categories, {val_set.annotations_file} has 6: the data lacks 1 of the model's " \
+           "categories, ids 77 (pentagon)" in line
+
+
+def _dataset(tmp_path, categories):
+    document = {"images": [{"id": 1, "file_name": "1.png", "width": 64, "height": 64}], "annotations": [],
+                "categories": [{"id": c, "name": COCO_CLASS_NAMES.get(c, str(c))} for c in categories]}
+    path = tmp_path / f"instances_{len(categories)}.json"
+    path.write_text(json.dumps(document))
+    return CocoDetection(tmp_path, path, train=False)
+
+
+def test_torchvision_files_keep_the_identity_map(tmp_path):
+    script = load_evaluate_script()
+    torchvision_file = {"backbone.body.conv1.weight": torch.zeros(1)}  # not one of our checkpoints
+    coco_ids = [c for c, name in COCO_CLASS_NAMES.items() if c and name != "N/A"]
+    mapping, warning = script.label_map(torchvision_file, 91, COCO_CLASS_NAMES, _dataset(tmp_path, coco_ids),
+                                        checkpoint="tv.pth")
+    assert mapping == {label: label for label in range(1, 91)} and warning is None  # "N/A" ids are not categories
+    with pytest.raises(InputError, match=r"tv.pth predicts 80 categories, .* has 1: the data lacks 79 of the "
+                                         r"model's categories, ids 2 \(bicycle\), .* and 69 more"):
+        script.label_map(torchvision_file, 91, COCO_CLASS_NAMES, _dataset(tmp_path, [1]), checkpoint="tv.pth")
+    mapping, _ = script.label_map(torchvision_file, 4, {}, _dataset(tmp_path, [1, 2, 3]), checkpoint="tv.pth")
+    assert mapping == {1: 1, 2: 2, 3: 3}
+    with pytest.raises(InputError, match=r"no output for 1 of the data's categories, ids 4 \(motorcycle\)"):
+        script.label_map(torchvision_file, 4, {}, _dataset(tmp_path, [1, 2, 3, 4]), checkpoint="tv.pth")
+
+
+def test_batching_defaults_to_the_training_settings():
+    script = load_evaluate_script()
+    given = Namespace(batch_size=None, amp=None, threads=None)
+    ours = {"model": {}, "config": {}, "num_classes": 3, "iteration": 5,
+            "args": {"eval_batch_size": 4, "amp": "bf16", "threads": 1}}
+    batching = script.evaluation_batching(ours, given)
+    assert (batching.batch_size, batching.amp, batching.threads) == (4, "bf16", 1)
+    assert batching.described == ("batch size 4 (the training's --eval-batch-size), amp bf16 (the training's "
+                                  "--amp), threads 1 (the training's --threads)")
+    flags = script.evaluation_batching(ours, Namespace(batch_size=1, amp="none", threads=2))
+    assert (flags.batch_size, flags.amp, flags.threads) == (1, "none", 2)
+    assert flags.described == "batch size 1 (--batch-size), amp none (--amp), threads 2 (--threads)"
+    for weights in ({"roi_heads.box_predictor.cls_score.weight": torch.zeros(2, 1)}, {**ours, "args": {}}):
+        fallback = script.evaluation_batching(weights, given)
+        assert (fallback.batch_size, fallback.amp, fallback.threads) == (2, "none", 0)
