@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from fpn import distributed
-from fpn.nonfinite import FiniteWatch, NonFiniteError, check_losses
-from fpn.visualize import draw_detections
+from fpn.nonfinite import FiniteWatch, check_losses
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -204,52 +202,3 @@ def train_iterations(
     if watch is not None:
         watch.check_now()
     return end_iter
-
-
-@torch.no_grad()
-def save_detection_picture(
-    model: nn.Module,
-    dataset,
-    path: Union[str, Path],
-    *,
-    device: torch.device,
-    num_images: int = 4,
-    score_threshold: float = 0.5,
-) -> Path:
-    """Draw the detections on the first `num_images` images of `dataset` side by side and save one PNG.
-
-    Args:
-        model: the detector (not DDP-wrapped); its train/eval mode is restored afterwards.
-        dataset: yields (image float (3, H, W) in [0, 1], target); has `class_names` {label: name}.
-        path: the PNG to write.
-        device: where the model runs.
-        num_images: how many images (fewer if the dataset is smaller).
-        score_threshold: detections below this score are not drawn.
-    Returns:
-        Path of the written picture.
-    """
-    was_training = model.training
-    model.eval()
-    tiles = []
-    for index in range(min(num_images, len(dataset))):
-        image, _ = dataset[index]
-        detections = model([image.to(device)])[0]
-        pil = Image.fromarray((image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy())
-        tiles.append(
-            draw_detections(pil, detections["boxes"].float().cpu(), detections["labels"].cpu(),
-                            detections["scores"].float().cpu(), dataset.class_names, score_threshold=score_threshold)
-        )
-    model.train(was_training)
-    if not tiles:
-        raise ValueError("the dataset has no images to draw")
-    gap = 8
-    canvas = Image.new("RGB", (sum(t.width for t in tiles) + gap * (len(tiles) - 1), max(t.height for t in tiles)),
-                       (255, 255, 255))
-    x = 0
-    for tile in tiles:
-        canvas.paste(tile.convert("RGB"), (x, 0))
-        x += tile.width + gap
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path

@@ -29,7 +29,9 @@ import os
 import signal
 import sys
 import tempfile
+import textwrap
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -43,54 +45,31 @@ from fpn.checkpoint import (
     checkpoint_path, load_pretrained_weights, prune_checkpoints, remove_stale_temp_files, save_checkpoint, to_plain,
 )
 from fpn.cli import EXIT_FAILED, ArgumentParser, InputError, Interrupted, run_cli
-from fpn.config import FasterRCNNConfig
 from fpn.data.coco import CocoDetection, collate
+from fpn.data.file_check import check_image_files, handle_bad_images
 from fpn.data.samplers import GroupedBatchSampler, TrainingSampler
 from fpn.data.synthetic import generate_synthetic_coco
-from fpn.engine import (
-    MetricsLog, autocast_factory, build_grad_scaler, save_detection_picture, select_device, train_iterations,
-)
+from fpn.engine import MetricsLog, autocast_factory, build_grad_scaler, select_device, train_iterations
 from fpn.evaluation import evaluate_coco, format_metrics
 from fpn.model import FasterRCNNFPN
 from fpn.nonfinite import FiniteWatch, NonFiniteError
-from fpn.presets import PRESETS, add_config_flags, apply_config_flags, get_preset
+from fpn.presets import (
+    PRESETS, add_config_flags, add_preset_flags, apply_config_flags, apply_preset_flags, describe_presets, get_preset,
+    preset_name_in,
+)
 from fpn.resume import (
     apply_hyperparameters, changed_arguments, config_differences, find_resume_checkpoint, restore_training_state,
 )
 from fpn.rng_state import capture_rng_state
 from fpn.schedule import build_lr_scheduler, build_optimizer, scaled_lr
-
-# Flags that override a field of the preset: (flag, type, help). Their default is "not given" (the preset's).
-PRESET_FLAGS = (
-    ("--iters", int, "training iterations"),
-    ("--batch-size", int, "images per process per iteration"),
-    ("--lr", float, "learning rate for --lr-reference-batch images; scaled linearly to the real total batch"),
-    ("--lr-reference-batch", int, "the total batch --lr is meant for (16 in the paper)"),
-    ("--momentum", float, "SGD momentum"),
-    ("--weight-decay", float, "weight decay"),
-    ("--steps", lambda s: tuple(int(v) for v in s.split(",") if v), "comma list of LR decay iterations"),
-    ("--gamma", float, "LR decay factor at each step"),
-    ("--warmup-iters", int, "linear warm-up iterations"),
-    ("--warmup-factor", float, "LR factor at the start of the warm-up"),
-    ("--clip-grad-norm", float, "clip the global gradient norm to this value"),
-    ("--amp", str, "mixed precision: none, bf16 (autocast) or fp16 (autocast + GradScaler)"),
-    ("--eval-every", int, "iterations between COCO evaluations (0: only at the end)"),
-    ("--checkpoint-every", int, "iterations between checkpoints (one is always written at the end)"),
-    ("--log-every", int, "iterations between metrics.jsonl lines"),
-    ("--workers", int, "DataLoader worker processes per training process"),
-    ("--threads", int, "CPU threads of each training process (0: torch's default, one per core)"),
-    ("--eval-batch-size", int, "images per forward pass in evaluation"),
-    ("--synthetic-train-images", int, "images of the generated synthetic training set"),
-    ("--synthetic-val-images", int, "images of the generated synthetic validation set"),
-    ("--synthetic-image-size", int, "shortest side of the synthetic images (the longest is 64 px more at most)"),
-    ("--keep-checkpoints", int, "periodic checkpoints kept, the newest (the final one is always kept; 0: all)"),
-    ("--dist-timeout-min", float, "minutes a collective waits for a stopped process before the job fails"),
-)
-
+from fpn.visualize import save_detection_picture
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line; preset values fill every training and model field that was not given."""
-    parser = ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    shown = get_preset(preset_name_in(argv, default="cpu-demo"))  # whose values --help shows as the defaults
+    parser = ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="presets (--preset NAME):\n" + textwrap.indent(describe_presets(), "  "))
     parser.add_argument("--preset", choices=sorted(PRESETS),
                         help="defaults for everything (required): cpu-demo, paper or 1x, see fpn/presets.py")
     parser.add_argument("--output-dir", default="runs/train", help="checkpoints, metrics and pictures go here")
@@ -101,27 +80,28 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--val-annotations", help="validation COCO json")
     parser.add_argument("--synthetic-dir", help="where to generate the synthetic set (default OUTPUT_DIR/synthetic)")
     parser.add_argument("--skip-bad-images", action="store_true", help="warn and skip unreadable images")
+    parser.add_argument("--check-images", choices=("header", "decode", "off"), default="header",
+                        help="before training, check every image file: exists and its header reads (header, ~0.1 "
+                             "s per 1000 images), or also decodes (decode, ~4 s per 1000; finds truncated files)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     parser.add_argument("--init-from", help="initial weights: one of our checkpoints or a torchvision detector file")
     parser.add_argument("--backbone-weights", help="ImageNet ResNet checkpoint (torchvision layout) for the backbone")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights init, data order and augmentation")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    for flag, kind, text in PRESET_FLAGS:
-        parser.add_argument(flag, type=kind, default=None, help=f"{text} (default: the preset's)")
-    add_config_flags(parser, FasterRCNNConfig())
+    add_preset_flags(parser, shown)
+    add_config_flags(parser, shown.model)
     args = parser.parse_args(argv)
     if args.preset is None:
         parser.error("choose a --preset: cpu-demo (small model, synthetic set or your own small data, CPU minutes), "
                      "paper (ResNet-50 FPN on COCO as in Lin et al., 8 GPUs) or 1x (detectron2's 1x schedule)")
     check_preset_fits_data(parser, args)
 
-    preset = get_preset(args.preset)
-    for flag, _, _ in PRESET_FLAGS:
-        name = flag[2:].replace("-", "_")
-        if getattr(args, name) is None:
-            setattr(args, name, getattr(preset, name))
-    args.model_config = apply_config_flags(preset.model, args)
+    chosen = apply_preset_flags(get_preset(args.preset), args)
+    for item in fields(chosen):
+        if item.name != "model":
+            setattr(args, item.name, getattr(chosen, item.name))
+    args.model_config = apply_config_flags(chosen.model, args)
     if args.backbone_weights:
         args.model_config.backbone.weights = args.backbone_weights
     if args.amp not in ("none", "bf16", "fp16"):
@@ -160,11 +140,14 @@ def dataset_paths(args: argparse.Namespace) -> dict:
     recipe = {"num_images": args.synthetic_train_images, "num_val": args.synthetic_val_images, "seed": 0,
               "min_size": args.synthetic_image_size, "max_size": args.synthetic_image_size + 64}
     marker = root / "recipe.json"
-    if distributed.is_main_process() and (not marker.is_file() or json.loads(marker.read_text()) != recipe):
-        distributed.log(f"generating the synthetic data set in {root} ...")
-        generate_synthetic_coco(root, **recipe, progress=True)
-        marker.write_text(json.dumps(recipe))
-    distributed.barrier()  # the other ranks wait until rank 0 has written the files
+
+    def generate() -> None:
+        if not marker.is_file() or json.loads(marker.read_text()) != recipe:
+            distributed.log(f"generating the synthetic data set in {root} ...")
+            generate_synthetic_coco(root, **recipe, progress=True)
+            marker.write_text(json.dumps(recipe))
+
+    distributed.run_on_main(generate)  # the other ranks wait until rank 0 has written the files
     return coco_layout(root)
 
 
@@ -182,6 +165,10 @@ def build_datasets(args: argparse.Namespace):
                               skip_bad_images=args.skip_bad_images, seed=args.seed)
     val_set = CocoDetection(paths["val_images"], paths["val_annotations"], train=False,
                             skip_bad_images=args.skip_bad_images)
+    if args.check_images != "off":  # every file of both sets, before the first iteration (rank 0 reads them)
+        for dataset in (train_set, val_set):
+            bad = distributed.run_on_main(lambda: check_image_files(dataset, decode=args.check_images == "decode"))
+            handle_bad_images(dataset, bad)  # drops them (--skip-bad-images) or raises, the same on every rank
     annotations = train_set.coco.dataset["annotations"]
     usable = sum(1 for ann in annotations if not ann.get("iscrowd", 0)) - train_set.num_dropped_boxes
     if usable < 1:

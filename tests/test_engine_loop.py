@@ -3,11 +3,10 @@ import json
 
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from fpn.engine import (
-    MetricsLog, autocast_factory, build_grad_scaler, save_detection_picture, select_device,
+    MetricsLog, autocast_factory, build_grad_scaler, select_device,
     train_iterations, train_step,
 )
 from fpn.nonfinite import NonFiniteError
@@ -128,27 +127,3 @@ def test_autocast_factory_and_device_selection():
     assert select_device("auto").type == expected
     with pytest.raises(ValueError, match="unknown device 'gpu0'"):
         select_device("gpu0")
-
-
-def test_save_detection_picture_tiles_the_images(tmp_path):
-    class Data:
-        class_names = {1: "circle"}
-
-        def __len__(self):
-            return 3
-
-        def __getitem__(self, index):
-            return torch.full((3, 40, 30 + 10 * index), 0.5), {}
-
-    class Fixed(nn.Module):
-        def forward(self, images):
-            return [{"boxes": torch.tensor([[2.0, 2.0, 20.0, 20.0]]), "scores": torch.tensor([0.9]),
-                     "labels": torch.tensor([1])} for _ in images]
-
-    model = Fixed().train()
-    path = save_detection_picture(model, Data(), tmp_path / "d.png", device=CPU, num_images=2)
-    picture = Image.open(path)
-    assert picture.size == (30 + 40 + 8, 40)
-    assert picture.getpixel((1, 30)) == (128, 128, 128)  # image pixel outside the box
-    assert picture.getpixel((2, 10)) != (128, 128, 128)  # the box edge is drawn
-    assert model.training
