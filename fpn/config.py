@@ -1,23 +1,45 @@
 """Configuration of the detector: one nested dataclass, every default from the paper or torchvision.
 
-`FasterRCNNConfig()` is torchvision's `fasterrcnn_resnet50_fpn` (v1): ResNet-50 with frozen BN, FPN with 256
-channels, anchors 32..512 x (0.5, 1, 2), the RPN and RoI-head settings of Lin et al. (2017) / Ren et al. (2015).
-`asdict(config)` is stored in every checkpoint and `FasterRCNNConfig.from_dict` rebuilds it.
+`FasterRCNNConfig()` is torchvision's `fasterrcnn_resnet50_fpn` (v1): ResNet-50, FPN with 256 channels, anchors
+32..512 x (0.5, 1, 2), the RPN and RoI-head settings of Lin et al. (2017) / Ren et al. (2015). As in torchvision,
+the backbone's normalisation and frozen stages follow from its weights (see `BackboneConfig`): frozen BN with the
+stem and C2 frozen when ImageNet weights are given, trainable BN in every stage when training from scratch.
+A model keeps `config.resolved()`, every such "auto" field made explicit; `asdict` of that is stored in every
+checkpoint and `FasterRCNNConfig.from_dict` rebuilds it, so a checkpoint rebuilds the architecture it trained.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+import copy
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any, Optional, Tuple
 
 
 @dataclass
 class BackboneConfig:
+    """The ResNet trunk. `norm` and `trainable_stages` left at None are chosen from `weights`, as torchvision
+    chooses them from whether any weights are given (`resolved()` applies the rule):
+
+        weights given:  norm "frozen_bn", trainable_stages 3 (fine-tuning: ImageNet statistics, stem and C2 kept)
+        no weights:     norm "bn",        trainable_stages 5 (from scratch: every layer learns, BN included)
+
+    Without loaded weights frozen BN is the identity and a frozen stage keeps its random initialisation, so
+    "frozen_bn" or trainable_stages < 5 is only right when weights are loaded after construction (a detector
+    checkpoint); the model warns when it trains such a backbone with nothing loaded.
+    """
+
     depth: int = 50  # ResNet depth: 18, 34 (basic blocks), 50, 101 (bottlenecks)
-    norm: str = "frozen_bn"  # "frozen_bn" (pretrained weights), "bn", or "gn" (training from scratch)
+    norm: Optional[str] = None  # "frozen_bn", "bn" or "gn" (small batches); none: frozen_bn with weights, else bn
     gn_groups: int = 32  # groups of GroupNorm when norm == "gn"
     width: int = 64  # channels of the stem / first stage; 64 is ResNet, smaller gives a narrower variant
-    trainable_stages: int = 3  # stages trained, counted from C5 down (3: C3..C5, stem and C2 frozen; 5: all)
+    trainable_stages: Optional[int] = None  # stages trained, from C5 down (5: all); none: 3 with weights, else 5
     weights: Optional[str] = None  # local path of an ImageNet checkpoint in torchvision's key layout
+
+    def resolved(self) -> "BackboneConfig":
+        """A copy with `norm` and `trainable_stages` explicit: the values given, or the rule above."""
+        pretrained = bool(self.weights)
+        norm = self.norm if self.norm is not None else ("frozen_bn" if pretrained else "bn")
+        stages = self.trainable_stages if self.trainable_stages is not None else (3 if pretrained else 5)
+        return replace(self, norm=norm, trainable_stages=stages)
 
 
 @dataclass
@@ -83,6 +105,12 @@ class FasterRCNNConfig:
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
     input: InputConfig = field(default_factory=InputConfig)
     channels_last: bool = True  # run the convolutions in NHWC memory format (faster with oneDNN and cuDNN)
+
+    def resolved(self) -> "FasterRCNNConfig":
+        """A deep copy with every automatic (None) choice made explicit; what a model keeps as `model.config`."""
+        config = copy.deepcopy(self)
+        config.backbone = self.backbone.resolved()
+        return config
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -20,6 +20,8 @@ from typing import Dict, Optional, Union
 import torch
 from torch import Tensor
 
+from fpn.config import FasterRCNNConfig
+
 _RULES = [
     (re.compile(r"^backbone\.body\."), "backbone."),
     (re.compile(r"^backbone\.fpn\.inner_blocks\.(\d+)\.(?:0\.)?"), r"neck.lateral_convs.\1."),
@@ -74,13 +76,21 @@ def read_torchvision_checkpoint(path_or_state_dict: Union[str, os.PathLike, Dict
     return state
 
 
+def torchvision_detector_config() -> FasterRCNNConfig:
+    """The config of `fasterrcnn_resnet50_fpn` as torchvision builds it with weights: frozen BN, stem and C2
+    frozen. Explicit, since our default without backbone weights is trainable BN in every stage."""
+    config = FasterRCNNConfig()
+    config.backbone.norm, config.backbone.trainable_stages = "frozen_bn", 3
+    return config
+
+
 def load_torchvision_detector(cls, path_or_state_dict, num_classes: Optional[int] = None):
-    """Build `cls` (FasterRCNNFPN) with the default config and load torchvision weights into it."""
+    """Build `cls` (FasterRCNNFPN) with `torchvision_detector_config()` and load torchvision weights into it."""
     state = convert_torchvision_state_dict(read_torchvision_checkpoint(path_or_state_dict))
     file_classes = state[PREDICTOR_PREFIX + "cls_score.weight"].shape[0]
     if num_classes is None:
         num_classes = file_classes
-    model = cls(num_classes=num_classes)
+    model = cls(num_classes=num_classes, config=torchvision_detector_config())
     if num_classes != file_classes:  # fine-tuning to another label set: keep the fresh predictor
         state = {k: v for k, v in state.items() if not k.startswith(PREDICTOR_PREFIX)}
     missing, unexpected = model.load_state_dict(state, strict=False)

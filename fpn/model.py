@@ -5,6 +5,7 @@ The forward pass reads like the paper's figure:
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -28,7 +29,15 @@ class FasterRCNNFPN(nn.Module):
 
     Args:
         num_classes: number of classes INCLUDING the background (label 0); 91 for torchvision's COCO models.
-        config: a `FasterRCNNConfig`; the default is torchvision's `fasterrcnn_resnet50_fpn` (v1).
+        config: a `FasterRCNNConfig`; the default is torchvision's `fasterrcnn_resnet50_fpn` (v1). It is not
+            modified: the model keeps `config.resolved()` as `model.config` (what checkpoints store).
+
+    Backbone without weights: as in torchvision, `config.backbone.norm` and `trainable_stages` left at None follow
+    `config.backbone.weights`. With ImageNet weights the backbone gets frozen BatchNorm and a frozen stem and C2
+    (norm "frozen_bn", trainable_stages 3), the fine-tuning set-up; without them, trainable BatchNorm in all five
+    stages ("bn", 5), since frozen BN is then the identity and a frozen stem stays random. Explicit values are
+    kept; a model that trains frozen parts without any loaded weights warns once, at its first training step.
+    `from_torchvision` and checkpoints rebuild the layout their weights were trained in.
 
     Training (`model.train()`): `model(images, targets)` with `images` a list of float (3, H, W) tensors in
     [0, 1] RGB of any sizes and `targets` a list of dicts with `boxes` (N, 4) float xyxy absolute pixels and
@@ -51,8 +60,9 @@ class FasterRCNNFPN(nn.Module):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2 (background included), got {num_classes!r}")
-        self.config = config if config is not None else FasterRCNNConfig()
+        self.config = (config if config is not None else FasterRCNNConfig()).resolved()
         self.num_classes = num_classes
+        self._backbone_checked_for_training = False
         cfg = self.config
         self.backbone = build_resnet(cfg.backbone)
         self.neck = FPN(self.backbone.out_specs, cfg.fpn.out_channels)
@@ -80,6 +90,7 @@ class FasterRCNNFPN(nn.Module):
         check_images(images)
         if self.training:
             check_targets(targets, len(images), self.num_classes)
+            self._warn_if_backbone_cannot_train()
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         batch, targets = preprocess(images, targets if self.training else None, self.config.input, self.training)
         x = batch.tensor  # (N, 3, Hp, Wp)
@@ -92,6 +103,21 @@ class FasterRCNNFPN(nn.Module):
         if self.training:
             return {**rpn_losses, **roi_losses}
         return postprocess(detections, batch.image_sizes, original_sizes)
+
+    def _warn_if_backbone_cannot_train(self) -> None:
+        """Once per model: frozen BN or frozen stages without any loaded weights never become meaningful."""
+        if self._backbone_checked_for_training:
+            return
+        self._backbone_checked_for_training = True
+        parts = self.backbone.untrainable_parts()
+        if parts:
+            warnings.warn(
+                "training a backbone with no pretrained weights (config.backbone.weights is None and no state dict "
+                f"was loaded): {'; '.join(parts)}. To train from scratch leave config.backbone.norm and "
+                "trainable_stages at None (auto: 'bn', 5) or set norm 'bn'/'gn' and trainable_stages 5; to "
+                "fine-tune, set config.backbone.weights to an ImageNet checkpoint.",
+                stacklevel=2,
+            )
 
     @torch.no_grad()
     def predict(
@@ -125,7 +151,8 @@ class FasterRCNNFPN(nn.Module):
         """Build the model from a torchvision `fasterrcnn_resnet50_fpn` (v1) checkpoint file or state dict.
 
         With `num_classes` different from the checkpoint's, the class-specific predictor is freshly initialised
-        (fine-tuning); everything else is loaded. The file is read with `torch.load(weights_only=True)`.
+        (fine-tuning); everything else is loaded. The file is read with `torch.load(weights_only=True)`. The
+        backbone is laid out as torchvision builds this detector with weights: frozen BN, stem and C2 frozen.
         """
         from fpn.convert import load_torchvision_detector
 

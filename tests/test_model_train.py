@@ -58,8 +58,10 @@ def test_image_without_boxes_is_legal_and_all_background():
     sum(only_empty.values()).backward()
 
 
-def test_frozen_bn_default_freezes_stem_and_first_stage():
-    model = FasterRCNNFPN(num_classes=3)
+def test_frozen_bn_config_freezes_stem_and_first_stage():
+    cfg = tiny_config()
+    cfg.backbone.norm, cfg.backbone.trainable_stages = "frozen_bn", 3  # the ImageNet fine-tuning set-up
+    model = FasterRCNNFPN(num_classes=3, config=cfg)
     assert not model.backbone.conv1.weight.requires_grad
     assert not any(p.requires_grad for p in model.backbone.layer1.parameters())
     assert all(p.requires_grad for p in model.backbone.layer2.parameters())

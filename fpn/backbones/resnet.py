@@ -9,7 +9,7 @@ downsample.1; there is no fc), so an ImageNet checkpoint in torchvision's layout
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -118,6 +118,8 @@ class ResNet(nn.Module):
 
     Attributes:
         out_specs: {"c2".."c5": FeatureSpec(channels, stride)} with strides 4, 8, 16, 32.
+        loaded_weights: False at construction; True once a state dict holding any of the trunk's tensors was
+            loaded (ImageNet weights, a detector checkpoint). Until then frozen parts are still random or identity.
 
     Example:
         >>> net = ResNet(depth=18, norm="frozen_bn")
@@ -145,6 +147,8 @@ class ResNet(nn.Module):
         block = BasicBlock if block_kind == "basic" else Bottleneck
         self.depth = depth
         self.norm = norm
+        self.trainable_stages = trainable_stages
+        self.loaded_weights = False
 
         # stem: (N, 3, H, W) -> (N, width, H/4, W/4)
         self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
@@ -182,6 +186,27 @@ class ResNet(nn.Module):
             for module in self.modules():
                 if isinstance(module, (BasicBlock, Bottleneck)):
                     nn.init.zeros_(module.last_norm().weight)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Every module of the tree sees the whole state dict with its own prefix: any key under ours loads a tensor.
+        if any(key.startswith(prefix) for key in state_dict):
+            self.loaded_weights = True
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def untrainable_parts(self) -> List[str]:
+        """What training cannot fix while no weights are loaded: [] when `loaded_weights`, else the frozen BN
+        (the identity: weight 1, bias 0, mean 0, variance 1) and the frozen stages (random), described."""
+        if self.loaded_weights:
+            return []
+        parts = []
+        if self.norm == "frozen_bn":
+            parts.append("frozen BatchNorm is the identity (its statistics are constants, never learned)")
+        frozen = _TRAINABLE_ORDER[self.trainable_stages:][::-1]  # stem first: ("conv1", "layer1", ...)
+        if frozen:
+            names = " and ".join(frozen) if len(frozen) <= 2 else ", ".join(frozen[:-1]) + " and " + frozen[-1]
+            parts.append(f"{names} are frozen at their random initialisation (trainable_stages="
+                         f"{self.trainable_stages})")
+        return parts
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Run the bottom-up pathway.
@@ -225,10 +250,12 @@ def build_resnet(cfg) -> ResNet:
 
     Args:
         cfg: BackboneConfig with depth, norm, width, trainable_stages, gn_groups and weights (path or None).
+            A norm or trainable_stages of None is chosen from the weights (`BackboneConfig.resolved`).
 
     Returns:
         The ResNet, with ImageNet weights loaded if `cfg.weights` names a checkpoint.
     """
+    cfg = cfg.resolved()
     model = ResNet(
         depth=cfg.depth,
         norm=cfg.norm,
