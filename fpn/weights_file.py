@@ -39,14 +39,14 @@ def read_weights(path: Union[str, Path], what: str = "weights file", *, mmap: bo
                     raise
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "Weights only load failed" in first or "weights_only" in str(error):
+        text = str(error)
+        if "GLOBAL" in text or "Unsupported global" in text:  # a class or function loading would have to run
             raise InputError(
                 f"{what} {path}: refused, the file holds Python objects that loading would have to execute "
                 "(only tensors, dicts, lists, numbers and strings are read); re-save it as a plain state dict "
                 "if you trust its source"
             ) from error
-        raise InputError(f"{what} {path}: not a torch weights file ({first})") from error
+        raise InputError(f"{what} {path}: not a torch weights file (written by torch.save?)") from error
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, UnicodeDecodeError) as error:
         first = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
         raise InputError(f"{what} {path}: unreadable or truncated torch file ({first})") from error
