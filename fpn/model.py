@@ -18,7 +18,7 @@ from fpn.heads.roi_heads import RoIHeads
 from fpn.heads.rpn import RegionProposalNetwork
 from fpn.necks import FPN
 from fpn.transform import postprocess, preprocess
-from fpn.validation import check_images, check_targets
+from fpn.validation import check_images, check_targets, check_value_range
 
 # The extra level made by subsampling P5 feeds the RPN only; RoIs are pooled from P2..P5 (paper, Sec. 4.1-4.2).
 RPN_ONLY_LEVELS = ("p6",)
@@ -44,6 +44,10 @@ class FasterRCNNFPN(nn.Module):
     `labels` (N,) int64 in 1..num_classes-1 returns a dict of four scalar losses: `loss_objectness`,
     `loss_rpn_box_reg`, `loss_classifier`, `loss_box_reg`. An image with no boxes is legal.
 
+    Image range: an image with values above 1.5 (e.g. 0..255 given as floats) gets a warning naming it, in
+    training and inference. CPU images are checked at every call; images on an accelerator at the model's first
+    call only, since reading a value there makes the host wait for the device.
+
     Inference (`model.eval()`): `model(images)` returns one dict per image with `boxes` (D, 4) xyxy in that
     image's own pixels, `scores` (D,) and `labels` (D,) int64, sorted by decreasing score.
 
@@ -62,6 +66,7 @@ class FasterRCNNFPN(nn.Module):
             raise ValueError(f"num_classes must be an int >= 2 (background included), got {num_classes!r}")
         self.config = (config if config is not None else FasterRCNNConfig()).resolved()
         self.num_classes = num_classes
+        self._accelerator_values_checked = False  # images on a GPU: one read of their range, on the first call
         self._backbone_checked_for_training = False
         cfg = self.config
         self.backbone = build_resnet(cfg.backbone)
@@ -88,6 +93,8 @@ class FasterRCNNFPN(nn.Module):
         self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None
     ) -> Union[Dict[str, Tensor], List[Dict[str, Tensor]]]:
         check_images(images)
+        if check_value_range(images, read_accelerator_images=not self._accelerator_values_checked):
+            self._accelerator_values_checked = True
         if self.training:
             check_targets(targets, len(images), self.num_classes)
             self._warn_if_backbone_cannot_train()

@@ -1,10 +1,19 @@
-"""Checks of the detector's public inputs: a clear ValueError naming the bad value, never a silent wrong answer."""
+"""Checks of the detector's public inputs: a clear ValueError naming the bad value, or a warning naming a legal
+value that is almost surely a mistake (0..255 images), never a silent wrong answer."""
 from __future__ import annotations
 
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+# Devices whose tensors the host reads without waiting for queued work. On any other (CUDA, MPS, ...) reading a
+# value is a host sync, so image values there are checked once per model, not on every call.
+HOST_READABLE_DEVICES = ("cpu",)
+# Images a little above 1 are harmless (bicubic or antialiased resizing overshoots); 0..255 pixels, or images
+# normalised twice, go far above.
+MAX_IMAGE_VALUE = 1.5
 
 
 def check_images(images: Sequence[Tensor]) -> None:
@@ -28,6 +37,37 @@ def check_images(images: Sequence[Tensor]) -> None:
                 f"images[{i}] has dtype {image.dtype}; the model takes float images in [0, 1] "
                 "(use model.predict for uint8 tensors or PIL images)"
             )
+
+
+def check_value_range(images: Sequence[Tensor], *, read_accelerator_images: bool) -> bool:
+    """Warn about each image with values above `MAX_IMAGE_VALUE`: the model expects [0, 1], and the normalised
+    pixels of a 0..255 image are ~1000 standard deviations out, so it finds little or nothing there.
+
+    CPU images are always checked (reading them costs nothing); images on another device only when
+    `read_accelerator_images`, with one host read for all of them.
+
+    Args:
+        images: float (3, H, W) tensors (already passed `check_images`).
+        read_accelerator_images: also read the values of images that are not on the CPU.
+
+    Returns:
+        True when the values of images on an accelerator were read (the caller's one sync is spent).
+    """
+    picked = [(i, image) for i, image in enumerate(images)
+              if image.device.type in HOST_READABLE_DEVICES or read_accelerator_images]
+    if not picked:
+        return False
+    maxima = [image.detach().amax() for _, image in picked]  # (,) each, on the image's device
+    values = torch.stack([m.to(maxima[0].device) for m in maxima]).tolist()  # the one host read
+    for (i, _), value in zip(picked, values):
+        if value > MAX_IMAGE_VALUE:
+            warnings.warn(
+                f"images[{i}] has values up to {value:g}, but the model expects float images in [0, 1] (given "
+                "0..255 values it detects little or nothing): divide the image by 255, or pass the uint8 tensor to "
+                "model.predict",
+                stacklevel=2,
+            )
+    return any(image.device.type not in HOST_READABLE_DEVICES for _, image in picked)
 
 
 def check_targets(targets: Optional[List[Dict[str, Tensor]]], num_images: int, num_classes: int) -> None:

@@ -1,4 +1,4 @@
-"""Defaults a newcomer meets: the backbone set-up without ImageNet weights."""
+"""Defaults a newcomer meets: the backbone set-up without ImageNet weights, the [0, 1] image range."""
 import warnings
 
 import pytest
@@ -6,9 +6,10 @@ import torch
 from torch import nn
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
-from fpn import FasterRCNNConfig, FasterRCNNFPN
+from fpn import FasterRCNNConfig, FasterRCNNFPN, validation
 from fpn.backbones import FrozenBatchNorm2d, ResNet
 from fpn.checkpoint import build_from_checkpoint
+from fpn.host_sync import HostSyncCounter
 
 
 def tiny_config(**backbone) -> FasterRCNNConfig:
@@ -122,3 +123,49 @@ def test_frozen_parts_after_loading_weights_or_in_eval_do_not_warn():
         model.load_state_dict(FasterRCNNFPN(num_classes=3, config=cfg).state_dict())  # e.g. --init-from
         model.train()(*_train_step_inputs())
         FasterRCNNFPN(num_classes=3, config=tiny_config()).train()(*_train_step_inputs())  # auto: bn, 5
+
+
+# ---------------------------------------------------------------- image value range
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    return FasterRCNNFPN(num_classes=3, config=tiny_config(norm="gn", gn_groups=8, trainable_stages=5)).eval()
+
+
+def test_images_above_one_warn_naming_index_and_maximum(small_model):
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 64, 64, generator=g), torch.rand(3, 64, 64, generator=g) * 255]
+    expected = f"images\\[1\\] has values up to {images[1].max().item():g}.*\\[0, 1\\].*255.*model.predict"
+    with torch.no_grad(), pytest.warns(UserWarning, match=expected) as record:
+        small_model(images)
+    assert len(record) == 1  # images[0] is fine
+
+
+def test_images_in_unit_range_and_uint8_predict_do_not_warn(small_model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            small_model([torch.rand(3, 64, 64), torch.ones(3, 40, 50), torch.zeros(3, 30, 30)])
+        small_model.predict([(torch.rand(3, 64, 64) * 255).to(torch.uint8)])
+
+
+def test_accelerator_images_are_read_on_the_first_call_only(monkeypatch):
+    # Stand-in for an accelerator: no device counts as free to read, as CUDA tensors are not.
+    monkeypatch.setattr(validation, "HOST_READABLE_DEVICES", ())
+    torch.manual_seed(0)
+    model = FasterRCNNFPN(num_classes=3, config=tiny_config(norm="gn", gn_groups=8, trainable_stages=5)).eval()
+    bright = [torch.rand(3, 64, 64) * 255, torch.rand(3, 48, 64) * 255]
+    with torch.no_grad():
+        with pytest.warns(UserWarning) as record:
+            model(bright)
+        assert [str(w.message)[:9] for w in record] == ["images[0]", "images[1]"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model(bright)  # not read again: a steady stream of images pays no sync for the check
+    with pytest.warns(UserWarning), HostSyncCounter() as first:
+        assert validation.check_value_range(bright, read_accelerator_images=True)
+    with HostSyncCounter() as later:
+        assert not validation.check_value_range(bright, read_accelerator_images=False)
+    assert (first.total, later.total) == (1, 0)  # one read for the whole batch, then none
