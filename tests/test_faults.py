@@ -217,3 +217,54 @@ def test_process_group_timeout_flag_reaches_the_session(monkeypatch, tmp_path, d
     monkeypatch.setattr(train.distributed, "distributed_session", session)
     assert train.main(_args(tmp_path / "run", data, "--dist-timeout-min", "3.5", iters=1)) == 0
     assert seen["timeout"] == 3.5
+
+
+def _copy(data, tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    for part in data.iterdir():
+        target = root / part.name
+        if part.is_dir():
+            target.mkdir()
+            for f in part.iterdir():
+                (target / f.name).write_bytes(f.read_bytes())
+        else:
+            target.write_bytes(part.read_bytes())
+    return root
+
+
+@pytest.mark.parametrize("folder, damage", [("val2017", "corrupt"), ("train2017", "missing")])
+def test_a_bad_image_stops_the_run_before_the_first_iteration(tmp_path, data, capsys, folder, damage):
+    root = _copy(data, tmp_path)
+    bad = sorted((root / folder).iterdir())[1]
+    if damage == "missing":
+        bad.unlink()
+    else:
+        bad.write_bytes(b"\x89PNG not really")
+    run = tmp_path / "run"
+    assert load_train_script().main(_args(run, root)) == 2
+    err = capsys.readouterr().err
+    lines = _error_lines(err)
+    assert len(lines) == 1 and bad.name in lines[0] and "--skip-bad-images" in lines[0], err
+    assert "Traceback" not in err
+    assert not (run / "metrics.jsonl").exists() and not list_checkpoints(run)  # not one iteration ran
+
+
+def test_an_image_lost_during_training_is_one_line_from_the_loader_worker(tmp_path, data, capsys, monkeypatch):
+    root = _copy(data, tmp_path)
+    train = load_train_script()
+    real_loader = train.training_loader
+
+    def loader_then_delete(dataset, args, start_iter):
+        for path in (root / "train2017").iterdir():  # after the start-up check: the files go away
+            path.unlink()
+        return real_loader(dataset, args, start_iter)
+
+    monkeypatch.setattr(train, "training_loader", loader_then_delete)
+    argv = _args(tmp_path / "run", root)
+    argv[argv.index("--workers") + 1] = "1"
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "DataLoader worker" not in err
+    lines = _error_lines(err)
+    assert len(lines) == 1 and "image file not found" in lines[0] and "train2017" in lines[0], err

@@ -88,3 +88,13 @@ def test_synthetic_set_is_generated_once_per_recipe(tmp_path):
     assert paths["train_annotations"].stat().st_mtime_ns == stamp  # same recipe: reused
     train.dataset_paths(train.parse_args(tiny_args(tmp_path, "--synthetic-val-images", "3")))
     assert len(list(paths["val_images"].iterdir())) == 3
+
+
+def test_a_preset_is_required_and_a_coco_preset_needs_data(capsys):
+    train = load_train_script()
+    for argv, message in (([], "choose a --preset: cpu-demo"),
+                          (["--preset", "paper"], "--preset paper trains ResNet-50 at 800 px on COCO: give --coco-root")):
+        with pytest.raises(SystemExit) as info:
+            train.parse_args(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
