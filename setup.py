@@ -10,14 +10,18 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
-    python_requires=">=3.9",
+    # Each floor is the release line that CI installs (constraints.txt pins it; tests/test_model_defaults.py
+    # checks they agree): no older version is ever tested, and the code needs recent torch anyway (custom
+    # operators with fake kernels, nonzero_static on CUDA, torch.library.get_kernel in fpn/host_sync.py: 2.9).
+    # Lower a floor only together with a CI run on that version. Python: the tested 3.11 (torch 2.14 needs 3.10,
+    # numpy 2.4 and pillow 13 need 3.11).
+    python_requires=">=3.11",
     packages=find_packages(include=["fpn", "fpn.*"]),
-    # A library does not pin torch: the tested stack is pinned in constraints.txt. The ops are torch.library
-    # custom operators with fake kernels (torch 2.4) and use nonzero_static on CUDA (torch 2.6).
-    install_requires=["torch>=2.6", "numpy", "pycocotools", "tqdm", "pillow"],
+    install_requires=["torch>=2.14", "numpy>=2.4", "pycocotools>=2.0.11", "tqdm>=4.70", "pillow>=13.0"],
     extras_require={
-        # torchvision is the *reference* the parity tests compare against; fpn/ never imports it.
-        "test": ["pytest", "torchvision", "matplotlib"],
-        "viz": ["matplotlib"],
+        # torchvision is the *reference* the parity tests compare against; fpn/ never imports it. Its release
+        # pairs with torch's (0.29 with 2.14): an older one would pull in an older torch.
+        "test": ["pytest>=9.2", "torchvision>=0.29", "matplotlib>=3.11"],
+        "viz": ["matplotlib>=3.11"],
     },
 )

@@ -1,8 +1,16 @@
-"""Defaults a newcomer meets: the backbone set-up without ImageNet weights, the [0, 1] image range."""
+"""Defaults a newcomer meets: the backbone set-up without ImageNet weights, the [0, 1] image range, the versions
+the package asks for."""
+import ast
+import sys
 import warnings
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 import torch
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 from torch import nn
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
@@ -10,6 +18,8 @@ from fpn import FasterRCNNConfig, FasterRCNNFPN, validation
 from fpn.backbones import FrozenBatchNorm2d, ResNet
 from fpn.checkpoint import build_from_checkpoint
 from fpn.host_sync import HostSyncCounter
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(**backbone) -> FasterRCNNConfig:
@@ -169,3 +179,52 @@ def test_accelerator_images_are_read_on_the_first_call_only(monkeypatch):
     with HostSyncCounter() as later:
         assert not validation.check_value_range(bright, read_accelerator_images=False)
     assert (first.total, later.total) == (1, 0)  # one read for the whole batch, then none
+
+
+# ---------------------------------------------------------------- declared versions
+
+
+def _setup_arguments() -> dict:
+    """The keyword arguments of setup() in setup.py that are literals."""
+    tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    arguments = {}
+    for keyword in call.keywords:
+        try:
+            arguments[keyword.arg] = ast.literal_eval(keyword.value)
+        except ValueError:
+            pass
+    return arguments
+
+
+def _pins() -> dict:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        if "==" in line:
+            name, version = line.split("==")
+            pins[name.strip().lower()] = Version(version.strip())
+    return pins
+
+
+def _floor(specifier: SpecifierSet) -> Version:
+    floors = [Version(s.version) for s in specifier if s.operator == ">="]
+    assert floors, f"no lower bound in {specifier}"
+    return max(floors)
+
+
+def test_every_requirement_floor_is_the_tested_release():
+    # Only the stack in constraints.txt is tested, so nothing older may be promised.
+    arguments, pins = _setup_arguments(), _pins()
+    requirements = arguments["install_requires"] + [r for extra in arguments["extras_require"].values() for r in extra]
+    for text in requirements:
+        requirement = Requirement(text)
+        pin = pins[requirement.name.lower()]
+        floor = _floor(requirement.specifier)
+        assert floor <= pin and floor.release[:2] == pin.release[:2], f"{text}: constraints.txt tests {pin}"
+
+
+def test_python_floor_admits_this_interpreter_and_is_no_looser_than_torchs():
+    floor = _floor(SpecifierSet(_setup_arguments()["python_requires"]))
+    assert floor.release[:2] <= sys.version_info[:2]
+    torch_needs = _floor(SpecifierSet(metadata.metadata("torch")["Requires-Python"]))
+    assert floor >= torch_needs, f"python_requires {floor} is looser than torch's {torch_needs}"
