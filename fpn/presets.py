@@ -7,7 +7,8 @@ so every field here and in fpn/config.py carries one (tests/test_presets_help.py
 * `cpu-demo`: the README demo. A narrow ResNet-18 with GroupNorm trained from scratch on the synthetic shapes
   set at ~256 px; the same code path as full training, sized to finish on a 2-core CPU in minutes.
 * `paper`: Lin et al. (2017), Sec. 5.1: 8 GPUs x 2 images, LR 0.02 for 60k iterations then 0.002 for 20k,
-  shorter side 800 px, ImageNet-initialised ResNet-50 with frozen BN.
+  shorter side 800 px, ImageNet-initialised ResNet-50 with frozen BN (given --backbone-weights; without them the
+  backbone trains from scratch with BatchNorm in all stages, see BackboneConfig).
 * `1x`: detectron2's 1x schedule: 90k iterations, LR x0.1 at 60k and 80k, shorter side drawn from 640..800.
 """
 from __future__ import annotations
@@ -102,7 +103,7 @@ def cpu_demo() -> TrainingPreset:
 
 def paper() -> TrainingPreset:
     """Lin et al. (2017), Sec. 5.1, on COCO: LR 0.02 for 60k iterations then 0.002 for 20k, 8 GPUs x 2 images."""
-    model = FasterRCNNConfig()  # ResNet-50, frozen BN, FPN 256, 800 px: the paper's detector
+    model = FasterRCNNConfig()  # ResNet-50 (frozen BN with ImageNet weights), FPN 256, 800 px: the paper's detector
     return TrainingPreset(model=model, iters=80_000, batch_size=2, lr=0.02, steps=(60_000,), checkpoint_every=5000)
 
 

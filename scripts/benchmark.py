@@ -6,7 +6,7 @@
     python scripts/benchmark.py --quick --json /tmp/b.json     # 256x320, batch 2, one repeat: a smoke test
 
 The torchvision model is seeded random and built as `fasterrcnn_resnet50_fpn(weights="COCO_V1")` builds it
-(FrozenBatchNorm2d, stem and layer1 frozen) - which is what `FasterRCNNConfig()` mirrors; with weights=None
+(FrozenBatchNorm2d, stem and layer1 frozen) - which is what `FasterRCNNFPN.from_torchvision` builds; with weights=None
 torchvision would switch to trainable BatchNorm2d in every layer instead. Ours is
 `FasterRCNNFPN.from_torchvision(tv_model.state_dict())`. Ten classifier biases are raised so that each RoI scores
 ~0.07 for those classes: detections pass the 0.05 threshold and NMS works on ~10 boxes per RoI, as with a trained

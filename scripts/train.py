@@ -349,11 +349,16 @@ class TrainingRun:
             (model, optimizer, scheduler, scaler); sets `self.iteration` to the resumed iteration.
         """
         args, device = self.args, self.device
-        torch.manual_seed(args.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
-        model = FasterRCNNFPN(num_classes=train_set.num_classes, config=args.model_config)
         path, checkpoint, skipped = find_resume_checkpoint(self.output_dir) if args.resume else (None, None, [])
         for line in skipped:
             distributed.log(f"--resume: {line}; falling back to the previous checkpoint")
+        if checkpoint is not None:  # automatic choices (None) as the run made them, e.g. frozen BN with weights
+            backbone = args.model_config.backbone
+            for name in ("norm", "trainable_stages"):
+                if getattr(backbone, name) is None:
+                    setattr(backbone, name, checkpoint["config"]["backbone"][name])
+        torch.manual_seed(args.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+        model = FasterRCNNFPN(num_classes=train_set.num_classes, config=args.model_config)
         if checkpoint is not None:
             check_resumable(checkpoint, path, model, train_set)
             if args.init_from:

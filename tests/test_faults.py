@@ -268,3 +268,23 @@ def test_an_image_lost_during_training_is_one_line_from_the_loader_worker(tmp_pa
     assert "Traceback" not in err and "DataLoader worker" not in err
     lines = _error_lines(err)
     assert len(lines) == 1 and "image file not found" in lines[0] and "train2017" in lines[0], err
+
+
+def test_resume_without_the_backbone_weights_flag_keeps_the_architecture_it_trained(tmp_path, data, capsys):
+    # automatic norm / frozen stages: frozen BN and 3 stages with ImageNet weights; the resumed run (no weights
+    # flag, which would otherwise mean trainable BN in all stages) must rebuild what the checkpoint holds
+    from fpn.backbones.resnet import ResNet
+
+    weights = tmp_path / "imagenet.pth"
+    torch.manual_seed(0)
+    torch.save(ResNet(depth=18, width=16, norm="frozen_bn").state_dict(), weights)
+    run = tmp_path / "run"
+    auto = ["--backbone.norm", "none", "--backbone.trainable-stages", "none"]
+    assert load_train_script().main(_args(run, data, *auto, "--backbone-weights", str(weights), iters=2)) == 0
+    assert load_checkpoint(run / "checkpoint_0000002.pt")["config"]["backbone"]["norm"] == "frozen_bn"
+    capsys.readouterr()
+    assert load_train_script().main(_args(run, data, *auto, "--resume", iters=4)) == 0
+    out = capsys.readouterr().out
+    assert "model config changed" not in out
+    config = load_checkpoint(run / "checkpoint_0000004.pt")["config"]["backbone"]
+    assert (config["norm"], config["trainable_stages"]) == ("frozen_bn", 3)

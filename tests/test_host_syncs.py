@@ -27,8 +27,10 @@ MIN_SIZE, MAX_SIZE = 256, 427  # small for speed; still thousands of RPN candida
 #   training step   45: nms 2, pool 4,   12: nms 5 (1 call), pool 1,             142: nms 73, roi_align and
 #                   elsewhere 39         elsewhere 6                             pool 22, elsewhere 47
 # (On the CPU our NMS uses tiles and reads sizes per window of 256 boxes instead, which costs nothing there:
-# 127 syncs' worth of reads at inference.)
-MEASURED = {"inference": (16, 13), "training step": (45, 12)}  # (torchvision, ours)
+# 127 syncs' worth of reads at inference.) Counted here, ours make one more each (14 and 13): the check that
+# float images are in [0, 1] (fpn.validation.check_value_range) reads CPU images on every call, but images on an
+# accelerator only on the model's first call, so a CUDA run's steady state stays at 13 and 12.
+MEASURED = {"inference": (16, 14), "training step": (45, 13)}  # (torchvision, ours)
 
 
 @pytest.fixture(scope="module")
