@@ -75,6 +75,25 @@ def remove_stale_temp_files(output_dir: PathLike) -> List[Path]:
     return stale
 
 
+def prepare_output_dir(output_dir: PathLike) -> List[Path]:
+    """Create a run's directory, prove it writable, and remove what a killed checkpoint write left there.
+
+    Returns:
+        the stale temporary files removed.
+    Raises:
+        InputError: the directory cannot be created or written (named, with the reason).
+    """
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir) as probe:
+            probe.write(b"ok")
+    except OSError as error:
+        raise InputError(f"--output-dir {output_dir} is not writable ({error.strerror or error}): choose "
+                         "another directory or fix its permissions") from error
+    return remove_stale_temp_files(output_dir)
+
+
 def prune_checkpoints(output_dir: PathLike, keep: int, protect: Tuple[int, ...] = ()) -> List[Path]:
     """Delete all but the newest `keep` checkpoints of `output_dir`, never those of the `protect` iterations.
 

@@ -17,8 +17,10 @@ the exception propagates with its full traceback instead.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from typing import Callable, NoReturn, Optional, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, NoReturn, Optional, Sequence
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -91,3 +93,22 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Seque
     except (ValueError, OSError) as error:
         say(f"{prefix}error: {error_line(error)}")
         return EXIT_USAGE
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (what torchrun and SLURM send to stop a job) raises KeyboardInterrupt("SIGTERM"),
+    so the tool stops as on Ctrl-C: `finally` blocks run (a checkpoint being written removes its temporary file)
+    and it can say where to resume from. Outside the main thread the signal is left alone."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

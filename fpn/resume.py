@@ -146,6 +146,55 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: torch.opt
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
+def check_resumable(checkpoint: Dict[str, Any], path: Path, model: torch.nn.Module,
+                    label_to_category: Dict[int, int]) -> List[str]:
+    """Before the first iteration: the checkpoint must be of the data's categories and its weights must fit
+    `model`. Model config changes that keep the weights loadable are allowed and returned as notes.
+
+    Raises:
+        InputError: other categories, or a changed model the weights do not fit (the changes named).
+    """
+    saved_map = {int(k): int(v) for k, v in checkpoint["label_to_category"].items()}
+    if saved_map != dict(label_to_category):
+        raise InputError(
+            f"--resume: {path} was trained on {len(saved_map)} categories {sorted(saved_map.values())}, the "
+            f"training data has {len(label_to_category)}: {sorted(label_to_category.values())}. Resume with "
+            "the same data, or start a new --output-dir with --init-from to fine-tune"
+        )
+    changes = config_differences(checkpoint["config"], model.config.to_dict())
+    if not changes:
+        return []
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError:
+        raise InputError(f"--resume: the model config differs from {path}'s and its weights do not fit the "
+                         f"changed model: {'; '.join(changes)}. Drop these flags to resume") from None
+    return [f"model config changed from {path}'s, applied (the weights fit): {'; '.join(changes)}"]
+
+
+def apply_changed_arguments(checkpoint: Dict[str, Any], current: Dict[str, Any], optimizer: torch.optim.Optimizer,
+                            scheduler: torch.optim.lr_scheduler.LambdaLR, *, lr: float, momentum: float,
+                            weight_decay: float) -> List[str]:
+    """After `restore_training_state`: every training argument that changed since the checkpoint's run, as a
+    note, and the optimiser set to this run's LR (scaled to the total batch), momentum and weight decay.
+
+    Args:
+        checkpoint: the restored checkpoint (its `args` and `iteration`).
+        current: this run's arguments as plain values.
+        optimizer, scheduler: restored; changed in place when the values differ.
+        lr, momentum, weight_decay: this run's values.
+    """
+    start = int(checkpoint["iteration"]) + 1
+    notes = [f"--{name.replace('_', '-')} changed from {_show(old)} to {_show(new)}: applied from iteration "
+             f"{start} on" for name, old, new in changed_arguments(checkpoint.get("args") or {}, current)]
+    if scheduler.base_lrs[0] != lr or any(g["momentum"] != momentum or g["weight_decay"] != weight_decay
+                                          for g in optimizer.param_groups):
+        was = scheduler.base_lrs[0]
+        apply_hyperparameters(optimizer, scheduler, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        notes.append(f"base LR {lr:g} (was {was:g}), momentum {momentum}, weight decay {weight_decay}")
+    return notes
+
+
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 

@@ -26,11 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import tempfile
 import textwrap
-from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Optional, Sequence
@@ -42,9 +39,9 @@ from tqdm import tqdm
 
 from fpn import distributed
 from fpn.checkpoint import (
-    checkpoint_path, load_pretrained_weights, prune_checkpoints, remove_stale_temp_files, save_checkpoint, to_plain,
+    checkpoint_path, load_pretrained_weights, prepare_output_dir, prune_checkpoints, save_checkpoint, to_plain,
 )
-from fpn.cli import EXIT_FAILED, ArgumentParser, InputError, Interrupted, run_cli
+from fpn.cli import EXIT_FAILED, ArgumentParser, Interrupted, run_cli, sigterm_as_interrupt
 from fpn.data.coco import CocoDetection, collate
 from fpn.data.file_check import check_image_files, handle_bad_images
 from fpn.data.samplers import GroupedBatchSampler, TrainingSampler
@@ -57,9 +54,7 @@ from fpn.presets import (
     PRESETS, add_config_flags, add_preset_flags, apply_config_flags, apply_preset_flags, describe_presets, get_preset,
     preset_name_in,
 )
-from fpn.resume import (
-    apply_hyperparameters, changed_arguments, config_differences, find_resume_checkpoint, restore_training_state,
-)
+from fpn.resume import apply_changed_arguments, check_resumable, find_resume_checkpoint, restore_training_state
 from fpn.rng_state import capture_rng_state
 from fpn.schedule import build_lr_scheduler, build_optimizer, scaled_lr
 from fpn.visualize import save_detection_picture
@@ -226,39 +221,6 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     return 0
 
 
-@contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM (what torchrun and SLURM send to stop a job) ends the run like Ctrl-C: a checkpoint being written
-    is abandoned cleanly (its temporary file removed) and the message says where to resume from."""
-    def stop(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, stop)
-    except ValueError:  # not the main thread: leave the signal alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def prepare_output_dir(output_dir: Path) -> None:
-    """Create the output directory, prove it writable, and remove temporary files of a killed checkpoint write."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output_dir) as probe:
-            probe.write(b"ok")
-    except OSError as error:
-        raise InputError(f"--output-dir {output_dir} is not writable ({error.strerror or error}): choose "
-                         "another directory or fix its permissions") from error
-    stale = remove_stale_temp_files(output_dir)
-    if stale:
-        distributed.log(f"removed {len(stale)} temporary file(s) of an interrupted checkpoint write: "
-                        + ", ".join(p.name for p in stale))
-
-
 class TrainingRun:
     """One training run: data, model and optimisation state, and the last checkpoint written (for messages)."""
 
@@ -285,7 +247,10 @@ class TrainingRun:
         args, device = self.args, self.device
         if args.threads:
             torch.set_num_threads(args.threads)
-        distributed.run_on_main(lambda: prepare_output_dir(self.output_dir))
+        stale = distributed.run_on_main(lambda: prepare_output_dir(self.output_dir))
+        if stale:
+            distributed.log(f"removed {len(stale)} temporary file(s) of an interrupted checkpoint write: "
+                            + ", ".join(p.name for p in stale))
         train_set, val_set = build_datasets(args)
         distributed.log(f"{len(train_set)} training / {len(val_set)} validation images, "
                         f"{train_set.num_classes - 1} classes")
@@ -360,7 +325,8 @@ class TrainingRun:
         torch.manual_seed(args.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
         model = FasterRCNNFPN(num_classes=train_set.num_classes, config=args.model_config)
         if checkpoint is not None:
-            check_resumable(checkpoint, path, model, train_set)
+            for note in check_resumable(checkpoint, path, model, train_set.label_to_category):
+                distributed.log(f"--resume: {note}")
             if args.init_from:
                 distributed.log(f"--init-from {args.init_from} is not used: resuming from {path}")
         elif args.init_from:
@@ -383,49 +349,15 @@ class TrainingRun:
             distributed.log(f"resumed from {path} at iteration {self.iteration}")
             for note in notes:
                 distributed.log(f"--resume: {note}")
-            self.apply_changed_flags(checkpoint, optimizer, scheduler, lr)
+            current = to_plain({k: v for k, v in vars(args).items() if k != "model_config"})
+            for note in apply_changed_arguments(checkpoint, current, optimizer, scheduler, lr=lr,
+                                                momentum=args.momentum, weight_decay=args.weight_decay):
+                distributed.log(f"--resume: {note}")
         elif args.resume:
             distributed.log(f"--resume: no checkpoint in {self.output_dir}, starting at iteration 0")
         distributed.log(f"{distributed.get_world_size()} process(es) x {args.batch_size} images, LR {lr:g}, "
                         f"{args.iters} iterations, {device.type}, amp {args.amp}")
         return model, optimizer, scheduler, scaler
-
-    def apply_changed_flags(self, checkpoint: dict, optimizer, scheduler, lr: float) -> None:
-        """Flags that differ from the checkpoint's run take effect from here on; each is reported."""
-        args = self.args
-        saved = checkpoint.get("args") or {}
-        current = to_plain({k: v for k, v in vars(args).items() if k != "model_config"})
-        for name, old, new in changed_arguments(saved, current):
-            distributed.log(f"--resume: --{name.replace('_', '-')} changed from {old} to {new}: applied from "
-                            f"iteration {self.iteration + 1} on")
-        if scheduler.base_lrs[0] != lr or any(
-                g["momentum"] != args.momentum or g["weight_decay"] != args.weight_decay
-                for g in optimizer.param_groups):
-            apply_hyperparameters(optimizer, scheduler, lr=lr, momentum=args.momentum,
-                                  weight_decay=args.weight_decay)
-            distributed.log(f"--resume: base LR {lr:g} (was {checkpoint['scheduler']['base_lrs'][0]:g}), "
-                            f"momentum {args.momentum}, weight decay {args.weight_decay}")
-
-
-def check_resumable(checkpoint: dict, path: Path, model: FasterRCNNFPN, train_set: CocoDetection) -> None:
-    """The checkpoint must be of this data set's categories and of a model its weights fit; config changes that
-    keep the weights loadable are reported, the others refused, before the first iteration."""
-    saved_map = {int(k): int(v) for k, v in checkpoint["label_to_category"].items()}
-    if saved_map != train_set.label_to_category:
-        raise InputError(
-            f"--resume: {path} was trained on {len(saved_map)} categories {sorted(saved_map.values())}, the "
-            f"training data has {len(train_set.label_to_category)}: {sorted(train_set.label_to_category.values())}. "
-            "Resume with the same data, or start a new --output-dir with --init-from to fine-tune"
-        )
-    changes = config_differences(checkpoint["config"], to_plain(model.config.to_dict()))
-    if not changes:
-        return
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError:
-        raise InputError(f"--resume: the model config differs from {path}'s and its weights do not fit the "
-                         f"changed model: {'; '.join(changes)}. Drop these flags to resume") from None
-    distributed.log(f"--resume: model config changed from {path}'s, applied (the weights fit): {'; '.join(changes)}")
 
 
 def plot_curves(metrics_file: Path, output_dir: Path) -> None:

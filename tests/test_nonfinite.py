@@ -59,6 +59,7 @@ def test_an_infinite_gradient_with_a_finite_loss_is_named():
     assert info.value.kind == "gradient"
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")  # the skipped step
 def test_fp16_leaves_infinite_gradients_to_the_grad_scaler():
     # the scaler skips the step with inf gradients (the weights stay finite), so this is no error
     model = Linear(b=0.0)

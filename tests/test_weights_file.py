@@ -27,6 +27,7 @@ def _files(tmp_path):
     return good
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # torch's note on plain.pkl
 @pytest.mark.parametrize("mmap", [False, True])
 @pytest.mark.parametrize("name, reason", [
     ("missing.pt", "no such file"),
