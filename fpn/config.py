@@ -44,7 +44,7 @@ class BackboneConfig:
 
 @dataclass
 class FPNConfig:
-    out_channels: int = 256  # d = 256 channels on every pyramid level (paper, Sec. 3)
+    out_channels: int = 256  # channels d of every pyramid level (the paper's d = 256, Sec. 3)
 
 
 @dataclass
@@ -56,9 +56,9 @@ class AnchorConfig:
 @dataclass
 class RPNConfig:
     pre_nms_top_n_train: int = 2000  # proposals kept per level before NMS, training
-    pre_nms_top_n_test: int = 1000  # same, inference
+    pre_nms_top_n_test: int = 1000  # proposals kept per level before NMS, inference
     post_nms_top_n_train: int = 2000  # proposals kept per image after NMS, training
-    post_nms_top_n_test: int = 1000  # same, inference
+    post_nms_top_n_test: int = 1000  # proposals kept per image after NMS, inference
     nms_thresh: float = 0.7  # IoU threshold of the proposal NMS
     fg_iou_thresh: float = 0.7  # anchors with IoU >= this are positive
     bg_iou_thresh: float = 0.3  # anchors with IoU < this are negative
@@ -74,13 +74,13 @@ class RoIHeadsConfig:
     sampling_ratio: int = 2  # bilinear samples per bin side (<= 0: adaptive)
     aligned: bool = False  # half-pixel offset of RoIAlign (torchvision's detector uses False)
     canonical_scale: int = 224  # k = floor(k0 + log2(sqrt(wh) / 224)), paper Eq. (1)
-    canonical_level: int = 4  # k0 = 4
+    canonical_level: int = 4  # k0, the level of a canonical_scale RoI (paper Eq. (1): k0 = 4)
     representation_size: int = 1024  # width of the two FC layers (fc6, fc7)
     fg_iou_thresh: float = 0.5  # RoIs with IoU >= this are foreground
     bg_iou_thresh: float = 0.5  # RoIs with IoU < this are background
     batch_size_per_image: int = 512  # RoIs sampled per image for the loss
     positive_fraction: float = 0.25  # at most this fraction of them foreground
-    bbox_reg_weights: Tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # (wx, wy, ww, wh)
+    bbox_reg_weights: Tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # box delta weights (wx, wy, ww, wh)
     score_thresh: float = 0.05  # detections below this score are dropped
     nms_thresh: float = 0.5  # per-class NMS IoU threshold
     detections_per_img: int = 100  # detections kept per image
