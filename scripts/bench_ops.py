@@ -3,7 +3,7 @@
     python scripts/bench_ops.py                   # CPU (and CUDA when available), prints a Markdown table
     python scripts/bench_ops.py --threads 0       # torch's default CPU threads instead of one
     python scripts/bench_ops.py --quick           # tiny sizes, one repeat: a smoke test
-    python scripts/bench_ops.py --json ops.json   # also save the rows
+    python scripts/bench_ops.py --json runs/ops.json   # also save the rows
 
 NMS workloads, from friendly to adversarial (a trained detector's boxes cluster around objects; random boxes
 flatter an NMS), IoU 0.7 unless stated:
@@ -24,6 +24,7 @@ single-threaded by default because torchvision's CPU kernels are serial: the com
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -233,6 +234,7 @@ def main(args) -> int:
     print(markdown(rows))
     if args.json:
         keys = ("op", "size", "device", "ours_ms", "torchvision_ms", "ours_peak_mib", "torchvision_peak_mib")
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"threads": torch.get_num_threads(), "rows": [dict(zip(keys, r)) for r in rows]}, f, indent=1)
     return 0

@@ -1,7 +1,7 @@
 """Speed and memory of fpn's FasterRCNNFPN next to torchvision's Faster R-CNN: same weights, same inputs, one run.
 
     python scripts/benchmark.py                                # CPU (+ CUDA when present), fp32, 800x1333 inputs
-    python scripts/benchmark.py --amp --json benchmark.json    # + bf16 autocast (CPU: also channels_last)
+    python scripts/benchmark.py --amp --json runs/benchmark.json    # + bf16 autocast (CPU: also channels_last)
     python scripts/benchmark.py --profile                      # + where the time goes (stages, top operators)
     python scripts/benchmark.py --quick --json /tmp/b.json     # 256x320, batch 2, one repeat: a smoke test
 
@@ -365,6 +365,7 @@ def main(argv=None) -> int:
         print(f"\n{name}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in prof["stages_ms"].items()))
         print(prof["top_ops"])
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
     return 0
