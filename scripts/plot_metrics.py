@@ -171,9 +171,9 @@ def main(argv=None) -> int:
     output_dir = args.output_dir if args.output_dir is not None else Path(args.metrics_file).parent
     try:
         paths = plot_metrics(args.metrics_file, output_dir)
-    except (ImportError, OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (ImportError, OSError, ValueError) as err:  # no matplotlib, a missing or malformed file: input errors
+        print(f"plot_metrics.py: error: {err}", file=sys.stderr)
+        return 2
     for path in paths:
         print(path)
     return 0

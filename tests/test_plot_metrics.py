@@ -102,7 +102,7 @@ def test_command_line(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["ap.png", "losses.png", "lr.png"]
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope.jsonl")], capture_output=True,
                           text=True)
-    assert done.returncode == 1 and "nope.jsonl" in done.stderr
+    assert done.returncode == 2 and "nope.jsonl" in done.stderr
 
 
 def _ap_figure(tmp_path, rows):
