@@ -290,13 +290,19 @@ def load_detector(path: PathLike, device: Union[str, torch.device] = "cpu") -> T
     path = Path(path)
     obj = read_weights(path, "weights file")
     if is_training_checkpoint(obj):
-        model = build_from_checkpoint(obj)
+        try:
+            model = build_from_checkpoint(obj)
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:  # an edited or foreign file
+            raise InputError(f"checkpoint {path}: cannot build a detector from it ({_first_line(error)})") from error
         class_names = {int(k): str(v) for k, v in obj.get("class_names", {}).items()}
     else:
         model = _torchvision_detector(obj, path)
         # torchvision's COCO detectors use the raw COCO category ids as labels (91 outputs)
         class_names = dict(COCO_CLASS_NAMES) if model.num_classes == len(COCO_CLASS_NAMES) else {}
-    return model.to(device).eval(), class_names
+    try:
+        return model.to(device).eval(), class_names
+    except (RuntimeError, AssertionError) as error:  # torch raises AssertionError for CUDA on a CPU-only build
+        raise InputError(f"device {device}: cannot run the model there ({_first_line(error)})") from error
 
 
 def _torchvision_detector(obj: Any, path: Path) -> FasterRCNNFPN:
@@ -309,4 +315,8 @@ def _torchvision_detector(obj: Any, path: Path) -> FasterRCNNFPN:
         return FasterRCNNFPN.from_torchvision(obj)
     except (KeyError, ValueError, RuntimeError) as error:
         raise InputError(f"{path} is not a torchvision fasterrcnn_resnet50_fpn state dict: "
-                         f"{str(error).strip().splitlines()[0]}") from error
+                         f"{_first_line(error)}") from error
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -235,29 +235,6 @@ def label_map_of(weights: object, num_classes: int) -> Optional[Dict[int, int]]:
     return {int(k): int(v) for k, v in mapping.items()} or None
 
 
-def load_inference_weights(weights: Union[str, Path], device: torch.device) -> Tuple[nn.Module, Dict[int, str]]:
-    """`load_detector(weights, device)` where every failure is an `InputError` naming its cause.
-
-    A file whose contents do not build a detector (a checkpoint whose config or tensors do not fit, e.g. cut
-    short or edited) names the file; a device that cannot take the model (CUDA asked for on a machine without
-    it) names the device.
-    """
-    try:
-        model, class_names = load_detector(weights, "cpu")
-    except InputError:
-        raise
-    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise InputError(f"weights file {weights}: cannot build a detector from it ({_first_line(error)})") from error
-    try:
-        return model.to(device), class_names
-    except (RuntimeError, AssertionError) as error:  # torch raises AssertionError for a CUDA-less build
-        raise InputError(f"device {device}: cannot run the model there ({_first_line(error)})") from error
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fpn.predict",
@@ -296,7 +273,7 @@ def predict_command(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {arg}: {reason}", file=sys.stderr)
     if not paths:
         raise InputError("no image to process")
-    model, class_names = load_inference_weights(args.weights, select_device(args.device))
+    model, class_names = load_detector(args.weights, select_device(args.device))
     output_dir = Path(args.output_dir)
     run = predict_files(
         model, paths, class_names, output_dir,

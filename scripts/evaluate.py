@@ -39,12 +39,12 @@ import torch
 from tqdm import tqdm
 
 from fpn import distributed
-from fpn.checkpoint import is_training_checkpoint
+from fpn.checkpoint import is_training_checkpoint, load_detector
 from fpn.cli import InputError, run_cli
 from fpn.data.coco import CocoDetection
 from fpn.engine import AMP_DTYPES, autocast_factory, select_device
 from fpn.evaluation import check_categories, evaluate_coco, format_metrics
-from fpn.predict import label_map_of, load_inference_weights
+from fpn.predict import label_map_of
 from fpn.weights_file import read_weights
 
 TORCHVISION_BATCHING = (2, "none")  # (batch size, amp) for files that do not say how they were evaluated
@@ -170,7 +170,7 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> int:
     if batching.threads:
         torch.set_num_threads(batching.threads)
     with distributed.distributed_session(select_device(args.device)) as device:
-        model, class_names = load_inference_weights(args.checkpoint, device)
+        model, class_names = load_detector(args.checkpoint, device)
         mapping, warning = label_map(weights, model.num_classes, class_names, dataset, checkpoint=args.checkpoint,
                                      allow_missing=args.allow_missing_categories)
         if warning and distributed.is_main_process():
