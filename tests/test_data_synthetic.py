@@ -98,6 +98,21 @@ def test_object_sizes_span_small_to_large_and_both_orientations(tmp_path):
     assert {a["category_id"] for a in document["annotations"]} == set(range(1, 7))
 
 
+def test_object_size_range_is_a_parameter(tmp_path):
+    paths = generate_synthetic_coco(tmp_path, num_images=16, num_val=1, seed=0, min_size=120, max_size=150,
+                                    min_object_size=4, max_object_fraction=0.95, progress=False)
+    document = json.loads(paths["train_annotations"].read_text())
+    shorter = {img["id"]: min(img["width"], img["height"]) for img in document["images"]}
+    longest = np.array([max(a["bbox"][2:]) for a in document["annotations"]])
+    relative = np.array([max(a["bbox"][2:]) / shorter[a["image_id"]] for a in document["annotations"]])
+    assert longest.min() <= 8 and relative.max() >= 0.7  # a few pixels to most of the image
+    assert all(max(a["bbox"][2:]) <= 0.95 * shorter[a["image_id"]] + 0.5 for a in document["annotations"])  # rounding
+    rng = np.random.default_rng(1)
+    _, objects = render_image(rng, 100, 100, num_classes=6, max_objects=1, min_object_size=30,
+                              max_object_fraction=0.3)
+    assert [max(bbox[2:]) for _, bbox, _ in objects] == [30]  # the range collapsed to one size
+
+
 def test_box_is_the_tight_bound_of_the_shape():
     rng = np.random.default_rng(5)
     pixels, objects = render_image(rng, 70, 60, num_classes=6, max_objects=1)
@@ -114,7 +129,10 @@ def test_box_is_the_tight_bound_of_the_shape():
 
 @pytest.mark.parametrize("kwargs, message", [({"num_images": 0}, "num_images"), ({"num_classes": 9}, "num_classes"),
                                              ({"min_size": 100, "max_size": 90}, "min_size"),
-                                             ({"num_val": 0}, "num_val")])
+                                             ({"num_val": 0}, "num_val"),
+                                             ({"min_object_size": 2}, "min_object_size must be >= 3"),
+                                             ({"max_object_fraction": 1.5}, "max_object_fraction"),
+                                             ({"min_size": 40, "min_object_size": 30}, "exceeds the largest")])
 def test_bad_arguments(tmp_path, kwargs, message):
     arguments = {**dict(num_images=1, num_val=1, progress=False), **kwargs}
     with pytest.raises(ValueError, match=message):
@@ -124,7 +142,8 @@ def test_bad_arguments(tmp_path, kwargs, message):
 def test_command_line(tmp_path):
     out = tmp_path / "cli"
     command = [sys.executable, "-m", "fpn.data.synthetic", str(out), "--num-images", "2", "--num-val", "1",
-               "--min-size", "40", "--max-size", "48", "--num-classes", "3", "--seed", "7"]
+               "--min-size", "40", "--max-size", "48", "--num-classes", "3", "--seed", "7", "--min-object-size", "5",
+               "--max-object-fraction", "0.8"]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr
     assert "train_annotations" in finished.stdout and "Warning" not in finished.stderr
@@ -132,7 +151,7 @@ def test_command_line(tmp_path):
     assert len(document["images"]) == 2 and [c["name"] for c in document["categories"]] == list(SHAPE_NAMES[:3])
     assert (out / "val2017" / "000000000001.png").is_file()
     api = generate_synthetic_coco(tmp_path / "api", 2, num_val=1, seed=7, min_size=40, max_size=48, num_classes=3,
-                                  progress=False)
+                                  min_object_size=5, max_object_fraction=0.8, progress=False)
     assert _files(api["root"]) == _files(out)
 
 

@@ -6,8 +6,8 @@ Each image (default 256..320 px a side, landscape and portrait, sides never a mu
 background (a random two-colour gradient, smooth blotches, a few thin distractor strokes, pixel noise) and 1..6
 filled shapes. A class is a shape ("circle", "square", "triangle", "cross", "ring", "diamond", then "star",
 "hexagon"), drawn in a random colour with a random aspect ratio, so the shape and not the colour tells the class.
-Object sizes are log-uniform from 12 px to 60 % of the shorter image side, so small objects are common and the
-pyramid matters. Later shapes may cover earlier ones, but every shape keeps >= 75 % of its pixels visible.
+Object sizes (the longer box side) are log-uniform from 12 px to 60 % of the shorter image side by default
+(`min_object_size`, `max_object_fraction`), so small objects are common and the pyramid matters. Later shapes may cover earlier ones, but every shape keeps >= 75 % of its pixels visible.
 A box is the tight bound of the visible pixels of its shape (pixel edges: a shape covering columns 3..7 has
 x1 = 3, x2 = 8), `area` is its visible pixel count.
 
@@ -43,6 +43,8 @@ def generate_synthetic_coco(
     num_classes: int = 6,
     max_objects: int = 6,
     progress: bool = True,
+    min_object_size: int = MIN_OBJECT_SIZE,
+    max_object_fraction: float = MAX_OBJECT_FRACTION,
 ) -> Dict[str, Path]:
     """Write the synthetic data set in the COCO layout and return its paths.
 
@@ -55,12 +57,18 @@ def generate_synthetic_coco(
         num_classes: how many shape classes, 1..len(SHAPE_NAMES); category ids are 1..num_classes.
         max_objects: shapes per image are drawn uniformly from 1..max_objects.
         progress: show a tqdm progress bar.
+        min_object_size: longer side of the smallest shape, px (>= 3).
+        max_object_fraction: longer side of the largest shape as a fraction of the image's shorter side, in
+            (0, 1]; min_object_size must not exceed it on the smallest image (min_object_size <= fraction *
+            min_size).
 
     Returns:
         dict of Paths: "root", "train_images", "val_images", "train_annotations", "val_annotations".
     """
     num_val = max(16, num_images // 8) if num_val is None else num_val
     _check_arguments(num_images, num_val, seed, min_size, max_size, num_classes, max_objects)
+    _check_object_sizes(min_object_size, max_object_fraction, min_size)
+    sizes = (min_object_size, max_object_fraction)
     root = Path(out_dir)
     paths = {"root": root}
     (root / "annotations").mkdir(parents=True, exist_ok=True)
@@ -73,7 +81,7 @@ def generate_synthetic_coco(
         for image_id in range(1, counts[split] + 1):
             rng = np.random.default_rng([seed, split_code, image_id])
             width, height = _image_size(rng, min_size, max_size)
-            pixels, objects = render_image(rng, width, height, num_classes, max_objects)
+            pixels, objects = render_image(rng, width, height, num_classes, max_objects, *sizes)
             file_name = f"{image_id:012d}.png"
             Image.fromarray(pixels).save(image_dir / file_name, compress_level=1)
             images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
@@ -90,9 +98,10 @@ def generate_synthetic_coco(
 
 
 def render_image(
-    rng: np.random.Generator, width: int, height: int, num_classes: int, max_objects: int = 6
+    rng: np.random.Generator, width: int, height: int, num_classes: int, max_objects: int = 6,
+    min_object_size: int = MIN_OBJECT_SIZE, max_object_fraction: float = MAX_OBJECT_FRACTION,
 ) -> Tuple[np.ndarray, List[Tuple[int, List[int], int]]]:
-    """Draw one image.
+    """Draw one image; object sizes as in `generate_synthetic_coco`.
 
     Returns:
         (pixels uint8 (height, width, 3), objects: list of (category_id, bbox [x, y, w, h] ints, visible area)).
@@ -103,7 +112,8 @@ def render_image(
     full_areas: List[int] = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         category_id = int(rng.integers(1, num_classes + 1))
-        placed = _place_shape(rng, owner, full_areas, SHAPE_NAMES[category_id - 1])
+        placed = _place_shape(rng, owner, full_areas, SHAPE_NAMES[category_id - 1],
+                              (min_object_size, max_object_fraction))
         if placed is None:
             continue  # no placement with light enough occlusion
         x0, y0, mask = placed
@@ -127,12 +137,15 @@ def _visible_boxes(owner: np.ndarray, categories: Sequence[int]) -> List[Tuple[i
 
 
 def _place_shape(
-    rng: np.random.Generator, owner: np.ndarray, full_areas: List[int], shape: str, attempts: int = 20
+    rng: np.random.Generator, owner: np.ndarray, full_areas: List[int], shape: str,
+    size_range: Tuple[int, float] = (MIN_OBJECT_SIZE, MAX_OBJECT_FRACTION), attempts: int = 20,
 ) -> Optional[Tuple[int, int, np.ndarray]]:
-    """Pick a size and position whose mask leaves every earlier shape >= MIN_VISIBLE_FRACTION visible."""
+    """Pick a size (size_range: smallest longer side px, largest as a fraction of the shorter image side) and a
+    position whose mask leaves every earlier shape >= MIN_VISIBLE_FRACTION visible."""
     height, width = owner.shape
     visible = np.bincount(owner.ravel(), minlength=len(full_areas) + 1)  # visible pixels per shape index
-    longest = math.exp(rng.uniform(math.log(MIN_OBJECT_SIZE), math.log(MAX_OBJECT_FRACTION * min(height, width))))
+    smallest, fraction = size_range
+    longest = math.exp(rng.uniform(math.log(smallest), math.log(fraction * min(height, width))))
     aspect = math.exp(rng.uniform(math.log(0.75), math.log(4 / 3)))  # box width / height
     box_w = max(3, round(longest if aspect >= 1 else longest * aspect))
     box_h = max(3, round(longest / aspect if aspect >= 1 else longest))
@@ -265,6 +278,16 @@ def _check_arguments(num_images, num_val, seed, min_size, max_size, num_classes,
         raise ValueError(f"max_objects must be >= 1, got {max_objects}")
 
 
+def _check_object_sizes(min_object_size: int, max_object_fraction: float, min_size: int) -> None:
+    if min_object_size < 3:
+        raise ValueError(f"min_object_size must be >= 3 px, got {min_object_size}")
+    if not 0 < max_object_fraction <= 1:
+        raise ValueError(f"max_object_fraction must be in (0, 1], got {max_object_fraction}")
+    if min_object_size > max_object_fraction * min_size:
+        raise ValueError(f"min_object_size {min_object_size} px exceeds the largest object on the smallest image "
+                         f"(max_object_fraction {max_object_fraction} x min_size {min_size} px)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Path]:
     parser = argparse.ArgumentParser(description="Write the synthetic shapes data set in the COCO layout.")
     parser.add_argument("out", help="output root: OUT/train2017, OUT/val2017, OUT/annotations")
@@ -275,13 +298,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Path]:
     parser.add_argument("--max-size", type=int, default=320, help="largest image side, px")
     parser.add_argument("--num-classes", type=int, default=6, help=f"shape classes, 1..{len(SHAPE_NAMES)}")
     parser.add_argument("--max-objects", type=int, default=6, help="shapes per image: 1..this")
+    parser.add_argument("--min-object-size", type=int, default=MIN_OBJECT_SIZE,
+                        help="longer side of the smallest shape, px")
+    parser.add_argument("--max-object-fraction", type=float, default=MAX_OBJECT_FRACTION,
+                        help="longer side of the largest shape, as a fraction of the image's shorter side")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
         paths = generate_synthetic_coco(
             args.out, args.num_images, num_val=args.num_val, seed=args.seed, min_size=args.min_size,
             max_size=args.max_size, num_classes=args.num_classes, max_objects=args.max_objects,
-            progress=not args.no_progress,
+            progress=not args.no_progress, min_object_size=args.min_object_size,
+            max_object_fraction=args.max_object_fraction,
         )
     except ValueError as err:
         parser.error(str(err))
