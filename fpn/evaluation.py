@@ -167,10 +167,34 @@ def coco_evaluate(coco_gt: COCO, results: List[dict], image_ids: Optional[Sequen
 
 def format_metrics(metrics: Mapping[str, float]) -> str:
     """A Markdown table of the six COCO box metrics (fractions, 3 decimals; '-' where undefined)."""
-    header = "| " + " | ".join(f"{name:>5}" for name in METRIC_NAMES) + " |"
-    rule = "|" + "|".join("-" * 7 for _ in METRIC_NAMES) + "|"
-    cells = [f"{metrics[n]:5.3f}" if metrics[n] >= 0 else f"{'-':>5}" for n in METRIC_NAMES]
+    return format_table(metrics, METRIC_NAMES)
+
+
+def format_table(metrics: Mapping[str, float], names: Sequence[str]) -> str:
+    """A one-row Markdown table of `metrics[name]` for each of `names` (3 decimals; '-' for a negative value,
+    COCOeval's "undefined")."""
+    header = "| " + " | ".join(f"{name:>5}" for name in names) + " |"
+    rule = "|" + "|".join("-" * 7 for _ in names) + "|"
+    cells = [f"{metrics[n]:5.3f}" if metrics[n] >= 0 else f"{'-':>5}" for n in names]
     return "\n".join([header, rule, "| " + " | ".join(cells) + " |"])
+
+
+def warn_unevaluated(dataset: Dataset, per_image: Mapping[int, List[dict]]) -> None:
+    """Warn when images of `dataset` (its `image_ids`) are missing from the inference results: unreadable files
+    skipped by the dataset. The scores are computed on the images that were seen."""
+    missing = len(set(dataset.image_ids) - set(per_image))
+    if missing:
+        warnings.warn(f"{missing} of {len(dataset.image_ids)} images were not evaluated (unreadable)", stacklevel=3)
+
+
+def write_json_files(output_dir: Optional[Union[str, Path]], files: Mapping[str, object]) -> None:
+    """Write each {file name: object} as JSON into `output_dir` (created if needed); None: write nothing."""
+    if output_dir is None:
+        return
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name, obj in files.items():
+        (output_dir / name).write_text(json.dumps(obj, indent=2 if isinstance(obj, dict) else None))
 
 
 def evaluate_coco(
@@ -200,16 +224,10 @@ def evaluate_coco(
     per_image = run_inference(model, dataset, mapping, device=device, **inference_kwargs)
     metrics = None
     if distributed.is_main_process():
-        missing = len(set(dataset.image_ids) - set(per_image))
-        if missing:  # unreadable files skipped by the dataset: scored on the images that were seen
-            warnings.warn(f"{missing} of {len(dataset.image_ids)} images were not evaluated (unreadable)")
+        warn_unevaluated(dataset, per_image)
         results = flatten_results(per_image)
         metrics = coco_evaluate(dataset.coco, results, sorted(per_image))
-        if output_dir is not None:
-            output_dir = Path(output_dir)
-            output_dir.mkdir(parents=True, exist_ok=True)
-            (output_dir / f"{prefix}_results.json").write_text(json.dumps(results))
-            (output_dir / f"{prefix}_metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_json_files(output_dir, {f"{prefix}_results.json": results, f"{prefix}_metrics.json": metrics})
     return distributed.broadcast_object(metrics)
 
 

@@ -1,4 +1,5 @@
-"""Evaluate a detector checkpoint on a COCO-format set: COCO box AP table, results JSON and metrics JSON.
+"""Evaluate a detector checkpoint on a COCO-format set: COCO box AP table, results JSON and metrics JSON; with
+--proposals, the average recall of its region proposals instead.
 
 One device:
 
@@ -24,6 +25,15 @@ Categories: before any inference the model's categories are compared with the an
 predicting categories the file lacks (another label set) is an error; so is a file with categories the model has
 no output for (their AP would be 0, lowering the mean silently) unless --allow-missing-categories is given.
 
+Proposals (--proposals): the class-agnostic COCO average recall of the RPN's proposals, Table 1 of Lin et al.
+(2017): AR100, AR1k and AR1k of small, medium and large boxes (`fpn.proposal_eval`). An RPN-only checkpoint is
+evaluated as it is; of a full detector (ours or torchvision's) the same model is built with rpn_only = True and
+given its backbone, FPN and RPN weights, so the proposals are the ones its RoI heads would see. The categories are
+not compared (proposals have none). Writes OUTPUT_DIR/{PREFIX}_metrics.json, PREFIX "proposals" by default; AR1k
+counts the model's config.rpn.post_nms_top_n_test proposals per image when that is fewer than 1000.
+
+    python scripts/evaluate.py runs/demo/checkpoint_0000800.pt --coco-root runs/demo/synthetic --proposals
+
 Exit codes: 0 done; 2 a usage or input error (bad flag, missing or unreadable checkpoint or annotation file,
 categories that do not match), one line on stderr (--debug shows the traceback); 130 interrupted.
 """
@@ -45,6 +55,7 @@ from fpn.data.coco import CocoDetection
 from fpn.engine import AMP_DTYPES, autocast_factory, select_device
 from fpn.evaluation import check_categories, evaluate_coco, format_metrics
 from fpn.predict import label_map_of
+from fpn.proposal_eval import evaluate_proposals, format_recall, rpn_only_model
 from fpn.weights_file import read_weights
 
 TORCHVISION_BATCHING = (2, "none")  # (batch size, amp) for files that do not say how they were evaluated
@@ -58,7 +69,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--images", help="images folder")
     parser.add_argument("--annotations", help="COCO json of those images")
     parser.add_argument("--output-dir", default=None, help="where the JSON files go (default: the checkpoint's dir)")
-    parser.add_argument("--prefix", default="evaluate", help="file name prefix of the JSON files")
+    parser.add_argument("--prefix", default=None,
+                        help="file name prefix of the JSON files (default: evaluate; proposals with --proposals)")
+    parser.add_argument("--proposals", action="store_true",
+                        help="evaluate the average recall of the RPN's proposals instead of the box AP")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per forward pass (default: the training's --eval-batch-size, stored in our "
@@ -73,6 +87,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="evaluate even when the data has categories the model cannot predict (AP 0 for them)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
+    args.prefix = args.prefix or ("proposals" if args.proposals else "evaluate")
     if args.coco_root:
         args.images = args.images or str(Path(args.coco_root) / "val2017")
         args.annotations = args.annotations or str(Path(args.coco_root) / "annotations/instances_val2017.json")
@@ -171,6 +186,8 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(batching.threads)
     with distributed.distributed_session(select_device(args.device)) as device:
         model, class_names = load_detector(args.checkpoint, device)
+        if args.proposals:
+            return proposals_command(model, dataset, batching, device, args)
         mapping, warning = label_map(weights, model.num_classes, class_names, dataset, checkpoint=args.checkpoint,
                                      allow_missing=args.allow_missing_categories)
         if warning and distributed.is_main_process():
@@ -186,6 +203,26 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> int:
         bar.close()
         distributed.log(f"{args.checkpoint} on {args.annotations} ({len(dataset)} images):\n{format_metrics(metrics)}")
         distributed.log(f"results: {output_dir / (args.prefix + '_results.json')}")
+    return 0
+
+
+def proposals_command(model: torch.nn.Module, dataset: CocoDetection, batching: Batching, device: torch.device,
+                      args: argparse.Namespace) -> int:
+    """--proposals: the average recall of the proposals of `model`'s RPN (its RPN-only twin for a full detector)."""
+    proposer = rpn_only_model(model)
+    per_image = proposer.config.rpn.post_nms_top_n_test
+    distributed.log(f"evaluating proposals ({per_image} per image at most) with {batching.described}")
+    output_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).resolve().parent
+    bar = tqdm(total=len(dataset), desc="proposals", disable=not distributed.is_main_process())
+    metrics = evaluate_proposals(
+        proposer, dataset, device=device, output_dir=output_dir, prefix=args.prefix,
+        batch_size=batching.batch_size, num_workers=args.workers, autocast=autocast_factory(device, batching.amp),
+        progress=lambda n: bar.update(n * distributed.get_world_size()),
+    )
+    bar.close()
+    distributed.log(f"{args.checkpoint} proposals on {args.annotations} ({len(dataset)} images):\n"
+                    f"{format_recall(metrics)}")
+    distributed.log(f"metrics: {output_dir / (args.prefix + '_metrics.json')}")
     return 0
 
 

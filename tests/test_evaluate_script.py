@@ -16,8 +16,10 @@ from fpn.data.coco_names import COCO_CLASS_NAMES
 from fpn.data.synthetic import generate_synthetic_coco
 from fpn.evaluation import METRIC_NAMES
 from fpn.model import FasterRCNNFPN
+from fpn.proposal_eval import RECALL_NAMES, format_recall
 from test_checkpoint import tiny_config
 from test_predict_errors import one_error_line
+from test_proposal_eval import rpn_only_models_exist
 from test_train_script import load_train_script, tiny_args
 
 
@@ -194,3 +196,45 @@ def test_batching_defaults_to_the_training_settings():
     for weights in ({"roi_heads.box_predictor.cls_score.weight": torch.zeros(2, 1)}, {**ours, "args": {}}):
         fallback = script.evaluation_batching(weights, given)
         assert (fallback.batch_size, fallback.amp, fallback.threads) == (2, "none", 0)
+
+
+class _OracleProposer(torch.nn.Module):
+    """An RPN-only stand-in: the ground-truth boxes of whichever image it is given, as proposals (labels 1)."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.samples = [dataset[i] for i in range(len(dataset))]
+        self.config = tiny_config()
+        self.config.rpn_only = True
+
+    def forward(self, images):
+        outputs = []
+        for image in images:
+            target = next(t for img, t in self.samples if img.shape == image.shape and torch.equal(img, image))
+            n = len(target["boxes"])
+            outputs.append({"boxes": target["boxes"], "scores": torch.ones(n),
+                            "labels": torch.ones(n, dtype=torch.int64)})
+        return outputs
+
+
+def test_proposals_are_scored_without_comparing_categories(val_set, tmp_path, capsys, monkeypatch):
+    script = load_evaluate_script()
+    given = []
+    monkeypatch.setattr(script, "rpn_only_model", lambda model: given.append(model) or _OracleProposer(val_set))
+    few = _checkpoint(tmp_path / "few.pt", {1: 1, 2: 2}, {0: "__background__", 1: "circle", 2: "square"})
+    assert _run([str(few), *_data_flags(val_set), "--proposals"], tmp_path) == 0  # no category check: exit 0
+    assert isinstance(given[0], FasterRCNNFPN) and given[0].num_classes == 3  # the checkpoint's detector
+    metrics = json.loads((tmp_path / "out" / "proposals_metrics.json").read_text())
+    assert set(metrics) == set(RECALL_NAMES) and metrics["AR1k"] == metrics["AR100"] == 1.0
+    assert not (tmp_path / "out" / "evaluate_metrics.json").exists()
+    out = capsys.readouterr().out
+    assert f"evaluating proposals ({tiny_config().rpn.post_nms_top_n_test} per image at most) with batch size 2" in out
+    assert format_recall(metrics) in out
+
+
+@pytest.mark.skipif(not rpn_only_models_exist(), reason="the model builds no RPN-only detectors yet")
+def test_proposals_of_a_full_checkpoint(val_set, checkpoint, tmp_path, capsys):
+    assert _run([str(checkpoint), *_data_flags(val_set), "--proposals", "--prefix", "rpn"], tmp_path) == 0
+    metrics = json.loads((tmp_path / "out" / "rpn_metrics.json").read_text())
+    assert set(metrics) == set(RECALL_NAMES) and all(-1.0 <= v <= 1.0 for v in metrics.values())
+    assert "|  AR1k |" in capsys.readouterr().out
