@@ -6,7 +6,8 @@
 metrics.jsonl has one JSON object per line, of two kinds, in any order:
 - training lines: `iter`, `lr` and the losses `loss_objectness`, `loss_rpn_box_reg`, `loss_classifier`,
   `loss_box_reg`, `loss` (their sum); any other key starting with `loss` is plotted too;
-- evaluation lines: `iter` and COCO's `AP`, `AP50`, `AP75`, `APs`, `APm`, `APl` (in [0, 1] or in %).
+- evaluation lines: `iter` and COCO's `AP`, `AP50`, `AP75`, `APs`, `APm`, `APl` (in [0, 1] or in %), or the
+  proposal recall of an RPN-only run, `AR100`, `AR1k`, `AR_s`, `AR_m`, `AR_l` (ar.png).
 Lines without `iter` (e.g. a run summary) are ignored. Writes `losses.png`, `lr.png` and `ap.png` (each only when
 the file has that data). Needs matplotlib: `pip install -e ".[viz]"`. From Python (e.g. at the end of training):
 
@@ -24,6 +25,7 @@ from typing import Dict, List, Sequence, Tuple
 
 LOSS_KEYS = ("loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+AR_KEYS = ("AR100", "AR1k", "AR_s", "AR_m", "AR_l")  # proposal recall of an RPN-only run
 Series = Dict[str, Tuple[List[float], List[float]]]  # key -> (iterations, values), sorted by iteration
 
 
@@ -100,9 +102,10 @@ def plot_metrics(metrics_file, output_dir) -> List[Path]:
         ("losses.png", "Training losses", "loss", collect_series(rows, loss_keys(rows)), "-"),
         ("lr.png", "Learning rate", "learning rate", collect_series(rows, ("lr",)), "-"),
         ("ap.png", "Evaluation (COCO AP)", "AP", collect_series(rows, AP_KEYS), "o-"),
+        ("ar.png", "Proposal recall (COCO AR)", "AR", collect_series(rows, AR_KEYS), "o-"),
     )
     if not any(series for _, _, _, series, _ in plots):
-        raise ValueError(f"{metrics_file}: no training (loss*, lr) or evaluation (AP*) values with an 'iter'")
+        raise ValueError(f"{metrics_file}: no training (loss*, lr) or evaluation (AP*, AR*) values with an 'iter'")
     output.mkdir(parents=True, exist_ok=True)
     written = []
     for name, title, ylabel, series, style in plots:

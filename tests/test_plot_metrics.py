@@ -150,3 +150,12 @@ def test_a_single_evaluation_is_visible_and_labelled(tmp_path):
     assert [t.get_text() for t in axes.texts] == ["AP 0.440"]
     assert _ap_colour_at(axes, pixels, 800, 0.44)
     assert not _ap_colour_at(axes, pixels, 400, 0.44)  # a dot, no line to nowhere
+
+
+def test_proposal_recall_of_an_rpn_only_run_gets_its_own_plot(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [{"iter": 1, "loss": 1.0, "lr": 0.01}, {"iter": 2, "AR100": 0.2, "AR1k": 0.3, "AR_s": 0.1, "AR_m": 0.3,
+                                                   "AR_l": 0.5}]
+    metrics.write_text("\n".join(json.dumps(r) for r in rows))
+    paths = plot_metrics_module.plot_metrics(metrics, tmp_path)
+    assert [p.name for p in paths] == ["losses.png", "lr.png", "ar.png"]
