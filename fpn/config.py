@@ -13,6 +13,9 @@ import copy
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any, Optional, Tuple
 
+# The models of the paper's ablations (Lin et al., 2017, Tables 1-3), rows (a)-(f); see fpn/variants.py.
+VARIANTS = ("c4", "c5", "fpn", "no_top_down", "no_lateral", "p2_only")
+
 
 @dataclass
 class BackboneConfig:
@@ -49,7 +52,7 @@ class FPNConfig:
 
 @dataclass
 class AnchorConfig:
-    sizes: Tuple[int, ...] = (32, 64, 128, 256, 512)  # one size per level, P2..P6 (paper, Sec. 4.1)
+    sizes: Tuple[int, ...] = (32, 64, 128, 256, 512)  # one per level, P2..P6 (Sec. 4.1); c4/c5/p2_only: all on one map
     aspect_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)  # height / width ratios at every level
 
 
@@ -105,9 +108,26 @@ class FasterRCNNConfig:
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
     input: InputConfig = field(default_factory=InputConfig)
     channels_last: bool = True  # run the convolutions in NHWC memory format (faster with oneDNN and cuDNN)
+    variant: str = (
+        "fpn"  # which model of the paper's ablations (Tables 1-3): fpn (c) the FPN, P2..P6; c4 (a) one map, C4
+        # (stride 16), every anchor size there, the ResNet conv5 stage as box head on 14x14 RoIs; c5 (b) one map,
+        # C5 (stride 32), every anchor size, 2-fc head; no_top_down (d) 1x1 laterals + 3x3 convs on C2..C5, no
+        # top-down pathway; no_lateral (e) top-down pathway without the 1x1 laterals of C2..C4; p2_only (f) the
+        # RPN (every anchor size) and RoI pooling on P2 alone
+    )
+    rpn_only: bool = (
+        False  # the RPN alone, without RoI heads (paper Table 1): training returns only the two RPN losses,
+        # inference the proposals in input pixels (scores: objectness probability, labels: all 1)
+    )
+
+    def __post_init__(self):
+        check_variant(self.variant)
 
     def resolved(self) -> "FasterRCNNConfig":
-        """A deep copy with every automatic (None) choice made explicit; what a model keeps as `model.config`."""
+        """A deep copy with every automatic (None) choice made explicit; what a model keeps as `model.config`.
+
+        Raises ValueError for an unknown `variant` (a field may have been set after construction)."""
+        check_variant(self.variant)
         config = copy.deepcopy(self)
         config.backbone = self.backbone.resolved()
         return config
@@ -119,6 +139,12 @@ class FasterRCNNConfig:
     def from_dict(cls, data: dict) -> "FasterRCNNConfig":
         """Rebuild a config from `to_dict()` output; unknown keys raise a ValueError naming them."""
         return _from_dict(cls, data, "config")
+
+
+def check_variant(variant: Any) -> None:
+    """Raise a ValueError naming `variant` and the choices unless it is one of VARIANTS."""
+    if variant not in VARIANTS:
+        raise ValueError(f"config.variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
 
 
 def _from_dict(cls: Any, data: dict, where: str) -> Any:

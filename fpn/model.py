@@ -2,6 +2,8 @@
 
 The forward pass reads like the paper's figure:
     normalise/resize/pad -> ResNet (C2..C5) -> FPN (P2..P6) -> RPN (proposals) -> RoI heads -> boxes in input pixels
+The paper's ablation models (Tables 1-3) are the same builder with `config.variant` (see fpn/variants.py), and
+`config.rpn_only` drops the RoI heads (the RPN experiments of Table 1).
 """
 from __future__ import annotations
 
@@ -14,11 +16,14 @@ from torch import Tensor, nn
 
 from fpn.backbones import build_resnet
 from fpn.config import FasterRCNNConfig
+from fpn.heads.box_head import TwoMLPHead
+from fpn.heads.res5_head import Res5Head
 from fpn.heads.roi_heads import RoIHeads
 from fpn.heads.rpn import RegionProposalNetwork
 from fpn.necks import FPN
 from fpn.transform import postprocess, preprocess
 from fpn.validation import check_images, check_targets, check_value_range
+from fpn.variants import variant_layout
 
 # The extra level made by subsampling P5 feeds the RPN only; RoIs are pooled from P2..P5 (paper, Sec. 4.1-4.2).
 RPN_ONLY_LEVELS = ("p6",)
@@ -42,14 +47,21 @@ class FasterRCNNFPN(nn.Module):
     Training (`model.train()`): `model(images, targets)` with `images` a list of float (3, H, W) tensors in
     [0, 1] RGB of any sizes and `targets` a list of dicts with `boxes` (N, 4) float xyxy absolute pixels and
     `labels` (N,) int64 in 1..num_classes-1 returns a dict of four scalar losses: `loss_objectness`,
-    `loss_rpn_box_reg`, `loss_classifier`, `loss_box_reg`. An image with no boxes is legal.
+    `loss_rpn_box_reg`, `loss_classifier`, `loss_box_reg` (the first two alone with `config.rpn_only`). An image
+    with no boxes is legal.
 
     Image range: an image with values above 1.5 (e.g. 0..255 given as floats) gets a warning naming it, in
     training and inference. CPU images are checked at every call; images on an accelerator at the model's first
     call only, since reading a value there makes the host wait for the device.
 
     Inference (`model.eval()`): `model(images)` returns one dict per image with `boxes` (D, 4) xyxy in that
-    image's own pixels, `scores` (D,) and `labels` (D,) int64, sorted by decreasing score.
+    image's own pixels, `scores` (D,) and `labels` (D,) int64, sorted by decreasing score. With
+    `config.rpn_only` these are the RPN's proposals: D <= config.rpn.post_nms_top_n_test, `scores` the objectness
+    probability in [0, 1], `labels` all 1.
+
+    Variants (`config.variant`, paper Tables 1-3 rows (a)-(f)): "fpn" (the default) is the model above; "c4" and
+    "c5" are the single-scale baselines on C4 (conv5 as box head) and C5, "no_top_down", "no_lateral" and
+    "p2_only" the pyramid ablations. fpn/variants.py lists what each builds.
 
     Example:
         >>> import torch
@@ -69,22 +81,27 @@ class FasterRCNNFPN(nn.Module):
         self._accelerator_values_checked = False  # images on a GPU: one read of their range, on the first call
         self._backbone_checked_for_training = False
         cfg = self.config
+        layout = variant_layout(cfg.variant)  # which of the paper's ablation models (Tables 1-3)
         self.backbone = build_resnet(cfg.backbone)
-        self.neck = FPN(self.backbone.out_specs, cfg.fpn.out_channels)
-        specs = self.neck.out_specs
-        if len(cfg.anchors.sizes) != len(specs):
-            raise ValueError(
-                f"config.anchors.sizes has {len(cfg.anchors.sizes)} sizes but the pyramid has {len(specs)} "
-                f"levels {list(specs)}: give one anchor size per level"
-            )
-        self.rpn = RegionProposalNetwork(cfg.fpn.out_channels, cfg.rpn, cfg.anchors)
-        self.pooled_levels = [name for name in specs if name not in RPN_ONLY_LEVELS]
-        self.roi_heads = RoIHeads(
-            cfg.fpn.out_channels,
-            self.pooled_levels,
-            [specs[name].stride for name in self.pooled_levels],
-            num_classes,
+        res5_channels = self.backbone.out_specs["c5"].channels
+        res5 = self.backbone.split_off_last_stage() if layout.trunk_to_c4 else None
+        self.neck = (
+            FPN(self.backbone.out_specs, cfg.fpn.out_channels, top_down=layout.top_down, laterals=layout.laterals,
+                finest_only=layout.finest_only)
+            if layout.neck else nn.Identity()  # single-scale baselines: the heads read C4 or C5 itself
+        )
+        specs = self.neck.out_specs if layout.neck else self.backbone.out_specs
+        self.rpn_maps = list(layout.rpn_maps or specs)
+        self.rpn = RegionProposalNetwork(
+            specs[self.rpn_maps[0]].channels, cfg.rpn, cfg.anchors, sizes_per_level=_anchor_sizes(cfg, self.rpn_maps)
+        )
+        self.pooled_levels = list(layout.pooled_maps or [name for name in specs if name not in RPN_ONLY_LEVELS])
+        self.roi_heads = None if cfg.rpn_only else RoIHeads(
             cfg.roi_heads,
+            featmap_names=self.pooled_levels,
+            strides=[specs[name].stride for name in self.pooled_levels],
+            **_box_head(cfg, specs[self.pooled_levels[0]].channels, res5, res5_channels),
+            num_classes=num_classes,
         )
         if cfg.channels_last:
             self.to(memory_format=torch.channels_last)
@@ -103,8 +120,14 @@ class FasterRCNNFPN(nn.Module):
         x = batch.tensor  # (N, 3, Hp, Wp)
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        features = self.neck(self.backbone(x))  # {"p2": (N, 256, Hp/4, Wp/4), ..., "p6"}
-        proposals, rpn_losses = self.rpn(batch, features, targets)
+        features = self.neck(self.backbone(x))  # {"p2": (N, 256, Hp/4, Wp/4), ..., "p6"}; "c4" or "c5" alone
+        rpn_features = {name: features[name] for name in self.rpn_maps}
+        if self.roi_heads is None:  # the RPN alone (paper Table 1): its proposals are the detections
+            proposals, rpn_losses = self.rpn(batch, rpn_features, targets, with_scores=True)
+            if self.training:
+                return rpn_losses
+            return postprocess(_as_detections(proposals), batch.image_sizes, original_sizes)
+        proposals, rpn_losses = self.rpn(batch, rpn_features, targets)  # per image (Pi, 4) xyxy, ImageBatch frame
         pooled = {name: features[name] for name in self.pooled_levels}
         detections, roi_losses = self.roi_heads(pooled, proposals, batch.image_sizes, targets)
         if self.training:
@@ -164,6 +187,40 @@ class FasterRCNNFPN(nn.Module):
         from fpn.convert import load_torchvision_detector
 
         return load_torchvision_detector(cls, path_or_state_dict, num_classes)
+
+
+def _anchor_sizes(cfg: FasterRCNNConfig, rpn_maps: List[str]):
+    """One tuple of anchor sizes per RPN map: one size per pyramid level (paper Sec. 4.1), or every size on a
+    single map (the single-scale baselines and P2 alone, Sec. 5.1.1)."""
+    sizes = tuple(cfg.anchors.sizes)
+    if len(rpn_maps) == 1:
+        return (sizes,)
+    if len(sizes) != len(rpn_maps):
+        raise ValueError(
+            f"config.anchors.sizes has {len(sizes)} sizes but the pyramid has {len(rpn_maps)} levels {rpn_maps}: "
+            f"give one anchor size per level"
+        )
+    return tuple((size,) for size in sizes)
+
+
+def _box_head(cfg: FasterRCNNConfig, channels: int, res5: Optional[nn.Module], res5_channels: int) -> dict:
+    """RoIHeads' box-head arguments: the conv5 stage on RoIs twice the pooled size (C4 baseline, He et al.), or
+    the FPN paper's two 1024-d fc layers (Sec. 4.2) on `channels` x S x S RoIs."""
+    resolution = cfg.roi_heads.pooler_resolution
+    if res5 is not None:  # 2S x 2S RoIs, halved by conv5's strided first block to the S x S the 2-fc head sees
+        return dict(box_head=Res5Head(res5, res5_channels), box_features=res5_channels,
+                    pooler_resolution=2 * resolution)
+    size = cfg.roi_heads.representation_size
+    return dict(box_head=TwoMLPHead(channels * resolution**2, size), box_features=size)
+
+
+def _as_detections(proposals: List[Dict[str, Tensor]]) -> List[Dict[str, Tensor]]:
+    """RPN proposals as detections of one class: label 1 for every box (the RPN-only output contract)."""
+    return [
+        {"boxes": p["boxes"], "scores": p["scores"],
+         "labels": torch.ones(p["scores"].shape, dtype=torch.int64, device=p["scores"].device)}
+        for p in proposals
+    ]
 
 
 def _to_float_tensor(image, index: int) -> Tensor:

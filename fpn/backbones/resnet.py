@@ -208,6 +208,23 @@ class ResNet(nn.Module):
                          f"{self.trainable_stages})")
         return parts
 
+    def split_off_last_stage(self) -> nn.Sequential:
+        """Remove conv5 (`layer4`) from the trunk and return it; the trunk then ends at C4.
+
+        He et al.'s ResNet Faster R-CNN, the paper's single-scale C4 baseline (Tables 1-3, row (a)), runs conv5
+        on each RoI as its box head instead of on the whole image. Call this after any weights are loaded and
+        stages frozen, so the returned stage keeps them (its parameters are then named by its new owner).
+
+        Returns:
+            the stage, (R, C4, H, W) -> (R, C5, H/2, W/2); `out_specs` loses "c5".
+        """
+        if not hasattr(self, "layer4"):
+            raise ValueError("ResNet: the last stage (layer4) was already split off")
+        stage = self.layer4
+        del self.layer4
+        self.out_specs = {name: spec for name, spec in self.out_specs.items() if name != "c5"}
+        return stage
+
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Run the bottom-up pathway.
 
@@ -217,14 +234,15 @@ class ResNet(nn.Module):
 
         Returns:
             {"c2": (N, C2, H/4, W/4), "c3": (N, C3, H/8, W/8), "c4": (N, C4, H/16, W/16),
-             "c5": (N, C5, H/32, W/32)}, dtype of x; channels as in `out_specs`.
+             "c5": (N, C5, H/32, W/32)}, dtype of x; channels as in `out_specs` (no "c5" once
+            `split_off_last_stage` was called).
         """
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"ResNet: expected input of shape (N, 3, H, W), got {tuple(x.shape)}")
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, 3, H, W) -> (N, width, H/4, W/4)
         outputs = {}
-        for name, stage in zip(self.out_specs, (self.layer1, self.layer2, self.layer3, self.layer4)):
-            x = stage(x)
+        for name in self.out_specs:  # "c2" is the output of layer1, ..., "c5" of layer4
+            x = getattr(self, f"layer{int(name[1:]) - 1}")(x)
             outputs[name] = x
         return outputs
 

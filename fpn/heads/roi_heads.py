@@ -1,18 +1,21 @@
 """RoI heads: sample RoIs, pool them from the pyramid level their size calls for, classify and refine boxes.
 
+The box head is given (the FPN's 2-fc head, or the conv5 stage of the single-scale C4 baseline); so are the maps
+pooled from, P2..P5 or one map (the paper's single-scale rows of Tables 2-3).
+
 Shape shorthand: N images, Pi proposals of image i, R = sum of RoIs, K classes (background = 0).
 Boxes are (x1, y1, x2, y2) pixels of the resized image (the ImageBatch frame).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpn.config import RoIHeadsConfig
-from fpn.heads.box_head import BoxPredictor, TwoMLPHead
+from fpn.heads.box_head import BoxPredictor
 from fpn.ops import (
     BalancedPositiveNegativeSampler,
     BoxCoder,
@@ -26,30 +29,43 @@ from fpn.ops.nms_per_image import nms_per_image
 
 
 class RoIHeads(nn.Module):
-    """Pool (RoIAlign over P2..P5, paper Eq. 1 level assignment) -> TwoMLPHead -> BoxPredictor."""
+    """Pool (RoIAlign; over P2..P5 each RoI from the level of paper Eq. 1) -> box head -> BoxPredictor.
+
+    Args (keyword-only but `cfg`):
+        cfg: the RoI-head section of the config (pooling, sampling, box coding, post-processing).
+        featmap_names: the maps RoIs are pooled from, finest first: "p2".."p5", or a single map.
+        strides: the stride of each of those maps in input pixels.
+        box_head: (R, C, S, S) pooled features -> (R, box_features): TwoMLPHead (the FPN paper's 2-fc head,
+            Sec. 4.2) or Res5Head (the conv5 stage of the C4 baseline).
+        box_features: the width of box_head's output.
+        num_classes: K, background included.
+        pooler_resolution: S, the RoIAlign output size; cfg.pooler_resolution when None.
+    """
 
     def __init__(
         self,
-        in_channels: int,
+        cfg: RoIHeadsConfig,
+        *,
         featmap_names: Sequence[str],
         strides: Sequence[int],
+        box_head: nn.Module,
+        box_features: int,
         num_classes: int,
-        cfg: RoIHeadsConfig,
+        pooler_resolution: Optional[int] = None,
     ):
         super().__init__()
         self.cfg = cfg
         self.pooler = MultiScaleRoIAlign(
             featmap_names=tuple(featmap_names),
             strides=tuple(strides),
-            output_size=cfg.pooler_resolution,
+            output_size=cfg.pooler_resolution if pooler_resolution is None else pooler_resolution,
             sampling_ratio=cfg.sampling_ratio,
             aligned=cfg.aligned,
             canonical_scale=cfg.canonical_scale,
             canonical_level=cfg.canonical_level,
         )
-        pooled = in_channels * cfg.pooler_resolution**2
-        self.box_head = TwoMLPHead(pooled, cfg.representation_size)
-        self.predictor = BoxPredictor(cfg.representation_size, num_classes)
+        self.box_head = box_head
+        self.predictor = BoxPredictor(box_features, num_classes)
         self.box_coder = BoxCoder(tuple(cfg.bbox_reg_weights))
         self.matcher = Matcher(cfg.fg_iou_thresh, cfg.bg_iou_thresh, allow_low_quality_matches=False)
         self.sampler = BalancedPositiveNegativeSampler(cfg.batch_size_per_image, cfg.positive_fraction)

@@ -9,7 +9,7 @@ Boxes are (x1, y1, x2, y2) pixels of the resized image (the ImageBatch frame).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -62,12 +62,29 @@ def flatten_predictions(logits: List[Tensor], deltas: List[Tensor]) -> Tuple[Ten
 
 
 class RegionProposalNetwork(nn.Module):
-    """Anchors, head, proposal selection and (in training) the RPN losses."""
+    """Anchors, head, proposal selection and (in training) the RPN losses.
 
-    def __init__(self, in_channels: int, cfg: RPNConfig, anchor_cfg: AnchorConfig):
+    Args:
+        in_channels: channels of every feature map it runs on.
+        cfg: the RPN section of the config.
+        anchor_cfg: anchor sizes (one per map) and aspect ratios (at every map).
+        sizes_per_level: keyword-only; one tuple of sizes per map instead of anchor_cfg.sizes, e.g.
+            ((32, 64, 128, 256, 512),) for a single map carrying every size (the original single-scale RPN, the
+            FPN paper's baselines, Sec. 5.1.1).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        cfg: RPNConfig,
+        anchor_cfg: AnchorConfig,
+        *,
+        sizes_per_level: Optional[Tuple[Tuple[int, ...], ...]] = None,
+    ):
         super().__init__()
         self.cfg = cfg
-        self.anchor_generator = AnchorGenerator(anchor_cfg.sizes, anchor_cfg.aspect_ratios)
+        sizes = anchor_cfg.sizes if sizes_per_level is None else sizes_per_level
+        self.anchor_generator = AnchorGenerator(sizes, anchor_cfg.aspect_ratios)
         anchors_per_level = self.anchor_generator.num_anchors_per_location()  # A_l; one head serves every level
         if len(set(anchors_per_level)) != 1:
             raise ValueError(f"the shared RPN head needs as many anchors at every level, got {anchors_per_level}")
@@ -81,8 +98,16 @@ class RegionProposalNetwork(nn.Module):
         images: ImageBatch,
         features: Dict[str, Tensor],
         targets: Optional[List[Dict[str, Tensor]]] = None,
-    ) -> Tuple[List[Tensor], Dict[str, Tensor]]:
-        """Returns per-image proposals (Pi, 4), sorted by decreasing objectness, and the losses (training)."""
+        *,
+        with_scores: bool = False,
+    ) -> Tuple[Union[List[Tensor], List[Dict[str, Tensor]]], Dict[str, Tensor]]:
+        """Propose regions on the feature maps (every map of `features`, in order).
+
+        Returns:
+            per image the proposals (Pi, 4) float xyxy in the ImageBatch frame, sorted by decreasing objectness
+            (torchvision's RPN contract), or with `with_scores` per image {"boxes": (Pi, 4), "scores": (Pi,)
+            objectness probability}; and the losses (training; {} otherwise).
+        """
         maps = list(features.values())
         logits, deltas = self.head(maps)
         # Anchors, decoding and losses stay in float32 even when the convs run in bf16/fp16 under autocast.
@@ -97,7 +122,9 @@ class RegionProposalNetwork(nn.Module):
         # Proposals are not differentiated through (Faster R-CNN's approximate joint training).
         proposals = self.box_coder.decode_single(pred_deltas.detach().reshape(-1, 4), anchors.repeat(n, 1))
         proposals = proposals.view(n, -1, 4)  # (N, M, 4)
-        boxes = self.select_proposals(proposals, pred_logits.detach(), images.image_sizes, num_anchors_per_level)
+        boxes, scores = self.select_proposals(
+            proposals, pred_logits.detach(), images.image_sizes, num_anchors_per_level
+        )
 
         losses = {}
         if self.training:
@@ -106,6 +133,8 @@ class RegionProposalNetwork(nn.Module):
             gt_labels, gt_boxes = self.assign_targets(anchors, targets)
             regression_targets = [self.box_coder.encode_single(g, anchors) for g in gt_boxes]
             losses = self.losses(pred_logits, pred_deltas, gt_labels, regression_targets)
+        if with_scores:
+            return [{"boxes": b, "scores": p} for b, p in zip(boxes, scores)], losses
         return boxes, losses
 
     def _top_n_per_level(self, logits: Tensor, num_anchors_per_level: List[int]) -> Tensor:
@@ -123,8 +152,10 @@ class RegionProposalNetwork(nn.Module):
         logits: Tensor,
         image_sizes: List[Tuple[int, int]],
         num_anchors_per_level: List[int],
-    ) -> List[Tensor]:
+    ) -> Tuple[List[Tensor], List[Tensor]]:
         """Top-k per level, clip, drop tiny and low-scoring boxes, NMS per level, keep the post-NMS top-k.
+
+        Returns per image the kept boxes (Pi, 4) and their objectness probabilities (Pi,), best first.
 
         All images at once: host syncs are those of `nms_per_image` (two and one NMS call), not per image.
         """
@@ -143,7 +174,7 @@ class RegionProposalNetwork(nn.Module):
             boxes, scores, levels[top_idx].reshape(-1), rows.expand_as(top_idx).reshape(-1), valid,
             num_images=n, num_classes=len(num_anchors_per_level), iou_threshold=self.cfg.nms_thresh, top_k=post_n,
         )
-        return [boxes.index_select(0, k) for k in keep]
+        return [boxes.index_select(0, k) for k in keep], [scores.index_select(0, k) for k in keep]
 
     @torch.no_grad()
     def assign_targets(self, anchors: Tensor, targets: List[Dict[str, Tensor]]) -> Tuple[List[Tensor], List[Tensor]]:

@@ -6,6 +6,8 @@ input level i. Every Pi has d channels and the size of Ci; P6 subsamples P5 by 2
 The top-down pathway starts from the 1x1 lateral of the coarsest map and moves down: upsample by nearest
 neighbour to the exact size of the next lateral (so odd sizes work), add, and smooth each merged map with its
 own 3x3 conv. There are no non-linearities (paper, Sec. 3: "we have found them to have minor impacts").
+The paper's ablations of the pyramid (Sec. 5.1.1, Table 1(d)-(f)) switch parts off: `top_down`, `laterals`,
+`finest_only` (see FPN).
 """
 from __future__ import annotations
 
@@ -25,11 +27,20 @@ class FPN(nn.Module):
         in_specs: the backbone's `out_specs`, e.g. {"c2": FeatureSpec(256, 4), ..., "c5": FeatureSpec(2048, 32)}.
             Keys are "c<level>" and strides must double from one level to the next.
         out_channels: d, the channels of every output map.
+        top_down: False drops the top-down pathway: each level is the 3x3 conv of its own lateral, a bottom-up
+            pyramid (paper Sec. 5.1.1, Table 1(d)).
+        laterals: False drops the 1x1 laterals of every level but the coarsest: each finer merged map is the
+            upsampled coarser one alone (paper Sec. 5.1.1, Table 1(e)). Needs `top_down`.
+        finest_only: output the finest level alone (P2 of C2..C5; no 3x3 convs of the other levels and no P6),
+            for heads that read only that map (paper Table 1(f)); its top-down pathway is the full one.
 
     Attributes:
-        lateral_convs: nn.ModuleList of 1x1 convs (Ci -> d), ordered as in_specs (C2..C5).
-        output_convs: nn.ModuleList of 3x3 convs, padding 1 (d -> d), same order.
-        out_specs: {"p2".."p6": FeatureSpec(d, stride)} with strides 4, 8, 16, 32, 64 for C2..C5 inputs.
+        lateral_convs: nn.ModuleList of 1x1 convs (Ci -> d), ordered as in_specs (C2..C5); the coarsest only
+            when `laterals` is False.
+        output_convs: nn.ModuleList of 3x3 convs, padding 1 (d -> d), same order; the finest only when
+            `finest_only`.
+        out_specs: {"p2".."p6": FeatureSpec(d, stride)} with strides 4, 8, 16, 32, 64 for C2..C5 inputs;
+            {"p2": FeatureSpec(d, 4)} when `finest_only`.
 
     Example:
         >>> from fpn.backbones import ResNet
@@ -39,25 +50,42 @@ class FPN(nn.Module):
         (1, 256, 1, 2)
     """
 
-    def __init__(self, in_specs: Mapping[str, FeatureSpec], out_channels: int = 256):
+    def __init__(
+        self,
+        in_specs: Mapping[str, FeatureSpec],
+        out_channels: int = 256,
+        *,
+        top_down: bool = True,
+        laterals: bool = True,
+        finest_only: bool = False,
+    ):
         super().__init__()
         if out_channels <= 0:
             raise ValueError(f"FPN: out_channels must be positive, got {out_channels}")
+        if not (top_down or laterals):
+            raise ValueError("FPN: top_down=False with laterals=False leaves the finer levels without any input")
         self.in_names = _check_in_specs(in_specs)
+        self.top_down, self.finest_only = top_down, finest_only
+        num_levels = len(self.in_names)
+        # level index (fine to coarse) -> index in lateral_convs / output_convs, for the levels that have one
+        self._lateral_of = {i: i for i in range(num_levels)} if laterals else {num_levels - 1: 0}
+        self._output_of = {0: 0} if finest_only else {i: i for i in range(num_levels)}
         self.lateral_convs = nn.ModuleList(
-            nn.Conv2d(in_specs[name].channels, out_channels, kernel_size=1) for name in self.in_names
+            nn.Conv2d(in_specs[self.in_names[i]].channels, out_channels, kernel_size=1) for i in self._lateral_of
         )
         self.output_convs = nn.ModuleList(
-            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1) for _ in self.in_names
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1) for _ in self._output_of
         )
         self.in_specs = {name: in_specs[name] for name in self.in_names}
-        self.out_names = [f"p{name[1:]}" for name in self.in_names]
-        top_level, top_stride = int(self.in_names[-1][1:]), in_specs[self.in_names[-1]].stride
-        self.extra_name = f"p{top_level + 1}"
+        self.out_names = [f"p{self.in_names[i][1:]}" for i in self._output_of]
         self.out_specs: Dict[str, FeatureSpec] = {
-            out: FeatureSpec(out_channels, in_specs[name].stride) for out, name in zip(self.out_names, self.in_names)
+            out: FeatureSpec(out_channels, in_specs[self.in_names[i]].stride)
+            for out, i in zip(self.out_names, self._output_of)
         }
-        self.out_specs[self.extra_name] = FeatureSpec(out_channels, 2 * top_stride)
+        top_level, top_stride = int(self.in_names[-1][1:]), in_specs[self.in_names[-1]].stride
+        self.extra_name = None if finest_only else f"p{top_level + 1}"
+        if self.extra_name:
+            self.out_specs[self.extra_name] = FeatureSpec(out_channels, 2 * top_stride)
         for conv in [*self.lateral_convs, *self.output_convs]:
             nn.init.kaiming_uniform_(conv.weight, a=1)
             nn.init.zeros_(conv.bias)
@@ -71,22 +99,27 @@ class FPN(nn.Module):
 
         Returns:
             {"p2": (N, d, H2, W2), ..., "p5": (N, d, H5, W5), "p6": (N, d, ceil(H5/2), ceil(W5/2))},
-            ordered fine to coarse, dtype of the inputs.
+            ordered fine to coarse, dtype of the inputs ({"p2": ...} alone when `finest_only`).
         """
         self._check_features(features)
         inputs = [features[name] for name in self.in_names]
-        # coarsest level first: (N, C5, H5, W5) -> (N, d, H5, W5)
-        merged = self.lateral_convs[-1](inputs[-1])
-        outputs = [self.output_convs[-1](merged)]
-        for level in range(len(inputs) - 2, -1, -1):
-            lateral = self.lateral_convs[level](inputs[level])  # (N, Ci, Hi, Wi) -> (N, d, Hi, Wi)
-            # (N, d, H(i+1), W(i+1)) -> (N, d, Hi, Wi); exact size, not a factor of 2, for odd Hi/Wi
-            top_down = F.interpolate(merged, size=lateral.shape[-2:], mode="nearest")
-            merged = lateral + top_down
-            outputs.insert(0, self.output_convs[level](merged))
-        pyramid = dict(zip(self.out_names, outputs))
-        # P6: stride-2 subsampling of P5, (N, d, H5, W5) -> (N, d, ceil(H5/2), ceil(W5/2))
-        pyramid[self.extra_name] = F.max_pool2d(outputs[-1], kernel_size=1, stride=2)
+        outputs, merged = {}, None
+        for level in range(len(inputs) - 1, -1, -1):  # coarsest level first
+            lateral = None
+            if level in self._lateral_of:  # (N, Ci, Hi, Wi) -> (N, d, Hi, Wi)
+                lateral = self.lateral_convs[self._lateral_of[level]](inputs[level])
+            if merged is None or not self.top_down:
+                merged = lateral
+            else:
+                # (N, d, H(i+1), W(i+1)) -> (N, d, Hi, Wi); exact size, not a factor of 2, for odd Hi/Wi
+                top_down = F.interpolate(merged, size=inputs[level].shape[-2:], mode="nearest")
+                merged = top_down if lateral is None else lateral + top_down
+            if level in self._output_of:
+                outputs[level] = self.output_convs[self._output_of[level]](merged)
+        pyramid = {name: outputs[level] for name, level in zip(self.out_names, self._output_of)}
+        if self.extra_name:
+            # P6: stride-2 subsampling of P5, (N, d, H5, W5) -> (N, d, ceil(H5/2), ceil(W5/2))
+            pyramid[self.extra_name] = F.max_pool2d(outputs[len(inputs) - 1], kernel_size=1, stride=2)
         return pyramid
 
     def _check_features(self, features: Mapping[str, torch.Tensor]) -> None:
