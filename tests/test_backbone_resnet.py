@@ -299,3 +299,25 @@ def test_checkpoint_without_state_dict(tmp_path):
     with pytest.raises(ValueError, match="list.pth.* no state dict"):
         load_imagenet_weights(ResNet(depth=18, width=8), str(path))
 
+
+
+def test_split_off_last_stage_leaves_a_c4_trunk_and_returns_conv5():
+    """The C4 baseline (FPN paper Tables 1-3 row (a)) runs conv5 on RoIs: the trunk stops at C4."""
+    torch.manual_seed(0)
+    net = ResNet(depth=18, width=8, norm="bn", trainable_stages=3).eval()
+    image = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        full = net(image)
+    stage = net.split_off_last_stage()
+    assert list(net.out_specs) == ["c2", "c3", "c4"] and not hasattr(net, "layer4")
+    assert not any(key.startswith("layer4.") for key in net.state_dict())
+    assert all(p.requires_grad for p in stage.parameters())  # frozen flags are kept (trainable_stages 3)
+    with torch.no_grad():
+        trunk = net(image)
+        c5 = stage(trunk["c4"])
+    assert list(trunk) == ["c2", "c3", "c4"]
+    for name in trunk:
+        assert torch.equal(trunk[name], full[name])
+    assert torch.equal(c5, full["c5"])
+    with pytest.raises(ValueError, match="already split off"):
+        net.split_off_last_stage()

@@ -12,6 +12,7 @@ import torch
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
 from fpn import FasterRCNNConfig, FasterRCNNFPN
+from fpn.backbones import ResNet
 from fpn.checkpoint import build_from_checkpoint
 from fpn.config import VARIANTS
 from fpn.convert import convert_torchvision_state_dict
@@ -171,6 +172,21 @@ def test_c4_runs_conv5_on_rois_not_on_the_image():
     assert model.roi_heads.box_head(rois).shape == (5, model.roi_heads.box_head.out_features)
     rpn_only = FasterRCNNFPN(num_classes=3, config=tiny_config("c4", rpn_only=True))
     assert not any(".layer4." in key or "res5" in key for key in rpn_only.state_dict())
+
+
+def test_c4_with_imagenet_weights_gives_their_conv5_to_the_box_head(tmp_path):
+    torch.manual_seed(1)
+    imagenet = ResNet(depth=18, width=8, norm="bn").state_dict()
+    torch.save(imagenet, tmp_path / "resnet18.pth")
+    cfg = tiny_config("c4")
+    cfg.backbone.norm, cfg.backbone.trainable_stages = None, None  # auto: frozen BN, stem and C2 frozen
+    cfg.backbone.weights = str(tmp_path / "resnet18.pth")
+    model = FasterRCNNFPN(num_classes=3, config=cfg)
+    res5 = model.roi_heads.box_head.res5
+    assert torch.equal(res5[1].bn2.running_var, imagenet["layer4.1.bn2.running_var"])
+    assert torch.equal(model.backbone.layer3[0].conv1.weight, imagenet["layer3.0.conv1.weight"])
+    assert all(p.requires_grad for p in res5.parameters())
+    assert not any(p.requires_grad for p in model.backbone.layer1.parameters())
 
 
 def _pyramid_of(model: FasterRCNNFPN, features):

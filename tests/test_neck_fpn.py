@@ -23,6 +23,18 @@ def _random_features(channels, sizes, seed=0) -> dict:
     return {name: torch.randn(2, c, *hw, generator=generator) for name, c, hw in zip(NAMES, channels, sizes)}
 
 
+def _identity_neck(**switches) -> FPN:
+    """One channel, laterals x1 and 3x3 outputs passing the centre pixel: each P_i shows its merged map exactly."""
+    neck = FPN(_specs((1, 1, 1, 1)), out_channels=1, **switches)
+    with torch.no_grad():
+        for conv in neck.lateral_convs:
+            conv.weight.fill_(1.0)
+        for conv in neck.output_convs:
+            conv.weight.zero_()
+            conv.weight[0, 0, 1, 1] = 1.0
+    return neck
+
+
 def _torchvision_fpn_state(state: dict, prefix: str = "") -> dict:
     """torchvision's inner_blocks.{i}.0.* / layer_blocks.{i}.0.* -> lateral_convs.{i}.* / output_convs.{i}.*"""
     renamed = {}
@@ -101,13 +113,7 @@ def test_p6_subsamples_p5_and_handles_one_pixel_maps():
 
 def test_top_down_uses_nearest_upsampling_without_nonlinearity():
     """One channel, identity laterals and outputs: P_i = C_i + nearest-upsampled P_(i+1), exactly."""
-    neck = FPN(_specs((1, 1, 1, 1)), out_channels=1)
-    with torch.no_grad():
-        for conv in neck.lateral_convs:
-            conv.weight.fill_(1.0)
-        for conv in neck.output_convs:
-            conv.weight.zero_()
-            conv.weight[0, 0, 1, 1] = 1.0
+    neck = _identity_neck()
     c5 = torch.tensor([[[[-1.0, 2.0]]]])  # (1, 1, 1, 2)
     c4 = torch.tensor([[[[10.0, 20.0, 30.0]]]])  # (1, 1, 1, 3): odd width
     features = {"c2": torch.zeros(1, 1, 3, 10), "c3": torch.zeros(1, 1, 2, 5), "c4": c4, "c5": c5}
@@ -167,3 +173,59 @@ def test_invalid_features():
     features["c3"] = torch.zeros(2, 5, 4, 4)
     with pytest.raises(ValueError, match=r"c3 must be \(N, 4, H, W\), got \(2, 5, 4, 4\)"):
         neck(features)
+
+
+def _one_channel_features():
+    return {"c2": torch.full((1, 1, 4, 6), 1000.0), "c3": torch.full((1, 1, 2, 3), 100.0),
+            "c4": torch.tensor([[[[10.0, 20.0]]]]), "c5": torch.tensor([[[[-1.0]]]])}
+
+
+def test_without_top_down_each_level_is_its_own_lateral():
+    """Paper Table 1(d): a bottom-up pyramid, P_i = 3x3(1x1(C_i)); P6 still subsamples P5."""
+    neck = _identity_neck(top_down=False)
+    features = _one_channel_features()
+    pyramid = neck(features)
+    assert list(pyramid) == ["p2", "p3", "p4", "p5", "p6"]
+    for level in (2, 3, 4, 5):
+        assert torch.equal(pyramid[f"p{level}"], features[f"c{level}"])
+    assert torch.equal(pyramid["p6"], pyramid["p5"])
+
+
+def test_without_laterals_finer_levels_are_the_upsampled_coarsest_map():
+    """Paper Table 1(e): only C5 has a 1x1 lateral; each finer merged map is the upsampled coarser one alone."""
+    neck = _identity_neck(laterals=False)
+    assert len(neck.lateral_convs) == 1 and neck.lateral_convs[0].in_channels == 1
+    assert len(neck.output_convs) == 4
+    pyramid = neck(_one_channel_features())
+    for level, size in zip((2, 3, 4, 5), ((4, 6), (2, 3), (1, 2), (1, 1))):
+        assert torch.equal(pyramid[f"p{level}"], torch.full((1, 1, *size), -1.0)), level
+
+
+def test_finest_only_outputs_the_full_pyramids_p2_alone():
+    """Paper Table 1(f): P2 of the full top-down pathway; no 3x3 convs of P3..P5, no P6."""
+    channels = (8, 16, 32, 64)
+    torch.manual_seed(0)
+    full = FPN(_specs(channels), out_channels=8)
+    finest = FPN(_specs(channels), out_channels=8, finest_only=True)
+    assert finest.out_specs == {"p2": FeatureSpec(8, 4)}
+    assert len(finest.lateral_convs) == 4 and len(finest.output_convs) == 1
+    finest.load_state_dict({k: v for k, v in full.state_dict().items() if k in finest.state_dict()}, strict=True)
+    features = _random_features(channels, ((9, 11), (5, 6), (3, 3), (2, 2)))
+    got = finest(features)
+    assert list(got) == ["p2"]
+    torch.testing.assert_close(got["p2"], full(features)["p2"], rtol=0, atol=0)
+
+
+def test_ablation_switches_keep_every_parameter_in_use():
+    """Nothing is built that the output does not use (DistributedDataParallel requires it)."""
+    channels = (8, 16, 32, 64)
+    for switches in ({"top_down": False}, {"laterals": False}, {"finest_only": True}):
+        neck = FPN(_specs(channels), out_channels=8, **switches)
+        pyramid = neck(_random_features(channels, ((9, 11), (5, 6), (3, 3), (2, 2))))
+        sum(p.square().mean() for p in pyramid.values()).backward()
+        assert all(p.grad is not None for p in neck.parameters()), switches
+
+
+def test_no_top_down_and_no_laterals_together_is_an_error():
+    with pytest.raises(ValueError, match="top_down=False with laterals=False"):
+        FPN(_specs((8, 8, 8, 8)), out_channels=8, top_down=False, laterals=False)
