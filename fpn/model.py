@@ -8,7 +8,7 @@ The paper's ablation models (Tables 1-3) are the same builder with `config.varia
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -96,13 +96,19 @@ class FasterRCNNFPN(nn.Module):
             specs[self.rpn_maps[0]].channels, cfg.rpn, cfg.anchors, sizes_per_level=_anchor_sizes(cfg, self.rpn_maps)
         )
         self.pooled_levels = list(layout.pooled_maps or [name for name in specs if name not in RPN_ONLY_LEVELS])
-        self.roi_heads = None if cfg.rpn_only else RoIHeads(
-            cfg.roi_heads,
-            featmap_names=self.pooled_levels,
-            strides=[specs[name].stride for name in self.pooled_levels],
-            **_box_head(cfg, specs[self.pooled_levels[0]].channels, res5, res5_channels),
-            num_classes=num_classes,
-        )
+        self.roi_heads = None  # the RPN alone (config.rpn_only, paper Table 1)
+        if not cfg.rpn_only:
+            box_head, box_features, resolution = _box_head(cfg, specs[self.pooled_levels[0]].channels, res5,
+                                                           res5_channels)
+            self.roi_heads = RoIHeads(
+                cfg.roi_heads,
+                featmap_names=self.pooled_levels,
+                strides=[specs[name].stride for name in self.pooled_levels],
+                box_head=box_head,
+                box_features=box_features,
+                num_classes=num_classes,
+                pooler_resolution=resolution,
+            )
         if cfg.channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -120,7 +126,7 @@ class FasterRCNNFPN(nn.Module):
         x = batch.tensor  # (N, 3, Hp, Wp)
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        features = self.neck(self.backbone(x))  # {"p2": (N, 256, Hp/4, Wp/4), ..., "p6"}; "c4" or "c5" alone
+        features = self.neck(self.backbone(x))  # {"p2": (N, 256, Hp/4, Wp/4), ..., "p6"}; c4, c5: C2..C4 / C2..C5
         rpn_features = {name: features[name] for name in self.rpn_maps}
         if self.roi_heads is None:  # the RPN alone (paper Table 1): its proposals are the detections
             proposals, rpn_losses = self.rpn(batch, rpn_features, targets, with_scores=True)
@@ -203,15 +209,17 @@ def _anchor_sizes(cfg: FasterRCNNConfig, rpn_maps: List[str]):
     return tuple((size,) for size in sizes)
 
 
-def _box_head(cfg: FasterRCNNConfig, channels: int, res5: Optional[nn.Module], res5_channels: int) -> dict:
-    """RoIHeads' box-head arguments: the conv5 stage on RoIs twice the pooled size (C4 baseline, He et al.), or
-    the FPN paper's two 1024-d fc layers (Sec. 4.2) on `channels` x S x S RoIs."""
+def _box_head(
+    cfg: FasterRCNNConfig, channels: int, res5: Optional[nn.Module], res5_channels: int
+) -> Tuple[nn.Module, int, int]:
+    """The box head, its output width and the RoIAlign size it takes: the conv5 stage on 2S x 2S RoIs (the C4
+    baseline, He et al.; its strided first block halves them to the S x S the 2-fc head sees), or the FPN paper's
+    two 1024-d fc layers (Sec. 4.2) on `channels` x S x S RoIs."""
     resolution = cfg.roi_heads.pooler_resolution
-    if res5 is not None:  # 2S x 2S RoIs, halved by conv5's strided first block to the S x S the 2-fc head sees
-        return dict(box_head=Res5Head(res5, res5_channels), box_features=res5_channels,
-                    pooler_resolution=2 * resolution)
+    if res5 is not None:
+        return Res5Head(res5, res5_channels), res5_channels, 2 * resolution
     size = cfg.roi_heads.representation_size
-    return dict(box_head=TwoMLPHead(channels * resolution**2, size), box_features=size)
+    return TwoMLPHead(channels * resolution**2, size), size, resolution
 
 
 def _as_detections(proposals: List[Dict[str, Tensor]]) -> List[Dict[str, Tensor]]:
