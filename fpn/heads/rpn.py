@@ -2,7 +2,8 @@
 
 One head shared by all levels: a 3x3 conv + ReLU, then per anchor an objectness logit and 4 box deltas. Each
 level has anchors of one size (32..512 on P2..P6) and 3 aspect ratios; anchors crossing the image border are kept
-(the FPN paper does not drop them, unlike the original Faster R-CNN training).
+(the FPN paper does not drop them, unlike the original Faster R-CNN training). The paper's single-map models
+(C4, C5 or P2 alone, Sec. 5.1.1) run it on one map carrying every size (`sizes_per_level`).
 
 Shape shorthand: N images, L levels, A anchors per location, Hl/Wl level size, M = sum_l Hl*Wl*A anchors per image.
 Boxes are (x1, y1, x2, y2) pixels of the resized image (the ImageBatch frame).
