@@ -19,7 +19,6 @@ from fpn.model import FasterRCNNFPN
 from fpn.proposal_eval import RECALL_NAMES, format_recall
 from test_checkpoint import tiny_config
 from test_predict_errors import one_error_line
-from test_proposal_eval import rpn_only_models_exist
 from test_train_script import load_train_script, tiny_args
 
 
@@ -232,7 +231,6 @@ def test_proposals_are_scored_without_comparing_categories(val_set, tmp_path, ca
     assert format_recall(metrics) in out
 
 
-@pytest.mark.skipif(not rpn_only_models_exist(), reason="the model builds no RPN-only detectors yet")
 def test_proposals_of_a_full_checkpoint(val_set, checkpoint, tmp_path, capsys):
     assert _run([str(checkpoint), *_data_flags(val_set), "--proposals", "--prefix", "rpn"], tmp_path) == 0
     metrics = json.loads((tmp_path / "out" / "rpn_metrics.json").read_text())

@@ -4,7 +4,6 @@ import contextlib
 import io
 import json
 import os
-from dataclasses import fields
 
 import pytest
 import torch
@@ -13,7 +12,6 @@ from pycocotools.coco import COCO
 from torch import nn
 
 from fpn import distributed
-from fpn.config import FasterRCNNConfig
 from fpn.model import FasterRCNNFPN
 from fpn.proposal_eval import RECALL_NAMES, evaluate_proposals, format_recall, proposal_recall, rpn_only_model
 from test_ddp import free_port
@@ -162,18 +160,6 @@ def test_two_processes_give_the_single_process_recall(tmp_path):
     assert not (tmp_path / "proposals_metrics.json").exists()  # only rank 0 writes (its output_dir was None)
 
 
-def rpn_only_models_exist():
-    """Whether the model builds RPN-only detectors (`config.rpn_only`: no RoI heads)."""
-    from test_checkpoint import tiny_config
-
-    if "rpn_only" not in {f.name for f in fields(FasterRCNNConfig)}:
-        return False
-    config = tiny_config()
-    config.rpn_only = True
-    return not any(name.startswith("roi_heads.") for name in FasterRCNNFPN(num_classes=3, config=config).state_dict())
-
-
-@pytest.mark.skipif(not rpn_only_models_exist(), reason="the model builds no RPN-only detectors yet")
 def test_rpn_only_model_keeps_the_detector_weights_but_its_roi_heads():
     from test_checkpoint import tiny_config
 
