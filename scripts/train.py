@@ -48,6 +48,7 @@ from fpn.data.samplers import GroupedBatchSampler, TrainingSampler
 from fpn.data.synthetic import generate_synthetic_coco
 from fpn.engine import MetricsLog, autocast_factory, build_grad_scaler, select_device, train_iterations
 from fpn.evaluation import evaluate_coco, format_metrics
+from fpn.proposal_eval import evaluate_proposals, format_recall
 from fpn.model import FasterRCNNFPN
 from fpn.nonfinite import FiniteWatch, NonFiniteError
 from fpn.presets import (
@@ -267,11 +268,13 @@ class TrainingRun:
         self.bar = bar
 
         def evaluate(iteration: int, prefix: str) -> dict:
-            result = evaluate_coco(model, val_set, device=device, output_dir=self.output_dir, prefix=prefix,
-                                   batch_size=args.eval_batch_size, num_workers=args.workers, autocast=autocast)
+            # an RPN alone (paper Table 1) is scored by the recall of its proposals, a detector by box AP
+            run, what, table = (evaluate_proposals, "proposal recall", format_recall) if model.config.rpn_only \
+                else (evaluate_coco, "COCO box evaluation", format_metrics)
+            result = run(model, val_set, device=device, output_dir=self.output_dir, prefix=prefix,
+                         batch_size=args.eval_batch_size, num_workers=args.workers, autocast=autocast)
             metrics.write({"iter": iteration, **result})
-            distributed.log(f"\nCOCO box evaluation at iteration {iteration} ({len(val_set)} images):\n"
-                            + format_metrics(result))
+            distributed.log(f"\n{what} at iteration {iteration} ({len(val_set)} images):\n" + table(result))
             return result
 
         for end in block_ends(self.iteration, args.iters, (args.checkpoint_every, args.eval_every)):
@@ -289,8 +292,9 @@ class TrainingRun:
         final = evaluate(args.iters, "eval_final")
         if distributed.is_main_process():
             (self.output_dir / "final_metrics.json").write_text(json.dumps({"iter": args.iters, **final}, indent=2))
-            picture = save_detection_picture(model, val_set, self.output_dir / "detections.png", device=device)
-            distributed.log(f"detections on validation images: {picture}")
+            if not model.config.rpn_only:  # proposals have no classes to draw
+                picture = save_detection_picture(model, val_set, self.output_dir / "detections.png", device=device)
+                distributed.log(f"detections on validation images: {picture}")
             plot_curves(self.output_dir / "metrics.jsonl", self.output_dir)
 
     def save(self, model, optimizer, scheduler, scaler, train_set) -> None:

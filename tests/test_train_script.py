@@ -1,5 +1,6 @@
 """Tests of scripts/train.py (flags, data paths) and the helpers the other training tests share."""
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -98,3 +99,12 @@ def test_a_preset_is_required_and_a_coco_preset_needs_data(capsys):
             train.parse_args(argv)
         err = capsys.readouterr().err
         assert info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_rpn_only_run_is_scored_by_proposal_recall(tmp_path):
+    run = tmp_path / "run"
+    assert load_train_script().main(tiny_args(run, "--rpn-only", "true", "--variant", "c5", iters=2)) == 0
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert set(final) == {"iter", "AR100", "AR1k", "AR_s", "AR_m", "AR_l"}
+    assert all(-1.0 <= final[k] <= 1.0 for k in final if k != "iter")
+    assert not (run / "detections.png").exists()  # proposals have no classes to draw
