@@ -1,5 +1,6 @@
 """Presets and the model-config flags generated from the FasterRCNNConfig dataclass."""
 import argparse
+import inspect
 import shutil
 import subprocess
 from dataclasses import fields, is_dataclass
@@ -8,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from fpn.config import FasterRCNNConfig
-from fpn.presets import PRESETS, add_config_flags, apply_config_flags, get_preset
+from fpn.data.synthetic import generate_synthetic_coco
+from fpn.presets import PRESETS, SYNTHETIC_PRESETS, add_config_flags, apply_config_flags, get_preset, synthetic_recipe
 
 
 def _parse(argv, config=None):
@@ -73,7 +75,21 @@ def test_presets_follow_their_schedules():
     demo = get_preset("cpu-demo")
     assert demo.model.backbone.norm == "gn" and demo.model.backbone.depth == 18
     assert demo.iters > max(demo.steps)
-    assert sorted(PRESETS) == ["1x", "cpu-demo", "paper"]
+    assert sorted(PRESETS) == ["1x", "ablation-cpu", "cpu-demo", "paper"]
+
+
+def test_ablation_preset_spans_object_scales_and_scores_1000_proposals():
+    ablation, demo = get_preset("ablation-cpu"), get_preset("cpu-demo")
+    assert (ablation.synthetic_min_object_size, ablation.synthetic_max_object_fraction) == (6, 0.9)
+    assert (demo.synthetic_min_object_size, demo.synthetic_max_object_fraction) == (12, 0.6)  # the old defaults
+    assert ablation.model.rpn.post_nms_top_n_test == 1000  # AR1k as in the paper's Table 1
+    assert ablation.iters > max(ablation.steps) and ablation.eval_every == 0
+    assert ablation.model.backbone == demo.model.backbone and ablation.model.variant == "fpn"
+    assert set(SYNTHETIC_PRESETS) <= set(PRESETS)
+    recipe = synthetic_recipe(ablation)
+    assert recipe == {"num_images": 500, "num_val": 100, "seed": 0, "min_size": 256, "max_size": 320,
+                      "min_object_size": 6, "max_object_fraction": 0.9}
+    assert set(recipe) <= set(inspect.signature(generate_synthetic_coco).parameters)
 
 
 def test_get_preset_returns_independent_copies_and_rejects_unknown_names():
