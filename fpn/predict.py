@@ -274,10 +274,13 @@ def predict_command(argv: Optional[Sequence[str]] = None) -> int:
     if not paths:
         raise InputError("no image to process")
     model, class_names = load_detector(args.weights, select_device(args.device))
+    label_to_category = read_label_map(args.weights, model.num_classes)
+    if model.config.rpn_only:  # an RPN alone (paper Table 1): class-agnostic proposals, label 1 = "object"
+        class_names, label_to_category = {1: "object"}, None
     output_dir = Path(args.output_dir)
     run = predict_files(
         model, paths, class_names, output_dir,
-        label_to_category=read_label_map(args.weights, model.num_classes),
+        label_to_category=label_to_category,
         score_threshold=args.score_threshold, batch_size=args.batch_size, progress=not args.no_progress,
     )
     results_path = output_dir / RESULTS_FILE

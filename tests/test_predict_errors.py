@@ -131,3 +131,22 @@ def test_default_output_dir_is_under_runs(checkpoint, tmp_path, monkeypatch):
     assert main([str(image), "--weights", "w.pt", "--device", "cpu", "--no-progress"]) == 0
     assert isinstance(json.loads((tmp_path / "runs" / "predict" / RESULTS_FILE).read_text()), list)
     assert (tmp_path / "runs" / "predict" / "one.png").is_file()
+
+
+def test_an_rpn_only_checkpoint_predicts_class_agnostic_proposals(tmp_path, capsys):
+    from fpn.checkpoint import save_checkpoint
+    from fpn.model import FasterRCNNFPN
+    from test_checkpoint import tiny_config
+
+    config = tiny_config()
+    config.rpn_only = True
+    torch.manual_seed(0)
+    model = FasterRCNNFPN(num_classes=3, config=config)
+    weights = save_checkpoint(tmp_path / "rpn.pt", model=model, optimizer=None, scheduler=None, scaler=None,
+                              iteration=0, label_to_category={1: 7, 2: 9}, class_names={1: "cat", 2: "dog"})
+    image = _write_image(tmp_path / "img.png", seed=0)
+    out = tmp_path / "out"
+    assert main([str(image), "--weights", str(weights), "--output-dir", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "detections.json").read_text())
+    assert results and {r["category_name"] for r in results} == {"object"}
+    assert all("label" in r and "category_id" not in r for r in results)
