@@ -7,7 +7,8 @@ background (a random two-colour gradient, smooth blotches, a few thin distractor
 filled shapes. A class is a shape ("circle", "square", "triangle", "cross", "ring", "diamond", then "star",
 "hexagon"), drawn in a random colour with a random aspect ratio, so the shape and not the colour tells the class.
 Object sizes (the longer box side) are log-uniform from 12 px to 60 % of the shorter image side by default
-(`min_object_size`, `max_object_fraction`), so small objects are common and the pyramid matters. Later shapes may cover earlier ones, but every shape keeps >= 75 % of its pixels visible.
+(`min_object_size`, `max_object_fraction`), so small objects are common and the pyramid matters. Later shapes
+may cover earlier ones, but every shape keeps >= 75 % of its pixels visible.
 A box is the tight bound of the visible pixels of its shape (pixel edges: a shape covering columns 3..7 has
 x1 = 3, x2 = 8), `area` is its visible pixel count.
 
