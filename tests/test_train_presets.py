@@ -85,7 +85,7 @@ def test_ablation_preset_spans_object_scales_and_scores_1000_proposals():
     assert ablation.model.rpn.post_nms_top_n_test == 1000  # AR1k as in the paper's Table 1
     assert ablation.iters > max(ablation.steps) and ablation.eval_every == 0
     assert ablation.model.backbone == demo.model.backbone
-    assert getattr(ablation.model, "variant", "fpn") == "fpn"  # the ablation script sets --variant per run
+    assert ablation.model.variant == "fpn"  # the ablation script sets --variant per run
     assert set(SYNTHETIC_PRESETS) <= set(PRESETS)
     recipe = synthetic_recipe(ablation)
     assert recipe == {"num_images": 500, "num_val": 100, "seed": 0, "min_size": 256, "max_size": 320,
