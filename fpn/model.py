@@ -8,6 +8,7 @@ The paper's ablation models (Tables 1-3) are the same builder with `config.varia
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from fpn.backbones import build_resnet
-from fpn.config import FasterRCNNConfig
+from fpn.config import FasterRCNNConfig, RPNConfig
 from fpn.heads.box_head import TwoMLPHead
 from fpn.heads.res5_head import Res5Head
 from fpn.heads.roi_heads import RoIHeads
@@ -93,7 +94,8 @@ class FasterRCNNFPN(nn.Module):
         specs = self.neck.out_specs if layout.neck else self.backbone.out_specs
         self.rpn_maps = list(layout.rpn_maps or specs)
         self.rpn = RegionProposalNetwork(
-            specs[self.rpn_maps[0]].channels, cfg.rpn, cfg.anchors, sizes_per_level=_anchor_sizes(cfg, self.rpn_maps)
+            specs[self.rpn_maps[0]].channels, _rpn_config(cfg, self.rpn_maps), cfg.anchors,
+            sizes_per_level=_anchor_sizes(cfg, self.rpn_maps),
         )
         self.pooled_levels = list(layout.pooled_maps or [name for name in specs if name not in RPN_ONLY_LEVELS])
         self.roi_heads = None  # the RPN alone (config.rpn_only, paper Table 1)
@@ -193,6 +195,17 @@ class FasterRCNNFPN(nn.Module):
         from fpn.convert import load_torchvision_detector
 
         return load_torchvision_detector(cls, path_or_state_dict, num_classes)
+
+
+def _rpn_config(cfg: FasterRCNNConfig, rpn_maps: List[str]) -> RPNConfig:
+    """The RPN settings for its maps. `pre_nms_top_n_*` counts candidates per level: a single-map RPN (variants
+    c4, c5, p2_only) with all anchor sizes on its one map keeps that many times the number of sizes, so it has
+    as many candidates before NMS as the FPN's RPN with one size on each level (a fair comparison, Table 1)."""
+    if len(rpn_maps) > 1:
+        return cfg.rpn
+    scale = len(cfg.anchors.sizes)
+    return replace(cfg.rpn, pre_nms_top_n_train=cfg.rpn.pre_nms_top_n_train * scale,
+                   pre_nms_top_n_test=cfg.rpn.pre_nms_top_n_test * scale)
 
 
 def _anchor_sizes(cfg: FasterRCNNConfig, rpn_maps: List[str]):

@@ -290,3 +290,13 @@ def test_variant_and_rpn_only_have_command_line_flags():
     assert "--variant" in help_text and "--rpn-only" in help_text and "no_top_down" in help_text
     config = apply_config_flags(FasterRCNNConfig(), parser.parse_args(["--variant", "p2_only", "--rpn-only", "true"]))
     assert config.variant == "p2_only" and config.rpn_only is True
+
+
+@pytest.mark.parametrize("variant, factor", [("fpn", 1), ("c4", 5), ("c5", 5), ("p2_only", 5)])
+def test_a_one_map_rpn_keeps_as_many_candidates_before_nms_as_the_pyramid(variant, factor):
+
+    config = FasterRCNNConfig()
+    config.variant = variant
+    model = FasterRCNNFPN(num_classes=3, config=config)
+    assert model.rpn.cfg.pre_nms_top_n_test == 1000 * factor and model.rpn.cfg.pre_nms_top_n_train == 2000 * factor
+    assert model.config.rpn.pre_nms_top_n_test == 1000  # the config itself is unchanged
