@@ -294,7 +294,6 @@ def test_variant_and_rpn_only_have_command_line_flags():
 
 @pytest.mark.parametrize("variant, factor", [("fpn", 1), ("c4", 5), ("c5", 5), ("p2_only", 5)])
 def test_a_one_map_rpn_keeps_as_many_candidates_before_nms_as_the_pyramid(variant, factor):
-
     config = FasterRCNNConfig()
     config.variant = variant
     model = FasterRCNNFPN(num_classes=3, config=config)
