@@ -53,7 +53,7 @@ from fpn.model import FasterRCNNFPN
 from fpn.nonfinite import FiniteWatch, NonFiniteError
 from fpn.presets import (
     PRESETS, add_config_flags, add_preset_flags, apply_config_flags, apply_preset_flags, describe_presets, get_preset,
-    preset_name_in,
+    preset_name_in, synthetic_recipe,
 )
 from fpn.resume import apply_changed_arguments, check_resumable, find_resume_checkpoint, restore_training_state
 from fpn.rng_state import capture_rng_state
@@ -110,14 +110,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+COCO_PRESETS = ("paper", "1x")  # full-size ResNet-50 schedules; the other presets bring a synthetic set
+
+
 def check_preset_fits_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """A COCO preset without data would train ResNet-50 at 800 px on the synthetic set: a mistake, said early.
 
-    (The explicit `--preset cpu-demo` with data flags is a legitimate choice: the small model on a small set.)
+    (A small CPU preset with data flags is a legitimate choice: the small model on a small set.)
     """
     has_data = any([args.coco_root, args.train_images, args.train_annotations, args.val_images,
                     args.val_annotations])
-    if args.preset != "cpu-demo" and not has_data:
+    if args.preset in COCO_PRESETS and not has_data:
         parser.error(f"--preset {args.preset} trains ResNet-50 at 800 px on COCO: give --coco-root DIR (or "
                      "--train-images/--train-annotations/--val-images/--val-annotations); for the synthetic "
                      "demo choose --preset cpu-demo")
@@ -133,8 +136,7 @@ def dataset_paths(args: argparse.Namespace) -> dict:
             raise ValueError("give all of --train-images, --train-annotations, --val-images, --val-annotations")
         return dict(zip(("train_images", "train_annotations", "val_images", "val_annotations"), map(Path, explicit)))
     root = Path(args.synthetic_dir or Path(args.output_dir) / "synthetic")
-    recipe = {"num_images": args.synthetic_train_images, "num_val": args.synthetic_val_images, "seed": 0,
-              "min_size": args.synthetic_image_size, "max_size": args.synthetic_image_size + 64}
+    recipe = synthetic_recipe(args)
     marker = root / "recipe.json"
 
     def generate() -> None:
