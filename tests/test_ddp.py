@@ -4,6 +4,7 @@ import contextlib
 import io
 import os
 import socket
+import sys
 
 import torch
 import torch.multiprocessing as mp
@@ -92,6 +93,17 @@ def worker(rank, port, initial_state, out_dir):
             torch.save({"state": model.state_dict(), "losses": losses, "records": records}, f"{out_dir}/rank0.pt")
         else:
             assert records is None and printed.getvalue() == ""
+    leave_without_teardown()
+
+
+def leave_without_teardown():
+    """End a spawned test worker whose results are all checked or saved: os._exit skips the C++ destructors at
+    interpreter exit, where gloo's threads occasionally abort a finished process ("terminate called without an
+    active exception", about 1 run in 30-50 on a loaded 2-core machine). That teardown flake of the backend is
+    not what these tests check; it is recorded as a known problem in the README's reliability notes."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def free_port():

@@ -14,7 +14,7 @@ from torch import nn
 from fpn import distributed
 from fpn.model import FasterRCNNFPN
 from fpn.proposal_eval import RECALL_NAMES, evaluate_proposals, format_recall, proposal_recall, rpn_only_model
-from test_ddp import free_port
+from test_ddp import free_port, leave_without_teardown
 
 # Two 400 x 400 images. (image id, category id, box xywh, iscrowd); areas: small < 32^2 = 1024 <= medium <= 96^2
 # = 9216 <= large. The categories differ on purpose: recall is class-agnostic.
@@ -151,6 +151,7 @@ def _worker(rank, port, out_dir):
         # one image per rank; rank 0 gathers both, scores them and broadcasts the metrics
         metrics = evaluate_proposals(_Proposer(), _HandSet(), device=device, output_dir=out_dir if rank else None)
         torch.save(metrics, f"{out_dir}/rank{rank}.pt")
+    leave_without_teardown()
 
 
 def test_two_processes_give_the_single_process_recall(tmp_path):

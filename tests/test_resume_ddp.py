@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from fpn.data.synthetic import generate_synthetic_coco
-from test_ddp import free_port
+from test_ddp import free_port, leave_without_teardown
 from test_train_script import load_train_script, tiny_args
 
 WORLD = 2
@@ -31,8 +31,7 @@ def _worker(rank, runs, ports):
         code = train.main(argv + ["--dist-timeout-min", "2"])
         if code != 0:
             raise SystemExit(f"rank {rank}: train.main exited with {code}")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        os.environ.pop(name, None)
+    leave_without_teardown()
 
 
 def _losses(run_dir):
