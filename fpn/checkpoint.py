@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from fpn.cli import InputError
+from fpn.cli import InputError, first_line
 from fpn.config import FasterRCNNConfig
 from fpn.data.coco_names import COCO_CLASS_NAMES
 from fpn.model import FasterRCNNFPN
@@ -293,7 +293,7 @@ def load_detector(path: PathLike, device: Union[str, torch.device] = "cpu") -> T
         try:
             model = build_from_checkpoint(obj)
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:  # an edited or foreign file
-            raise InputError(f"checkpoint {path}: cannot build a detector from it ({_first_line(error)})") from error
+            raise InputError(f"checkpoint {path}: cannot build a detector from it ({first_line(error)})") from error
         class_names = {int(k): str(v) for k, v in obj.get("class_names", {}).items()}
     else:
         model = _torchvision_detector(obj, path)
@@ -302,7 +302,7 @@ def load_detector(path: PathLike, device: Union[str, torch.device] = "cpu") -> T
     try:
         return model.to(device).eval(), class_names
     except (RuntimeError, AssertionError) as error:  # torch raises AssertionError for CUDA on a CPU-only build
-        raise InputError(f"device {device}: cannot run the model there ({_first_line(error)})") from error
+        raise InputError(f"device {device}: cannot run the model there ({first_line(error)})") from error
 
 
 def _torchvision_detector(obj: Any, path: Path) -> FasterRCNNFPN:
@@ -315,8 +315,5 @@ def _torchvision_detector(obj: Any, path: Path) -> FasterRCNNFPN:
         return FasterRCNNFPN.from_torchvision(obj)
     except (KeyError, ValueError, RuntimeError) as error:
         raise InputError(f"{path} is not a torchvision fasterrcnn_resnet50_fpn state dict: "
-                         f"{_first_line(error)}") from error
+                         f"{first_line(error)}") from error
 
-
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

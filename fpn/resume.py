@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from fpn.checkpoint import list_checkpoints, load_checkpoint
-from fpn.cli import InputError
+from fpn.cli import InputError, first_line
 from fpn.rng_state import restore_rng_state
 
 # Training arguments whose change on --resume says nothing about the run (where it runs, how it logs).
@@ -87,7 +87,7 @@ def restore_training_state(
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
     except (RuntimeError, ValueError, KeyError) as error:
-        raise InputError(f"the checkpoint's weights do not fit this model: {str(error).splitlines()[0]}") from error
+        raise InputError(f"the checkpoint's weights do not fit this model: {first_line(error)}") from error
     scheduler.load_state_dict(checkpoint["scheduler"])
     if scaler is not None and checkpoint.get("scaler") is not None:
         scaler.load_state_dict(checkpoint["scaler"])

@@ -12,7 +12,7 @@ from typing import Any, Union
 
 import torch
 
-from fpn.cli import InputError
+from fpn.cli import InputError, first_line
 
 
 def read_weights(path: Union[str, Path], what: str = "weights file", *, mmap: bool = False) -> Any:
@@ -48,5 +48,5 @@ def read_weights(path: Union[str, Path], what: str = "weights file", *, mmap: bo
             ) from error
         raise InputError(f"{what} {path}: not a torch weights file (written by torch.save?)") from error
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, UnicodeDecodeError) as error:
-        first = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
+        first = first_line(error).split(". ")[0]
         raise InputError(f"{what} {path}: unreadable or truncated torch file ({first})") from error
