@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from fpn.cli import InputError, first_line
+from fpn.cli import InputError, first_line, interrupts_deferred
 from fpn.config import FasterRCNNConfig
 from fpn.data.coco_names import COCO_CLASS_NAMES
 from fpn.model import FasterRCNNFPN
@@ -124,11 +124,11 @@ def atomic_save(obj: Any, path: PathLike) -> None:
     os.umask(umask)
     try:
         os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes the file private (0600); give it a normal file's mode
-        with os.fdopen(fd, "wb") as handle:
+        with interrupts_deferred(), os.fdopen(fd, "wb") as handle:  # Ctrl-C/SIGTERM: after the file is complete
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+            os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):
             os.remove(tmp_name)

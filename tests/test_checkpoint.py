@@ -176,3 +176,26 @@ def test_init_from_our_checkpoint_with_another_label_set(tmp_path):
     narrow, _, _ = _training_objects(width=8)
     with pytest.raises(ValueError, match="does not fit this model"):
         load_pretrained_weights(narrow, tmp_path / "c.pt")
+
+
+def test_sigterm_during_the_write_is_held_back_until_the_checkpoint_is_complete(tmp_path, monkeypatch):
+    # a SIGTERM arriving inside torch.save (turned into KeyboardInterrupt by the tools' handler) would leave torch's
+    # zip writer failing on close with an error hiding the interrupt; held back, the file is completed and the
+    # interrupt is raised right after
+    import signal
+
+    import torch.serialization as serialization
+
+    from fpn.cli import sigterm_as_interrupt
+
+    real_save = serialization._save
+
+    def save_while_signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(serialization, "_save", save_while_signalled)
+    with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        atomic_save({"a": torch.arange(100_000.0)}, tmp_path / "c.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["a"], torch.arange(100_000.0))
