@@ -3,6 +3,9 @@
 Shape shorthand: D detections of one image. Detections come out of the model as xyxy boxes in the pixels of the
 image it was given; COCO results are xywh boxes in the pixels of the original image, with COCO category ids in
 place of the model's contiguous labels.
+
+Proposal recall (AR100, AR1k, AR_s/m/l of an RPN-only model, the paper's Table 1) is in `fpn.proposal_eval`, which
+scores the same inference output with COCOeval class-agnostically.
 """
 from __future__ import annotations
 

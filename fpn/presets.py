@@ -136,6 +136,11 @@ def ablation_cpu() -> TrainingPreset:
     """
     preset = cpu_demo()
     model = preset.model
+    # Residual branches start open (torchvision's ResNet initialisation), closer to the paper's ImageNet-trained
+    # trunk: started as the identity (cpu-demo), the branches were still nearly shut after 600 iterations (last
+    # norm weights 0.01-0.08), which left C4 and C5 shallow and the single-scale baselines crippled. Measured with
+    # one seed: Faster R-CNN AP C4 0.0 -> 8.0, C5 3.2 -> 8.0; FPN RPN AR1k 45.1 -> 51.9.
+    model.backbone.zero_init_residual = False
     model.rpn.pre_nms_top_n_test = 1000
     model.rpn.post_nms_top_n_test = 1000
     # (a)'s box head is ResNet's conv5 stage on 14x14 RoIs (paper Table 3(a)); its cost grows with the RoIs per

@@ -172,6 +172,26 @@ def test_trainable_norms_learn_from_scratch(norm):
         assert parameter.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("depth, last", [(18, "bn2"), (50, "bn3")])
+def test_zero_init_residual_false_starts_every_branch_open(depth, last):
+    """BackboneConfig.zero_init_residual=False (the ablation preset): torchvision's initialisation, every norm at 1,
+    so each block's output differs from its shortcut from the first step; the convs are drawn as with zero-init."""
+    torch.manual_seed(0)
+    closed = ResNet(depth=depth, norm="gn", width=16, gn_groups=8, trainable_stages=5)
+    torch.manual_seed(0)
+    opened = ResNet(depth=depth, norm="gn", width=16, gn_groups=8, trainable_stages=5, zero_init_residual=False)
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        for shut, open_ in zip(getattr(closed, stage), getattr(opened, stage)):
+            assert torch.equal(getattr(shut, last).weight, torch.zeros_like(getattr(shut, last).weight))
+            assert torch.equal(getattr(open_, last).weight, torch.ones_like(getattr(open_, last).weight))
+            assert torch.equal(shut.conv1.weight, open_.conv1.weight)
+    x = torch.randn(1, opened.layer1[1].conv1.in_channels, 16, 16)  # layer1[1]: no downsample, shortcut = x
+    assert not torch.allclose(opened.layer1[1](x), torch.relu(x))  # an open branch: not the identity
+    assert torch.allclose(closed.layer1[1](x), torch.relu(x))  # a shut one: relu(x + 0)
+    config = BackboneConfig(depth=18, norm="gn", gn_groups=8, width=16, zero_init_residual=False)
+    assert torch.equal(build_resnet(config).layer4[1].bn2.weight, torch.ones(128))
+
+
 def test_frozen_bn_keeps_unit_last_norm():
     model = ResNet(depth=50, norm="frozen_bn")
     assert torch.equal(model.layer1[0].bn3.weight, torch.ones(256))
