@@ -3,6 +3,7 @@
     python scripts/benchmark.py                                # CPU (+ CUDA when present), fp32, 800x1333 inputs
     python scripts/benchmark.py --amp --json runs/benchmark.json    # + bf16 autocast (CPU: also channels_last)
     python scripts/benchmark.py --profile                      # + where the time goes (stages, top operators)
+    python scripts/benchmark.py --deploy                       # + every inference path, vs torchvision's best
     python scripts/benchmark.py --quick --json /tmp/b.json     # 256x320, batch 2, one repeat: a smoke test
 
 The torchvision model is seeded random and built as `fasterrcnn_resnet50_fpn(weights="COCO_V1")` builds it
@@ -33,6 +34,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable, List, Tuple
 
 import torch
 
@@ -177,12 +179,11 @@ def train_step_fn(model, images, targets, autocast):
 
 
 def memory_formats(ours, device: torch.device, precision: str):
-    """(ours, torchvision's) weight memory formats: each model's default (ours: `config.channels_last`,
-    torchvision: NCHW), both channels-last for bf16 on the CPU (oneDNN's fast bf16 path)."""
-    cpu_bf16 = device.type == "cpu" and precision == "bf16"
-    ours_nhwc = ours.config.channels_last or cpu_bf16
-    return (torch.channels_last if ours_nhwc else torch.contiguous_format,
-            torch.channels_last if cpu_bf16 else torch.contiguous_format)
+    """(ours, torchvision's) weight memory formats, always the same for both (like for like): channels-last on the
+    CPU (oneDNN's fast layout, in fp32 as in bf16) and where our config asks for it, NCHW otherwise."""
+    nhwc = device.type == "cpu" or ours.config.channels_last
+    layout = torch.channels_last if nhwc else torch.contiguous_format
+    return layout, layout
 
 
 def bench_stage(ours, tv, device, precision, settings):
@@ -235,6 +236,88 @@ def _row(device, precision, metric, unit, better, values):
     ratio = ours / tv if ours is not None and tv not in (None, 0) else None
     return {"device": device.type, "precision": precision, "metric": metric, "unit": unit, "better": better,
             "ours": ours, "torchvision": tv, "ratio": ratio}
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX-512 BF16 or AMX flags), where bf16 autocast pays."""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split() for line in f if line.startswith("flags")), [])
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
+@dataclass
+class Mode:
+    """One inference path measured by --deploy: `run(images)` runs it on a list of (3, H, W) images."""
+
+    name: str
+    run: Callable[[List[torch.Tensor]], object]
+    torchvision: bool = False  # a torchvision mode: the best of these is the yardstick
+
+
+def _eager(model, device: torch.device, precision: str):
+    def run(images):
+        autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                    else contextlib.nullcontext())
+        with torch.no_grad(), autocast:
+            return model(images)
+    return run
+
+
+def inference_modes(ours, tv, device: torch.device) -> Tuple[List[Mode], List[str]]:
+    """The inference paths --deploy measures, like for like (both models channels-last, each precision the device
+    runs well), and one line per path that cannot run here, saying why."""
+    precisions = ["fp32", "bf16"] if device.type == "cuda" or cpu_has_bf16() else ["fp32"]
+    layout = torch.channels_last if device.type == "cpu" or ours.config.channels_last else torch.contiguous_format
+    for model in (ours, tv):
+        model.to(device=device, memory_format=layout).eval()
+    modes = [Mode(f"torchvision, {p}", _eager(tv, device, p), torchvision=True) for p in precisions]
+    modes += [Mode(f"fpn, {p}", _eager(ours, device, p)) for p in precisions]
+    skipped = []
+    try:
+        from fpn.inference import optimize_for_inference
+    except ImportError as error:
+        skipped.append(f"fpn optimize_for_inference: {error}")
+    else:
+        for p in precisions:
+            fast = optimize_for_inference(ours, dtype=torch.bfloat16 if p == "bf16" else None)
+            modes.append(Mode(f"fpn optimize_for_inference, {p}", _eager(fast, device, "fp32")))
+    return modes, skipped
+
+
+def measure_modes(modes: List[Mode], settings: Settings, device: torch.device) -> List[dict]:
+    """Batch-1 latency and batch-N throughput of every mode, the modes interleaved in each round so that load from
+    other processes hits all alike; ratios to the best torchvision mode (latency: lowest; throughput: highest)."""
+    n = settings.throughput_batch
+    workloads = {"latency": make_batch(settings, 1, device)[0], "throughput": make_batch(settings, n, device, 1)[0]}
+    seconds = {(mode.name, kind): [] for mode in modes for kind in workloads}
+    for kind, images in workloads.items():
+        for i in range(settings.warmup + settings.repeats):
+            for mode in modes:
+                start = time.perf_counter()
+                mode.run(images)
+                _sync(device)
+                if i >= settings.warmup:
+                    seconds[mode.name, kind].append(time.perf_counter() - start)
+    latency = {m.name: 1000 * statistics.median(seconds[m.name, "latency"]) for m in modes}
+    throughput = {m.name: n / statistics.median(seconds[m.name, "throughput"]) for m in modes}
+    best_latency = min(latency[m.name] for m in modes if m.torchvision)
+    best_throughput = max(throughput[m.name] for m in modes if m.torchvision)
+    return [{"device": device.type, "mode": m.name, "latency_ms": latency[m.name],
+             "latency_vs_best_torchvision": latency[m.name] / best_latency,
+             "throughput_img_s": throughput[m.name],
+             "throughput_vs_best_torchvision": throughput[m.name] / best_throughput} for m in modes]
+
+
+def deploy_markdown(rows: List[dict], batch: int) -> str:
+    lines = ["| device | mode | latency, batch 1 (ms) | / best torchvision | throughput, batch "
+             f"{batch} (img/s) | / best torchvision |", "|---|---|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['device']} | {row['mode']} | {_fmt(row['latency_ms'])} | "
+                     f"{row['latency_vs_best_torchvision']:.2f} | {_fmt(row['throughput_img_s'])} | "
+                     f"{row['throughput_vs_best_torchvision']:.2f} |")
+    return "\n".join(lines)
 
 
 def stage_breakdown(model, images, repeats: int) -> dict:
@@ -320,6 +403,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs before them")
     parser.add_argument("--profile", action="store_true", help="also break CPU inference time down")
+    parser.add_argument("--deploy", action="store_true",
+                        help="also every inference path (torchvision's and ours in each precision, our optimized "
+                             "model), latency and throughput as ratios to torchvision's best")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     args = parser.parse_args(argv)
     if torchvision is None:
@@ -354,9 +440,20 @@ def main(argv=None) -> int:
             report["detections"].append({"device": device.type, "precision": precision, **counts})
             report["memory_formats"].append({"device": device.type, "precision": precision,
                                              "ours": formats[0], "torchvision": formats[1]})
+    if args.deploy:
+        report["deploy"] = {"results": [], "skipped": []}
+        for device in devices:
+            print(f"measuring the inference paths on {device.type} ...", file=sys.stderr, flush=True)
+            modes, skipped = inference_modes(ours, tv, device)
+            report["deploy"]["results"] += measure_modes(modes, settings, device)
+            report["deploy"]["skipped"] += [f"{device.type}: {line}" for line in skipped]
     if args.profile:
         report["profile"] = profile(ours, tv, settings)
     print(markdown(report))
+    if args.deploy:
+        print("\n" + deploy_markdown(report["deploy"]["results"], settings.throughput_batch))
+        for line in report["deploy"]["skipped"]:
+            print(f"not measured: {line}")
     for counts, formats in zip(report["detections"], report["memory_formats"]):
         print(f"{counts['device']} {counts['precision']}: detections on the batch-1 image: ours {counts['ours']}, "
               f"torchvision {counts['torchvision']}; memory format: ours {formats['ours']}, "

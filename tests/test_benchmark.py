@@ -1,10 +1,10 @@
+import importlib.util
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 
-from fpn.config import FasterRCNNConfig
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 
@@ -20,13 +20,13 @@ METRICS = [
 def test_quick_benchmark_writes_complete_json(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--json", str(out)],
+        [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--deploy", "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text(encoding="utf-8"))
 
-    assert set(report) == {"machine", "settings", "results", "detections", "memory_formats"}
+    assert set(report) == {"machine", "settings", "results", "detections", "memory_formats", "deploy"}
     machine = report["machine"]
     assert machine["cpu"] and machine["cpu_cores"] >= 1 and machine["torch_threads"] >= 1
     assert machine["torch"] and machine["torchvision"]
@@ -46,13 +46,31 @@ def test_quick_benchmark_writes_complete_json(tmp_path):
     # The raised classifier biases make both models return a full set of detections on the same image.
     assert report["detections"] == [{"device": "cpu", "precision": "fp32", "ours": 100, "torchvision": 100}]
 
-    ours_format = "channels_last" if FasterRCNNConfig().channels_last else "NCHW"
-    assert report["memory_formats"] == [{"device": "cpu", "precision": "fp32", "ours": ours_format,
-                                          "torchvision": "NCHW"}]
+    # like for like: both models channels-last on the CPU
+    assert report["memory_formats"] == [{"device": "cpu", "precision": "fp32", "ours": "channels_last",
+                                          "torchvision": "channels_last"}]
 
     # The Markdown table printed on stdout has one line per result row.
     table = [line for line in done.stdout.splitlines() if line.startswith("| cpu | fp32 |")]
     assert len(table) == len(METRICS)
+
+    # --deploy: every inference path, each with its ratios to the best torchvision mode
+    deploy = report["deploy"]["results"]
+    names = [row["mode"] for row in deploy]
+    assert names[0] == "torchvision, fp32" and "fpn, fp32" in names
+    assert ("torchvision, bf16" in names) == ("fpn, bf16" in names)
+    optimized = importlib.util.find_spec("fpn.inference") is not None
+    assert ("fpn optimize_for_inference, fp32" in names) == optimized
+    assert any("optimize_for_inference" in line for line in report["deploy"]["skipped"]) == (not optimized)
+    tv_rows = [row for row in deploy if row["mode"].startswith("torchvision")]
+    assert min(row["latency_vs_best_torchvision"] for row in tv_rows) == 1.0
+    assert max(row["throughput_vs_best_torchvision"] for row in tv_rows) == 1.0
+    best = min(row["latency_ms"] for row in tv_rows)
+    for row in deploy:
+        assert row["latency_ms"] > 0 and row["throughput_img_s"] > 0
+        assert math.isclose(row["latency_vs_best_torchvision"], row["latency_ms"] / best, rel_tol=1e-9)
+    printed = [line for line in done.stdout.splitlines() if line.startswith("| cpu | ") and "/" not in line[:8]]
+    assert all(any(line.startswith(f"| cpu | {name} |") for line in printed) for name in names)
 
 
 
