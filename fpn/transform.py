@@ -5,7 +5,7 @@ Boxes everywhere are (x1, y1, x2, y2) in absolute pixels of the frame named in t
 """
 from __future__ import annotations
 
-import math
+import functools
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -29,15 +29,14 @@ class ImageBatch:
 def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
     """Resize (3, H, W) so the shorter side is `min_size` unless the longer would exceed `max_size` (bilinear).
 
-    The scale is applied with `recompute_scale_factor=True`, so the new size is floor(H * scale), exactly as
-    torchvision's detection transform does (same weights -> same detections).
+    The new size is floor(H * scale), as torchvision's detection transform gets it (`recompute_scale_factor=True`:
+    same weights -> same detections), computed here and passed as the size: the same interpolation, written with
+    `torch.sym_min` so that under `torch.export` a symbolic H and W stay symbolic (Python's `min` would fix them).
     """
     h, w = image.shape[-2:]
-    scale = min(min_size / min(h, w), max_size / max(h, w))
-    resized = F.interpolate(
-        image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
-    )
-    return resized[0]
+    scale = torch.sym_min(min_size / torch.sym_min(h, w), max_size / torch.sym_max(h, w))
+    size = (torch.sym_int(h * scale), torch.sym_int(w * scale))  # what F.interpolate's recompute_scale_factor does
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 def scale_boxes(boxes: Tensor, from_size: Tuple[int, int], to_size: Tuple[int, int]) -> Tensor:
@@ -46,10 +45,18 @@ def scale_boxes(boxes: Tensor, from_size: Tuple[int, int], to_size: Tuple[int, i
     The ratios are float32 quotients, as torchvision's resize_boxes computes them, but computed on the host:
     a tensor made from Python numbers on an accelerator is a blocking host-to-device copy.
     """
-    ratio_h = float(np.float32(to_size[0]) / np.float32(from_size[0]))
-    ratio_w = float(np.float32(to_size[1]) / np.float32(from_size[1]))
+    ratio_h, ratio_w = _ratio(to_size[0], from_size[0]), _ratio(to_size[1], from_size[1])
     x1, y1, x2, y2 = boxes.unbind(dim=-1)
     return torch.stack((x1 * ratio_w, y1 * ratio_h, x2 * ratio_w, y2 * ratio_h), dim=-1)
+
+
+def _ratio(new: int, old: int) -> float:
+    """new / old as a float32 quotient. Sizes that are symbolic (under torch.export) give the float64 quotient,
+    which the float32 boxes round to the same float32 (a double-rounded quotient of integers below 2**24 is the
+    correctly rounded one)."""
+    if isinstance(new, int) and isinstance(old, int):
+        return float(np.float32(new) / np.float32(old))
+    return new / old
 
 
 def normalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -60,14 +67,19 @@ def normalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Ten
 
 def pad_batch(images: Sequence[Tensor], size_divisible: int) -> Tensor:
     """Stack (3, h_i, w_i) images into (N, 3, Hp, Wp), zero-padded, Hp and Wp multiples of `size_divisible`."""
-    max_h = max(img.shape[-2] for img in images)
-    max_w = max(img.shape[-1] for img in images)
-    pad_h = int(math.ceil(max_h / size_divisible) * size_divisible)
-    pad_w = int(math.ceil(max_w / size_divisible) * size_divisible)
-    batch = images[0].new_zeros((len(images), images[0].shape[0], pad_h, pad_w))
-    for i, img in enumerate(images):
-        batch[i, :, : img.shape[-2], : img.shape[-1]].copy_(img)
-    return batch
+    max_h = _sym_max(img.shape[-2] for img in images)
+    max_w = _sym_max(img.shape[-1] for img in images)
+    # rounded up in integers (no float ceil), so that symbolic sizes under torch.export stay integers
+    pad_h = -(-max_h // size_divisible) * size_divisible
+    pad_w = -(-max_w // size_divisible) * size_divisible
+    # zeros at the bottom and right (F.pad rather than copies into a slice of zeros: under torch.export a slice
+    # that may be the whole tensor would fix whether the image needed padding)
+    return torch.stack([F.pad(img, (0, pad_w - img.shape[-1], 0, pad_h - img.shape[-2])) for img in images])
+
+
+def _sym_max(values):
+    values = list(values)
+    return functools.reduce(torch.sym_max, values[1:], values[0])
 
 
 def preprocess(
@@ -92,7 +104,7 @@ def preprocess(
             min_size = cfg.min_size
         out = resize_image(normalize(image, cfg.image_mean, cfg.image_std), min_size, cfg.max_size)
         resized.append(out)
-        sizes.append((int(out.shape[-2]), int(out.shape[-1])))
+        sizes.append((out.shape[-2], out.shape[-1]))  # ints (symbolic under torch.export: no int() to fix them)
         if targets is not None:
             target = dict(targets[i])
             target["boxes"] = scale_boxes(target["boxes"], tuple(image.shape[-2:]), sizes[-1])

@@ -142,7 +142,7 @@ class RegionProposalNetwork(nn.Module):
         top_n = self.cfg.pre_nms_top_n_train if self.training else self.cfg.pre_nms_top_n_test
         indices, offset = [], 0
         for level_logits in logits.split(num_anchors_per_level, dim=1):
-            k = min(top_n, level_logits.shape[1])
+            k = torch.sym_min(top_n, level_logits.shape[1])  # sym_min: the level's size may be symbolic (export)
             indices.append(level_logits.topk(k, dim=1).indices + offset)
             offset += level_logits.shape[1]
         return torch.cat(indices, dim=1)  # (N, sum_l k_l)

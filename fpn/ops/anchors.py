@@ -58,7 +58,7 @@ def shift_anchors(cell: Tensor, grid_size: Sequence[int], stride: Sequence[Union
         (Hl*Wl*A, 4) anchors (x1, y1, x2, y2) in padded-image pixels, in `cell`'s dtype and device,
         location-major (row-major over the grid), then the A anchors of the location.
     """
-    level_h, level_w = int(grid_size[0]), int(grid_size[1])
+    level_h, level_w = (v if isinstance(v, torch.SymInt) else int(v) for v in grid_size)  # symbolic: kept so
     shifts_x = torch.arange(level_w, device=cell.device) * stride[1]  # (Wl,) integer
     shifts_y = torch.arange(level_h, device=cell.device) * stride[0]  # (Hl,) integer
     grid_y, grid_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")  # (Hl, Wl) each
@@ -183,6 +183,9 @@ class AnchorGenerator(nn.Module):
             modify it in place.
         """
         self._check_levels(len(feature_shapes), "feature maps")
+        if any(isinstance(v, torch.SymInt) for v in (*image_size, *(v for s in feature_shapes for v in s))):
+            # symbolic sizes (torch.export): anchors computed in the graph, no cache keyed by values it lacks
+            return self._generate(*image_size, list(feature_shapes), torch.device(device), dtype)
         height, width = int(image_size[0]), int(image_size[1])
         shapes = tuple((int(h), int(w)) for h, w in feature_shapes)
         key = (height, width, shapes, torch.device(device), dtype)

@@ -51,6 +51,9 @@ def nms_per_image(
     groups = images.index_select(0, candidates) * num_classes + classes.index_select(0, candidates)
     kept = candidates.index_select(0, batched_nms(
         boxes.index_select(0, candidates), scores.index_select(0, candidates), groups, iou_threshold))  # (K,)
+    if num_images == 1 and torch.compiler.is_exporting():
+        # one image, traced with its kept count unknown: no host read to split by image (export has none)
+        return [kept[:top_k]]
     # Stable sort by image: within an image the NMS order (score, then index) is kept.
     kept_images, order = torch.sort(images.index_select(0, kept), stable=True)
     kept = kept.index_select(0, order)

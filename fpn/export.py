@@ -1,0 +1,200 @@
+"""Export a detector for deployment: a `torch.export` program, or an ONNX model that onnxruntime runs.
+
+    python -m fpn.export --weights runs/demo/checkpoint_0000800.pt --output model.onnx
+    python -m fpn.export --weights fasterrcnn_resnet50_fpn_coco-258fb6c6.pth --output model.pt2
+
+`--weights` is one of our checkpoints or a torchvision detector state dict (as predict takes). The output's
+extension picks the format: `.onnx` (opset 18; needs `pip install -e ".[export]"`) or `.pt2` (an
+`ExportedProgram` written by `torch.export.save`, read back with `torch.export.load(path).module()`). The
+written model is run once on a test image and compared with the eager model; the summary line says by how much
+they differ. Bad flags, unreadable weights and a missing ONNX install end the run with one line, exit code 2.
+
+Interface of both: one float32 image (3, H, W), RGB in [0, 1], any H and W; resizing, normalisation and padding
+happen inside, as in the eager model. Outputs `boxes` (D, 4) float32 xyxy in that image's pixels, `scores` (D,)
+float32 and `labels` (D,) int64, by decreasing score: the eval-mode contract of `FasterRCNNFPN` for one image.
+
+What is static and what dynamic:
+  * dynamic: the image's height and width (16..8192 px), the number of proposals and of detections D (an
+    unknown count decided by NMS; 0 is fine), the number of RoIs pooled from each pyramid level;
+  * static: the batch (one image: the detections of several images have different counts, and splitting them by
+    image needs a read of those counts that an exported graph cannot make), the weights and every config value
+    (score threshold, NMS thresholds, top-k counts, min_size/max_size), float32;
+  * a limit of the `.pt2` program: every pyramid level of the resized, padded image must be at least 2 x 2 (its
+    shorter side above 64 px after resizing, i.e. aspect ratios up to about 4:1 with min_size = max_size = 256,
+    13:1 with 800 / 1333); `torch.export` treats a size of 1 as a special case, and the program's guard rejects
+    such an image. The ONNX model has no guards.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from fpn.cli import ArgumentParser, InputError, run_cli
+from fpn.transform import postprocess, preprocess
+
+EXAMPLE_SIZE = (480, 640)  # (H, W) of the example image traced: large enough for a 2 x 2 P6 after resizing
+MIN_SIDE, MAX_SIDE = 16, 8192  # the range of H and W the exported graphs accept
+INSTALL_HINT = 'pip install -e ".[export]"'
+
+
+class DetectorGraph(nn.Module):
+    """The eval-mode forward of a `FasterRCNNFPN` for one image, written to be traced: (3, H, W) float in [0, 1]
+    -> (boxes (D, 4), scores (D,), labels (D,) int64), the same values as `model([image])[0]`.
+
+    It calls the model's own stages (preprocess, backbone, FPN, RPN, RoI heads, postprocess) without the input
+    checks of `FasterRCNNFPN.forward`, whose value-range warning reads the image on the host.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        model = self.model
+        original_size = (image.shape[-2], image.shape[-1])  # symbolic under torch.export
+        batch, _ = preprocess([image], None, model.config.input, False)
+        x = batch.tensor  # (1, 3, Hp, Wp)
+        if model.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        features = model.neck(model.backbone(x))
+        rpn_features = {name: features[name] for name in model.rpn_maps}
+        if model.roi_heads is None:  # the RPN alone: its proposals, label 1
+            proposals, _ = model.rpn(batch, rpn_features, with_scores=True)
+            boxes, scores = proposals[0]["boxes"], proposals[0]["scores"]
+            detections = [{"boxes": boxes, "scores": scores, "labels": torch.ones_like(scores, dtype=torch.int64)}]
+        else:
+            proposals, _ = model.rpn(batch, rpn_features)
+            pooled = {name: features[name] for name in model.pooled_levels}
+            detections, _ = model.roi_heads(pooled, proposals, batch.image_sizes)
+        det = postprocess(detections, batch.image_sizes, [original_size])[0]
+        return det["boxes"], det["scores"], det["labels"]
+
+
+def _traceable(model: nn.Module) -> Tuple[DetectorGraph, Tuple[Tensor], Tuple[dict]]:
+    """The graph module, an example input and its dynamic shapes (H and W of the image)."""
+    if model.training:
+        raise ValueError("export the model in eval mode (model.eval()): training returns losses, not detections")
+    device = next(model.parameters()).device
+    example = torch.rand(3, *EXAMPLE_SIZE, generator=torch.Generator().manual_seed(0)).to(device)
+    height = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)
+    width = torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)
+    return DetectorGraph(model).eval(), (example,), ({1: height, 2: width},)
+
+
+def export_program(model: nn.Module) -> torch.export.ExportedProgram:
+    """`torch.export` of the eval-mode detector for one image of any height and width.
+
+    Args:
+        model: a `FasterRCNNFPN` in eval mode.
+    Returns:
+        the ExportedProgram; `program.module()(image)` gives (boxes, scores, labels) as `DetectorGraph`. The
+        fpn::nms, fpn::batched_nms and fpn::roi_align operators are single nodes of its graph.
+    """
+    graph, example, dynamic_shapes = _traceable(model)
+    with torch.no_grad():
+        return torch.export.export(graph, example, dynamic_shapes=dynamic_shapes)
+
+
+def export_onnx(model: nn.Module, path: Path) -> None:
+    """Write the eval-mode detector as an ONNX model (opset 18, standard ops only) to `path`.
+
+    Input `image` (3, H, W) float32, dynamic H and W; outputs `boxes`, `scores`, `labels`. NMS and RoIAlign are
+    ONNX's NonMaxSuppression and RoiAlign (see fpn/onnx_ops.py for how their semantics match ours).
+    """
+    require_onnx()
+    from fpn.onnx_ops import OPSET, translation_table
+
+    graph, example, dynamic_shapes = _traceable(model)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            graph, example, dynamo=True, dynamic_shapes=dynamic_shapes, opset_version=OPSET,
+            custom_translation_table=translation_table(), input_names=["image"],
+            output_names=["boxes", "scores", "labels"], optimize=True, verbose=False,
+        )
+    program.save(str(path))
+
+
+def require_onnx() -> None:
+    """Raise InputError naming the install command when onnx, onnxscript or onnxruntime is missing."""
+    missing = []
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise InputError(f"ONNX export needs {', '.join(missing)}, not installed: run {INSTALL_HINT}")
+
+
+def run_onnx(path: Path, image: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Run the ONNX model at `path` with onnxruntime (CPU) on one (3, H, W) image: (boxes, scores, labels)."""
+    require_onnx()
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    boxes, scores, labels = session.run(None, {"image": image.detach().cpu().float().numpy()})
+    return torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels)
+
+
+def compare_with_eager(model: nn.Module, path: Path, image: Tensor) -> str:
+    """Run the written model and the eager one on `image`; a one-line account of how they differ."""
+    with torch.no_grad():
+        expected = model([image])[0]
+    if path.suffix == ".onnx":
+        boxes, scores, labels = run_onnx(path, image)
+    else:
+        with torch.no_grad():
+            boxes, scores, labels = torch.export.load(str(path)).module()(image)
+    count = f"{boxes.shape[0]} detections (eager {expected['boxes'].shape[0]})"
+    if boxes.shape != expected["boxes"].shape or not torch.equal(labels.cpu(), expected["labels"].cpu()):
+        return f"{count}, labels or order differ from eager"
+    box_diff = (boxes.cpu() - expected["boxes"].cpu()).abs().max().item() if boxes.numel() else 0.0
+    score_diff = (scores.cpu() - expected["scores"].cpu()).abs().max().item() if scores.numel() else 0.0
+    return f"{count}, same labels, max box difference {box_diff:.2g} px, max score difference {score_diff:.2g}"
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = ArgumentParser(prog="python -m fpn.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", required=True, help="our checkpoint or a torchvision detector state dict")
+    parser.add_argument("--output", required=True, type=Path, help="model.onnx (ONNX) or model.pt2 (torch.export)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    args = parser.parse_args(argv)
+    if args.output.suffix not in (".onnx", ".pt2"):
+        raise InputError(f"--output {args.output}: the name must end in .onnx (ONNX) or .pt2 (torch.export)")
+    if not args.output.parent.is_dir():
+        raise InputError(f"--output {args.output}: folder {args.output.parent} does not exist")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from fpn.checkpoint import load_detector
+
+    args = parse_args(argv)
+    if args.output.suffix == ".onnx":
+        require_onnx()  # before the (slow) load and trace
+    model, _ = load_detector(args.weights, "cpu")
+    print(f"export: tracing the detector from {args.weights} ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    if args.output.suffix == ".onnx":
+        export_onnx(model, args.output)
+        kind = "ONNX model"
+    else:
+        torch.export.save(export_program(model), str(args.output))
+        kind = "torch.export program"
+    seconds = time.perf_counter() - start
+    image = torch.rand(3, 360, 500, generator=torch.Generator().manual_seed(1))
+    check = compare_with_eager(model, args.output, image)
+    size_mb = args.output.stat().st_size / 2**20
+    print(f"export: wrote {args.output} ({kind}, {size_mb:.1f} MB) in {seconds:.0f} s; on a 360x500 test image: "
+          f"{check}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, prog="export"))
