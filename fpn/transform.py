@@ -69,9 +69,10 @@ def pad_batch(images: Sequence[Tensor], size_divisible: int) -> Tensor:
     """Stack (3, h_i, w_i) images into (N, 3, Hp, Wp), zero-padded, Hp and Wp multiples of `size_divisible`."""
     max_h = _sym_max(img.shape[-2] for img in images)
     max_w = _sym_max(img.shape[-1] for img in images)
-    # rounded up in integers (no float ceil), so that symbolic sizes under torch.export stay integers
-    pad_h = -(-max_h // size_divisible) * size_divisible
-    pad_w = -(-max_w // size_divisible) * size_divisible
+    # rounded up in integers of one sign (no float ceil, so that symbolic sizes under torch.export stay integers;
+    # no floor division of negatives, which the ONNX exporter turns into a truncating Div)
+    pad_h = (max_h + size_divisible - 1) // size_divisible * size_divisible
+    pad_w = (max_w + size_divisible - 1) // size_divisible * size_divisible
     # zeros at the bottom and right (F.pad rather than copies into a slice of zeros: under torch.export a slice
     # that may be the whole tensor would fix whether the image needed padding)
     return torch.stack([F.pad(img, (0, pad_w - img.shape[-1], 0, pad_h - img.shape[-2])) for img in images])

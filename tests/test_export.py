@@ -1,7 +1,8 @@
 """torch.export of the eval-mode detector (fpn/export.py): dynamic image height and width, save/load, parity.
 
 A narrow ResNet-18 model (cpu-demo's layout) with seeded random weights, its RPN objectness and class logits
-spread (larger initial weights) and a score threshold of 0, so that it returns detections to compare.
+spread (larger initial weights) so that it returns detections to compare: random-noise images give a few
+detections above its score threshold 0.97, a white image none (its best score is 0.96).
 """
 import pytest
 import torch
@@ -14,8 +15,7 @@ from fpn.presets import cpu_demo
 def small_detector(seed: int = 0) -> FasterRCNNFPN:
     """cpu-demo's narrow model (3 classes + background) with random weights that yield detections."""
     config = cpu_demo().model
-    config.roi_heads.score_thresh = 0.0
-    config.roi_heads.detections_per_img = 30
+    config.roi_heads.score_thresh = 0.97
     torch.manual_seed(seed)
     model = FasterRCNNFPN(num_classes=4, config=config)
     torch.nn.init.normal_(model.rpn.head.cls_logits.weight, std=1.0)
@@ -54,7 +54,7 @@ def test_exported_program_has_dynamic_height_and_width_and_the_fpn_ops(model_and
     assert channels == 3 and isinstance(height, torch.SymInt) and isinstance(width, torch.SymInt)
 
 
-@pytest.mark.parametrize("size", [(200, 300), (480, 360), (256, 256), (100, 200), (1000, 700)])
+@pytest.mark.parametrize("size", [(200, 300), (480, 360), (100, 200)])
 def test_reloaded_program_matches_eager_at_several_sizes(model_and_program, size):
     model, program = model_and_program
     x = image(*size, seed=size[0])
@@ -65,3 +65,12 @@ def test_reloaded_program_matches_eager_at_several_sizes(model_and_program, size
     assert torch.equal(labels, expected["labels"])
     assert torch.allclose(boxes, expected["boxes"], rtol=0, atol=1e-3)
     assert torch.allclose(scores, expected["scores"], rtol=0, atol=1e-5)
+
+
+def test_reloaded_program_gives_no_detections_where_eager_has_none(model_and_program):
+    model, program = model_and_program
+    white = torch.ones(3, 200, 300)
+    with torch.no_grad():
+        assert model([white])[0]["boxes"].shape == (0, 4)
+        boxes, scores, labels = program.module()(white)
+    assert boxes.shape == (0, 4) and scores.shape == labels.shape == (0,)
