@@ -21,7 +21,13 @@ setup(
     extras_require={
         # torchvision is the *reference* the parity tests compare against; fpn/ never imports it. Its release
         # pairs with torch's (0.29 with 2.14): an older one would pull in an older torch.
-        "test": ["pytest>=9.2", "torchvision>=0.29", "matplotlib>=3.11"],
+        # The ONNX export tests run in CI, so `test` holds the `export` extra's packages too (written out: the
+        # extras are literals, which tests/test_model_defaults.py reads).
+        "test": ["pytest>=9.2", "torchvision>=0.29", "matplotlib>=3.11", "onnx>=1.23", "onnxscript>=0.7",
+                 "onnxruntime>=1.32"],
         "viz": ["matplotlib>=3.11"],
+        # `python -m fpn.export --output model.onnx`: torch.onnx's exporter (onnx, onnxscript) and the runtime that
+        # checks the written model against the eager one (onnxruntime).
+        "export": ["onnx>=1.23", "onnxscript>=0.7", "onnxruntime>=1.32"],
     },
 )
