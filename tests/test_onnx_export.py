@@ -74,3 +74,12 @@ def test_missing_weights_file_is_one_line_and_exit_code_2(tmp_path):
     assert run.returncode == 2
     assert run.stderr.startswith("export: error:") and "none.pt" in run.stderr, run.stderr
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_missing_onnx_packages_name_the_install_command(monkeypatch):
+    from fpn.cli import InputError
+    from fpn.export import require_onnx
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+    with pytest.raises(InputError, match=r'onnxruntime, not installed: run pip install -e "\.\[export\]"'):
+        require_onnx()

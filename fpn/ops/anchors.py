@@ -58,7 +58,7 @@ def shift_anchors(cell: Tensor, grid_size: Sequence[int], stride: Sequence[Union
         (Hl*Wl*A, 4) anchors (x1, y1, x2, y2) in padded-image pixels, in `cell`'s dtype and device,
         location-major (row-major over the grid), then the A anchors of the location.
     """
-    level_h, level_w = (v if isinstance(v, torch.SymInt) else int(v) for v in grid_size)  # symbolic: kept so
+    level_h, level_w = (v if isinstance(v, torch.SymInt) else int(v) for v in grid_size)  # SymInt (export): kept
     shifts_x = torch.arange(level_w, device=cell.device) * stride[1]  # (Wl,) integer
     shifts_y = torch.arange(level_h, device=cell.device) * stride[0]  # (Hl,) integer
     grid_y, grid_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")  # (Hl, Wl) each
