@@ -265,7 +265,7 @@ def _eager(model, device: torch.device, precision: str):
     return run
 
 
-def inference_modes(ours, tv, device: torch.device) -> Tuple[List[Mode], List[str]]:
+def inference_modes(ours, tv, device: torch.device, onnx: bool = True) -> Tuple[List[Mode], List[str]]:
     """The inference paths --deploy measures, like for like (both models channels-last, each precision the device
     runs well), and one line per path that cannot run here, saying why."""
     precisions = ["fp32", "bf16"] if device.type == "cuda" or cpu_has_bf16() else ["fp32"]
@@ -283,7 +283,34 @@ def inference_modes(ours, tv, device: torch.device) -> Tuple[List[Mode], List[st
         for p in precisions:
             fast = optimize_for_inference(ours, dtype=torch.bfloat16 if p == "bf16" else None)
             modes.append(Mode(f"fpn optimize_for_inference, {p}", _eager(fast, device, "fp32")))
+    if device.type == "cpu" and not onnx:
+        skipped.append("ONNX under onnxruntime: --no-onnx")
+    elif device.type == "cpu":
+        try:
+            modes.append(onnx_mode(ours))
+        except Exception as error:  # the export extra missing, or an export failure: report it as a row not run
+            skipped.append(f"ONNX under onnxruntime: {str(error).splitlines()[0] if str(error) else error!r}")
     return modes, skipped
+
+
+def onnx_mode(ours) -> Mode:
+    """Our model exported by `fpn.export.export_onnx` (fp32, one image per call, resize and normalisation inside)
+    and run by onnxruntime's CPU provider; a batch is a loop over its images."""
+    import tempfile
+
+    import onnxruntime
+
+    from fpn.export import export_onnx
+
+    path = os.path.join(tempfile.mkdtemp(prefix="fpn_bench_"), "model.onnx")
+    export_onnx(ours.to(memory_format=torch.contiguous_format), path)
+    ours.to(memory_format=torch.channels_last)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+    def run(images):
+        return [session.run(None, {"image": image.numpy()}) for image in images]
+
+    return Mode("fpn ONNX, onnxruntime, fp32", run)
 
 
 def measure_modes(modes: List[Mode], settings: Settings, device: torch.device) -> List[dict]:
@@ -405,7 +432,10 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", action="store_true", help="also break CPU inference time down")
     parser.add_argument("--deploy", action="store_true",
                         help="also every inference path (torchvision's and ours in each precision, our optimized "
-                             "model), latency and throughput as ratios to torchvision's best")
+                             "model, ONNX under onnxruntime), latency and throughput as ratios to torchvision's "
+                             "best")
+    parser.add_argument("--no-onnx", action="store_true",
+                        help="--deploy without the ONNX row (its export takes a minute or more on 2 cores)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     args = parser.parse_args(argv)
     if torchvision is None:
@@ -444,7 +474,7 @@ def main(argv=None) -> int:
         report["deploy"] = {"results": [], "skipped": []}
         for device in devices:
             print(f"measuring the inference paths on {device.type} ...", file=sys.stderr, flush=True)
-            modes, skipped = inference_modes(ours, tv, device)
+            modes, skipped = inference_modes(ours, tv, device, onnx=not args.no_onnx)
             report["deploy"]["results"] += measure_modes(modes, settings, device)
             report["deploy"]["skipped"] += [f"{device.type}: {line}" for line in skipped]
     if args.profile:
