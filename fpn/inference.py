@@ -117,7 +117,7 @@ def check_dtype(dtype: Optional[torch.dtype], device: torch.device) -> None:
     if device.type == "cpu":
         if dtype == torch.float16:
             raise ValueError("dtype torch.float16 is not supported on the CPU; use torch.bfloat16 (or None for float32)")
-        if not _cpu_has_native_bf16():
+        if not cpu_has_native_bf16():
             warnings.warn("this CPU has no native bf16 (AVX-512 BF16 or AMX): bfloat16 convolutions are emulated and "
                           "may be slower than float32", stacklevel=3)
     elif device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
@@ -125,7 +125,8 @@ def check_dtype(dtype: Optional[torch.dtype], device: torch.device) -> None:
                          "use torch.float16")
 
 
-def _cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX), where bf16 pays."""
     with contextlib.suppress(AttributeError, RuntimeError):
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False

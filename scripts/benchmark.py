@@ -39,6 +39,7 @@ from typing import Callable, List, Tuple
 import torch
 
 from fpn import FasterRCNNFPN
+from fpn.inference import cpu_has_native_bf16, optimize_for_inference
 
 try:  # the reference measured against; the "test" extra installs it, the main-job install does not
     import torchvision
@@ -238,15 +239,6 @@ def _row(device, precision, metric, unit, better, values):
             "ours": ours, "torchvision": tv, "ratio": ratio}
 
 
-def cpu_has_bf16() -> bool:
-    """Whether the CPU computes bf16 natively (AVX-512 BF16 or AMX flags), where bf16 autocast pays."""
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line.split() for line in f if line.startswith("flags")), [])
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    return False
-
-
 @dataclass
 class Mode:
     """One inference path measured by --deploy: `run(images)` runs it on a list of (3, H, W) images."""
@@ -268,21 +260,16 @@ def _eager(model, device: torch.device, precision: str):
 def inference_modes(ours, tv, device: torch.device, onnx: bool = True) -> Tuple[List[Mode], List[str]]:
     """The inference paths --deploy measures, like for like (both models channels-last, each precision the device
     runs well), and one line per path that cannot run here, saying why."""
-    precisions = ["fp32", "bf16"] if device.type == "cuda" or cpu_has_bf16() else ["fp32"]
+    precisions = ["fp32", "bf16"] if device.type == "cuda" or cpu_has_native_bf16() else ["fp32"]
     layout = torch.channels_last if device.type == "cpu" or ours.config.channels_last else torch.contiguous_format
     for model in (ours, tv):
         model.to(device=device, memory_format=layout).eval()
     modes = [Mode(f"torchvision, {p}", _eager(tv, device, p), torchvision=True) for p in precisions]
     modes += [Mode(f"fpn, {p}", _eager(ours, device, p)) for p in precisions]
     skipped = []
-    try:
-        from fpn.inference import optimize_for_inference
-    except ImportError as error:
-        skipped.append(f"fpn optimize_for_inference: {error}")
-    else:
-        for p in precisions:
-            fast = optimize_for_inference(ours, dtype=torch.bfloat16 if p == "bf16" else None)
-            modes.append(Mode(f"fpn optimize_for_inference, {p}", _eager(fast, device, "fp32")))
+    for p in precisions:
+        fast = optimize_for_inference(ours, dtype=torch.bfloat16 if p == "bf16" else None)
+        modes.append(Mode(f"fpn optimize_for_inference, {p}", _eager(fast, device, "fp32")))
     if device.type == "cpu" and not onnx:
         skipped.append("ONNX under onnxruntime: --no-onnx")
     elif device.type == "cpu":
