@@ -1,7 +1,7 @@
-"""The fpn:: operators written in standard ONNX ops (opset 18), for `torch.onnx.export(..., dynamo=True)`.
+"""The fpn:: operators, and what the exporter translates wrongly or not at all, in standard ONNX ops (opset 18).
 
-`ONNX_TRANSLATIONS` maps each registered operator to an onnxscript function that `torch.onnx.export` calls in
-its `custom_translation_table`; the exported model holds only standard ONNX ops, which any runtime executes:
+`translation_table()` maps each to an onnxscript function, for the `custom_translation_table` of
+`torch.onnx.export(..., dynamo=True)`; the exported model holds only standard ONNX ops, which any runtime executes:
 
 * `fpn::roi_align` -> `RoiAlign` (mode "avg"). Its `coordinate_transformation_mode` "output_half_pixel" is
   torchvision's `aligned=False` (no half-pixel shift of the box, and a box side clamped to at least one feature
@@ -17,9 +17,15 @@ its `custom_translation_table`; the exported model holds only standard ONNX ops,
   passed as the largest float32 <= it, as fpn's NMS compares. NonMaxSuppression returns the kept boxes class by
   class; two TopK sorts (by index, then by score, TopK keeping the lower position first on ties) give fpn's order:
   decreasing score, ties by lower index. Limit: a box whose score is -inf (or NaN) is dropped here, kept by fpn.
+* Python arithmetic on sizes (`torch.sym_float`, `/`), e.g. the resize's scale min(800 / short, 1333 / long) and
+  new size floor(H * scale): in float64, as Python computes it. The exporter's default, float32, gives another
+  size for about one image shape in 20 (e.g. 41 * (256 / 41) is 256 in float64, 255.99998 in float32).
+* `aten::sort.stable` (the pooler's argsort of RoI levels), which the exporter does not translate: TopK.
 """
+import operator
+
 import torch
-from onnxscript import INT64
+from onnxscript import DOUBLE, INT64
 from onnxscript import opset18 as op
 
 from fpn.ops.nms_window import threshold_below  # importing fpn.ops registers the fpn:: operators
@@ -83,6 +89,16 @@ def stable_sort(self, stable=None, dim: int = -1, descending: bool = False):
     return op.TopK(self, count, axis=dim, largest=1 if descending else 0, sorted=1)
 
 
+def sym_float(self):
+    """torch.sym_float (int -> Python float) as float64."""
+    return op.Cast(self, to=DOUBLE.dtype)
+
+
+def truediv(self, other):
+    """Python's `/` on sizes as float64."""
+    return op.Div(op.Cast(self, to=DOUBLE.dtype), op.Cast(other, to=DOUBLE.dtype))
+
+
 def translation_table():
     """{torch op overload: onnxscript function} for `torch.onnx.export`'s `custom_translation_table`."""
 
@@ -91,4 +107,6 @@ def translation_table():
         torch.ops.fpn.batched_nms.default: batched_nms,
         torch.ops.fpn.nms.default: nms,
         torch.ops.aten.sort.stable: stable_sort,
+        torch.sym_float: sym_float,
+        operator.truediv: truediv,
     }

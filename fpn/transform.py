@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fpn.config import InputConfig
+from fpn.ops.resize import bilinear_resize
 
 
 @dataclass
@@ -32,10 +33,13 @@ def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
     The new size is floor(H * scale), as torchvision's detection transform gets it (`recompute_scale_factor=True`:
     same weights -> same detections), computed here and passed as the size: the same interpolation, written with
     `torch.sym_min` so that under `torch.export` a symbolic H and W stay symbolic (Python's `min` would fix them).
+    Exported, the interpolation is `bilinear_resize`: the same values in ops that ONNX runtimes compute alike.
     """
     h, w = image.shape[-2:]
     scale = torch.sym_min(min_size / torch.sym_min(h, w), max_size / torch.sym_max(h, w))
     size = (torch.sym_int(h * scale), torch.sym_int(w * scale))  # what F.interpolate's recompute_scale_factor does
+    if torch.compiler.is_exporting():
+        return bilinear_resize(image, size)
     return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
@@ -45,18 +49,18 @@ def scale_boxes(boxes: Tensor, from_size: Tuple[int, int], to_size: Tuple[int, i
     The ratios are float32 quotients, as torchvision's resize_boxes computes them, but computed on the host:
     a tensor made from Python numbers on an accelerator is a blocking host-to-device copy.
     """
-    ratio_h, ratio_w = _ratio(to_size[0], from_size[0]), _ratio(to_size[1], from_size[1])
+    ratio_h, ratio_w = _ratio(to_size[0], from_size[0], boxes), _ratio(to_size[1], from_size[1], boxes)
     x1, y1, x2, y2 = boxes.unbind(dim=-1)
     return torch.stack((x1 * ratio_w, y1 * ratio_h, x2 * ratio_w, y2 * ratio_h), dim=-1)
 
 
-def _ratio(new: int, old: int) -> float:
-    """new / old as a float32 quotient. Sizes that are symbolic (under torch.export) give the float64 quotient,
-    which the float32 boxes round to the same float32 (a double-rounded quotient of integers below 2**24 is the
-    correctly rounded one)."""
+def _ratio(new: int, old: int, like: Tensor) -> Union[float, Tensor]:
+    """new / old as a float32 quotient. Sizes that are symbolic (under torch.export) give it as a 0-dim float32
+    tensor on `like`'s device: the same value, computed in the graph (a Python float would be float64 there)."""
     if isinstance(new, int) and isinstance(old, int):
         return float(np.float32(new) / np.float32(old))
-    return new / old
+    return torch.full((), new, dtype=torch.float32, device=like.device) / torch.full(
+        (), old, dtype=torch.float32, device=like.device)
 
 
 def normalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:

@@ -43,7 +43,11 @@ def test_cli_writes_an_opset_18_model_of_standard_ops_and_reports_the_difference
     assert [o.name for o in model.graph.output] == ["boxes", "scores", "labels"]
 
 
-@pytest.mark.parametrize("size", [(256, 256), (192, 256), (100, 200), (200, 300)])
+@pytest.mark.parametrize("size", [
+    (256, 256), (192, 256), (100, 200), (200, 300),
+    (150, 159),  # resized to 241 x 256 (the width is 255 if the size is computed in float32, not Python's float64)
+    (360, 500),  # a downscale of a noise image: a last-bit move of the resize's sampling points shows
+])
 def test_onnxruntime_matches_eager_at_several_sizes(exported, size):
     checkpoint, output, _ = exported
     model, _ = load_detector(checkpoint)
