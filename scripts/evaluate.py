@@ -34,6 +34,12 @@ counts the model's config.rpn.post_nms_top_n_test proposals per image when that 
 
     python scripts/evaluate.py runs/demo/checkpoint_0000800.pt --coco-root runs/demo/synthetic --proposals
 
+Inference-optimized model (--fast): evaluate `fpn.inference.optimize_for_inference`'s copy of the detector, as
+`python -m fpn.predict --fast` runs it (normalisations folded, channels-last; `--fast-dtype bf16` or fp16 for the
+convolutions and linear layers), to see what it costs in AP. --fast-dtype replaces --amp.
+
+    python scripts/evaluate.py runs/demo/checkpoint_0000800.pt --coco-root runs/demo/synthetic --fast --fast-dtype bf16
+
 Exit codes: 0 done; 2 a usage or input error (bad flag, missing or unreadable checkpoint or annotation file,
 categories that do not match), one line on stderr (--debug shows the traceback); 130 interrupted.
 """
@@ -54,7 +60,7 @@ from fpn.cli import InputError, run_cli
 from fpn.data.coco import CocoDetection
 from fpn.engine import AMP_DTYPES, autocast_factory, select_device
 from fpn.evaluation import check_categories, evaluate_coco, format_metrics
-from fpn.predict import label_map_of
+from fpn.predict import FAST_DTYPES, fast_model, label_map_of
 from fpn.proposal_eval import evaluate_proposals, format_recall, rpn_only_model
 from fpn.weights_file import read_weights
 
@@ -83,6 +89,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: the training's --threads when it set one, else torch's default; "
                              "on a CPU the thread count changes the arithmetic's order, and the scores a little)")
+    parser.add_argument("--fast", action="store_true",
+                        help="evaluate the inference-optimized copy of the model (fpn.inference.optimize_for_inference)")
+    parser.add_argument("--fast-dtype", choices=sorted(FAST_DTYPES), default="fp32",
+                        help="with --fast: the dtype of the convolutions and linear layers (default fp32)")
     parser.add_argument("--allow-missing-categories", action="store_true",
                         help="evaluate even when the data has categories the model cannot predict (AP 0 for them)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
@@ -101,6 +111,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         raise InputError(f"--threads must be >= 0, got {args.threads}")
     if args.workers < 0:
         raise InputError(f"--workers must be >= 0, got {args.workers}")
+    if args.fast_dtype != "fp32" and not args.fast:
+        raise InputError(f"--fast-dtype {args.fast_dtype} needs --fast")
+    if args.fast and args.amp not in (None, "none"):
+        raise InputError(f"--amp {args.amp} and --fast: give the precision of the optimized model as --fast-dtype")
     return args
 
 
@@ -132,7 +146,9 @@ def evaluation_batching(weights: Any, args: argparse.Namespace) -> Batching:
         ("threads", "threads", 0, lambda v: isinstance(v, int) and v >= 0),
     ):
         flag = "--" + name.replace("_", "-")
-        if getattr(args, name) is not None:
+        if name == "amp" and getattr(args, "fast", False):
+            chosen[name] = ("none", f"--fast-dtype {args.fast_dtype} instead")
+        elif getattr(args, name) is not None:
             chosen[name] = (getattr(args, name), flag)
         elif valid(trained.get(stored)):
             chosen[name] = (trained[stored], f"the training's --{stored.replace('_', '-')}")
@@ -188,6 +204,8 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> int:
         model, class_names = load_detector(args.checkpoint, device)
         if args.proposals:
             return proposals_command(model, dataset, batching, device, args)
+        if args.fast:
+            model = fast_model(model, FAST_DTYPES[args.fast_dtype])
         mapping, warning = label_map(weights, model.num_classes, class_names, dataset, checkpoint=args.checkpoint,
                                      allow_missing=args.allow_missing_categories)
         if warning and distributed.is_main_process():
@@ -210,6 +228,8 @@ def proposals_command(model: torch.nn.Module, dataset: CocoDetection, batching: 
                       args: argparse.Namespace) -> int:
     """--proposals: the average recall of the proposals of `model`'s RPN (its RPN-only twin for a full detector)."""
     proposer = rpn_only_model(model)
+    if args.fast:
+        proposer = fast_model(proposer, FAST_DTYPES[args.fast_dtype])
     per_image = proposer.config.rpn.post_nms_top_n_test
     distributed.log(f"evaluating proposals ({per_image} per image at most) with {batching.described}")
     output_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).resolve().parent

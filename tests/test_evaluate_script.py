@@ -236,3 +236,25 @@ def test_proposals_of_a_full_checkpoint(val_set, checkpoint, tmp_path, capsys):
     metrics = json.loads((tmp_path / "out" / "rpn_metrics.json").read_text())
     assert set(metrics) == set(RECALL_NAMES) and all(-1.0 <= v <= 1.0 for v in metrics.values())
     assert "|  AR1k |" in capsys.readouterr().out
+
+
+def test_fast_evaluates_the_optimized_model(val_set, checkpoint, tmp_path, capsys):
+    assert _run([str(checkpoint), *_data_flags(val_set)], tmp_path) == 0
+    eager = json.loads((tmp_path / "out" / "evaluate_results.json").read_text())
+    assert _run([str(checkpoint), *_data_flags(val_set), "--fast"], tmp_path) == 0
+    fast = json.loads((tmp_path / "out" / "evaluate_results.json").read_text())
+    out = capsys.readouterr().out
+    assert "fast: folded" in out and "dtype float32" in out
+    assert len(eager) > 0 and len(fast) == len(eager)  # fp32: the same detections, to float rounding
+    for a, b in zip(eager, fast):
+        assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+        assert max(abs(x - y) for x, y in zip(a["bbox"], b["bbox"])) < 1e-3 and abs(a["score"] - b["score"]) < 1e-5
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--fast-dtype", "bf16"], "--fast-dtype bf16 needs --fast"),
+    (["--fast", "--amp", "bf16"], "--amp bf16 and --fast: give the precision of the optimized model as --fast-dtype"),
+])
+def test_fast_flag_errors(flags, expected, val_set, checkpoint, tmp_path, capsys):
+    assert _run([str(checkpoint), *_data_flags(val_set), *flags], tmp_path) == 2
+    assert expected in one_error_line(capsys, "evaluate")
