@@ -9,7 +9,7 @@ from fpn.config import (  # noqa: F401
     RPNConfig,
 )
 
-from fpn.model import FasterRCNNFPN
+from fpn.detectors.faster_rcnn import FasterRCNNFPN
 
 __version__ = "0.1.0"
 __all__ = ["FasterRCNNFPN", "FasterRCNNConfig"]

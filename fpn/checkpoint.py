@@ -32,7 +32,7 @@ import torch
 from fpn.cli import InputError, first_line, interrupts_deferred
 from fpn.config import FasterRCNNConfig
 from fpn.data.coco_names import COCO_CLASS_NAMES
-from fpn.model import FasterRCNNFPN
+from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from fpn.rng_state import capture_rng_state
 from fpn.weights_file import read_weights
 

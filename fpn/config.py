@@ -13,13 +13,13 @@ import copy
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any, Optional, Tuple
 
-# The models of the paper's ablations (Lin et al., 2017, Tables 1-3), rows (a)-(f); see fpn/variants.py.
+# The models of the paper's ablations (Lin et al., 2017, Tables 1-3), rows (a)-(f); see fpn/detectors/variants.py.
 VARIANTS = ("c4", "c5", "fpn", "no_top_down", "no_lateral", "p2_only")
 
 
 @dataclass
 class BackboneConfig:
-    """The ResNet trunk. `norm` and `trainable_stages` left at None are chosen from `weights`, as torchvision
+    """The trunk (ResNet or RegNetX). `norm` and `trainable_stages` left at None are chosen from `weights`, as torchvision
     chooses them from whether any weights are given (`resolved()` applies the rule):
 
         weights given:  norm "frozen_bn", trainable_stages 3 (fine-tuning: ImageNet statistics, stem and C2 kept)
@@ -30,6 +30,7 @@ class BackboneConfig:
     checkpoint); the model warns when it trains such a backbone with nothing loaded.
     """
 
+    name: str = "resnet"  # the trunk: "resnet" (of `depth` and `width`) or a RegNetX size, e.g. "regnet_x_400mf"
     depth: int = 50  # ResNet depth: 18, 34 (basic blocks), 50, 101 (bottlenecks)
     norm: Optional[str] = None  # "frozen_bn", "bn" or "gn" (small batches); none: frozen_bn with weights, else bn
     gn_groups: int = 32  # groups of GroupNorm when norm == "gn"

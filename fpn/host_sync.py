@@ -169,7 +169,7 @@ def _call_site() -> str:
 
 
 def _short_path(filename: str) -> str:
-    # .../site-packages/torchvision/ops/boxes.py -> torchvision/ops/boxes.py; /repo/fpn/model.py -> fpn/model.py
+    # .../site-packages/torchvision/ops/boxes.py -> torchvision/ops/boxes.py; /repo/fpn/detectors/faster_rcnn.py -> fpn/detectors/faster_rcnn.py
     parts = filename.split(os.sep)
     for package in ("fpn", "torchvision", "tests", "scripts"):
         if package in parts:

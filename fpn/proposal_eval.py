@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from fpn import distributed
 from fpn.evaluation import flatten_results, format_table, run_inference, warn_unevaluated, write_json_files
-from fpn.model import FasterRCNNFPN
+from fpn.detectors.faster_rcnn import FasterRCNNFPN
 
 # name: (COCOeval area range label, proposals per image); Table 1's AR^100, AR^1k, AR_s^1k, AR_m^1k, AR_l^1k
 RECALL_METRICS = {

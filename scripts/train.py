@@ -49,7 +49,7 @@ from fpn.data.synthetic import generate_synthetic_coco
 from fpn.engine import MetricsLog, autocast_factory, build_grad_scaler, select_device, train_iterations
 from fpn.evaluation import evaluate_coco, format_metrics
 from fpn.proposal_eval import evaluate_proposals, format_recall
-from fpn.model import FasterRCNNFPN
+from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from fpn.nonfinite import FiniteWatch, NonFiniteError
 from fpn.presets import (
     PRESETS, add_config_flags, add_preset_flags, apply_config_flags, apply_preset_flags, describe_presets, get_preset,

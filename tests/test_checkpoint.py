@@ -14,7 +14,7 @@ from fpn.checkpoint import (
 from fpn.config import FasterRCNNConfig
 from fpn.data.coco_names import COCO_CLASS_NAMES
 from fpn.engine import build_grad_scaler
-from fpn.model import FasterRCNNFPN
+from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from fpn.resume import restore_training_state
 from fpn.rng_state import capture_rng_state, restore_rng_state
 from fpn.schedule import build_lr_scheduler, build_optimizer

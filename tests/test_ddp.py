@@ -15,7 +15,7 @@ from fpn import distributed
 from fpn.config import FasterRCNNConfig
 from fpn.engine import build_grad_scaler, train_step
 from fpn.evaluation import flatten_results, run_inference
-from fpn.model import FasterRCNNFPN
+from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from fpn.schedule import build_optimizer
 
 WORLD = 2

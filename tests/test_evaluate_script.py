@@ -15,7 +15,7 @@ from fpn.data.coco import CocoDetection
 from fpn.data.coco_names import COCO_CLASS_NAMES
 from fpn.data.synthetic import generate_synthetic_coco
 from fpn.evaluation import METRIC_NAMES
-from fpn.model import FasterRCNNFPN
+from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from fpn.proposal_eval import RECALL_NAMES, format_recall
 from test_checkpoint import tiny_config
 from test_predict_errors import one_error_line

@@ -15,7 +15,7 @@ import torch
 
 from fpn.checkpoint import atomic_save, list_checkpoints, load_checkpoint
 from fpn.data.synthetic import generate_synthetic_coco
-from fpn.model import FasterRCNNFPN
+from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from test_train_script import load_train_script, tiny_args
 
 REPO = Path(__file__).resolve().parents[1]

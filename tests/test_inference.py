@@ -6,7 +6,7 @@ from torch import nn
 from fpn.backbones.norm import FrozenBatchNorm2d
 from fpn.config import FasterRCNNConfig
 from fpn.inference import InferenceModel, fold_norms, optimize_for_inference
-from fpn.model import FasterRCNNFPN
+from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from fpn.ops import box_iou
 
 # (H, W) of the inputs; the model resizes them to a shorter side of 128 (longer at most 192)

@@ -7,7 +7,7 @@ from PIL import Image
 
 from fpn.checkpoint import save_checkpoint
 from fpn.config import FasterRCNNConfig
-from fpn.model import FasterRCNNFPN
+from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from fpn.predict import (
     RESULTS_FILE,
     detections_to_results,

@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 from torch import nn
 
 from fpn import distributed
-from fpn.model import FasterRCNNFPN
+from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from fpn.proposal_eval import RECALL_NAMES, evaluate_proposals, format_recall, proposal_recall, rpn_only_model
 from test_ddp import free_port, leave_without_teardown
 

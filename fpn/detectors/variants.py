@@ -16,7 +16,7 @@ Choices where the paper is brief (Sec. 5.1.1, 5.2.1-5.2.2):
     scales 32^2..512^2 included, so all of `config.anchors.sizes` x the aspect ratios sit on the one map. The
     RPN's 3x3 conv keeps the map's channels (1024 on C4, 2048 on C5), as the original RPN keeps its input width.
     `rpn.pre_nms_top_n_*` counts per level, so a one-map RPN ((a), (b), (f)) keeps that many times the number of
-    anchor sizes before NMS: as many candidates as the FPN's five levels (`fpn.model._rpn_config`).
+    anchor sizes before NMS: as many candidates as the FPN's five levels (`fpn.detectors.faster_rcnn._rpn_config`).
   * (a): the box head is that of He et al.'s ResNet Faster R-CNN, which the paper compares with: 14x14 RoIAlign
     on C4 (twice `roi_heads.pooler_resolution`), conv5 with its first block strided (to 7x7), global average
     pooling.

@@ -2,7 +2,7 @@
 
 The forward pass reads like the paper's figure:
     normalise/resize/pad -> ResNet (C2..C5) -> FPN (P2..P6) -> RPN (proposals) -> RoI heads -> boxes in input pixels
-The paper's ablation models (Tables 1-3) are the same builder with `config.variant` (see fpn/variants.py), and
+The paper's ablation models (Tables 1-3) are the same builder with `config.variant` (see fpn/detectors/variants.py), and
 `config.rpn_only` drops the RoI heads (the RPN experiments of Table 1).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from fpn.heads.rpn import RegionProposalNetwork
 from fpn.necks import FPN
 from fpn.transform import postprocess, preprocess
 from fpn.validation import check_images, check_targets, check_value_range
-from fpn.variants import variant_layout
+from fpn.detectors.variants import variant_layout
 
 # The extra level made by subsampling P5 feeds the RPN only; RoIs are pooled from P2..P5 (paper, Sec. 4.1-4.2).
 RPN_ONLY_LEVELS = ("p6",)
@@ -62,7 +62,7 @@ class FasterRCNNFPN(nn.Module):
 
     Variants (`config.variant`, paper Tables 1-3 rows (a)-(f)): "fpn" (the default) is the model above; "c4" and
     "c5" are the single-scale baselines on C4 (conv5 as box head) and C5, "no_top_down", "no_lateral" and
-    "p2_only" the pyramid ablations. fpn/variants.py lists what each builds.
+    "p2_only" the pyramid ablations. fpn/detectors/variants.py lists what each builds.
 
     Example:
         >>> import torch

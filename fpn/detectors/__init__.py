@@ -1,0 +1,7 @@
+"""The detectors built on the feature pyramid: each a backbone (fpn/backbones), a neck (fpn/necks) and heads
+(fpn/heads) over the ops of fpn/ops, with torchvision's detection contract (list of images in, losses in
+training, per-image boxes / scores / labels in eval).
+
+- faster_rcnn.py: Faster R-CNN with FPN (two-stage: RPN proposals, RoIAlign, box head), and the paper's ablation
+  variants (variants.py).
+"""
