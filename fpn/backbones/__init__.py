@@ -1,9 +1,12 @@
-"""Bottom-up pathways: ResNet trunks returning C2..C5 with their FeatureSpecs."""
+"""Bottom-up pathways: trunks returning C2..C5 with their FeatureSpecs; `build_backbone` builds the configured one."""
+from fpn.backbones.build import BACKBONES, build_backbone
 from fpn.backbones.imagenet import load_imagenet_weights
 from fpn.backbones.norm import FrozenBatchNorm2d, make_norm
 from fpn.backbones.resnet import BasicBlock, Bottleneck, ResNet, build_resnet, freeze_stages
 
 __all__ = [
+    "BACKBONES",
+    "build_backbone",
     "BasicBlock",
     "Bottleneck",
     "FrozenBatchNorm2d",

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fpn.backbones import build_resnet
+from fpn.backbones import build_backbone
 from fpn.config import FasterRCNNConfig, RPNConfig
 from fpn.heads.box_head import TwoMLPHead
 from fpn.heads.res5_head import Res5Head
@@ -83,7 +83,7 @@ class FasterRCNNFPN(nn.Module):
         self._backbone_checked_for_training = False
         cfg = self.config
         layout = variant_layout(cfg.variant)  # which of the paper's ablation models (Tables 1-3)
-        self.backbone = build_resnet(cfg.backbone)
+        self.backbone = build_backbone(cfg.backbone)
         res5_channels = self.backbone.out_specs["c5"].channels
         res5 = self.backbone.split_off_last_stage() if layout.trunk_to_c4 else None
         self.neck = (
