@@ -19,7 +19,8 @@
   decreasing score, ties by lower index. Limit: a box whose score is -inf (or NaN) is dropped here, kept by fpn.
 * Python arithmetic on sizes (`torch.sym_float`, `/`), e.g. the resize's scale min(800 / short, 1333 / long) and
   new size floor(H * scale): in float64, as Python computes it. The exporter's default, float32, gives another
-  size for about one image shape in 20 (e.g. 41 * (256 / 41) is 256 in float64, 255.99998 in float32).
+  size for 23 % of the image shapes from 16 to 2000 px with min = max = 256, 6 % with 800 / 1333 (e.g. 41 * (256 / 41)
+  is 256 in float64, 255.99998 in float32).
 * `aten::sort.stable` (the pooler's argsort of RoI levels), which the exporter does not translate: TopK.
 """
 import operator

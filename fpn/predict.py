@@ -43,10 +43,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fpn.checkpoint import is_training_checkpoint, load_detector
+from fpn.engine.checkpoint import is_training_checkpoint, load_detector
 from fpn.cli import InputError, run_cli
 from fpn.data.image_io import load_rgb_image, pil_to_tensor01
-from fpn.engine import select_device
+from fpn.engine.loop import select_device
 from fpn.inference import optimize_for_inference
 from fpn.visualize import draw_detections
 from fpn.weights_file import read_weights

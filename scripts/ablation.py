@@ -2,7 +2,7 @@
 architectures (a)..(f), trained on one data set with the same preset, budget and seed, ours beside the paper's.
 
 On a laptop (2 CPU cores; the synthetic multi-scale shapes set, 12 runs, ~37 minutes: see ablation_cpu in
-fpn/presets.py for the measured budget):
+fpn/engine/presets.py for the measured budget):
 
     python scripts/ablation.py                                    # -> runs/ablation/ablation.{md,json,png}
     python scripts/ablation.py --variants c5,fpn --modes rpn      # a subset; the other rows show only the paper's
@@ -43,7 +43,7 @@ from fpn.data.synthetic import generate_synthetic_coco
 from fpn.paper_results import (
     DETECTION_METRICS, ROWS, RPN_METRICS, TABLE1_RPN, VARIANTS, detection_reference, paper_row,
 )
-from fpn.presets import PRESETS, SYNTHETIC_PRESETS, get_preset, synthetic_recipe
+from fpn.engine.presets import PRESETS, SYNTHETIC_PRESETS, get_preset, synthetic_recipe
 
 MODES = ("rpn", "faster")  # RPN only (Table 1) and Faster R-CNN (Table 3)
 DATA_FLAGS = ("coco_root", "train_images", "train_annotations", "val_images", "val_annotations")

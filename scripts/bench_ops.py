@@ -32,7 +32,7 @@ from collections import OrderedDict
 
 import torch
 
-from fpn.memory import peak_cpu_memory
+from fpn.engine.memory import peak_cpu_memory
 from fpn.ops import MultiScaleRoIAlign, batched_nms, nms
 
 try:  # the reference measured against; the "test" extra installs it, the main-job install does not

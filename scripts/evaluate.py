@@ -26,7 +26,7 @@ predicting categories the file lacks (another label set) is an error; so is a fi
 no output for (their AP would be 0, lowering the mean silently) unless --allow-missing-categories is given.
 
 Proposals (--proposals): the class-agnostic COCO average recall of the RPN's proposals, Table 1 of Lin et al.
-(2017): AR100, AR1k and AR1k of small, medium and large boxes (`fpn.proposal_eval`). An RPN-only checkpoint is
+(2017): AR100, AR1k and AR1k of small, medium and large boxes (`fpn.engine.proposal_eval`). An RPN-only checkpoint is
 evaluated as it is; of a full detector (ours or torchvision's) the same model is built with rpn_only = True and
 given its backbone, FPN and RPN weights, so the proposals are the ones its RoI heads would see. The categories are
 not compared (proposals have none). Writes OUTPUT_DIR/{PREFIX}_metrics.json, PREFIX "proposals" by default; AR1k
@@ -54,14 +54,14 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
-from fpn import distributed
-from fpn.checkpoint import is_training_checkpoint, load_detector
+from fpn.engine import distributed
+from fpn.engine.checkpoint import is_training_checkpoint, load_detector
 from fpn.cli import InputError, run_cli
 from fpn.data.coco import CocoDetection
-from fpn.engine import AMP_DTYPES, autocast_factory, select_device
-from fpn.evaluation import check_categories, evaluate_coco, format_metrics
+from fpn.engine.loop import AMP_DTYPES, autocast_factory, select_device
+from fpn.engine.evaluation import check_categories, evaluate_coco, format_metrics
 from fpn.predict import FAST_DTYPES, fast_model, label_map_of
-from fpn.proposal_eval import evaluate_proposals, format_recall, rpn_only_model
+from fpn.engine.proposal_eval import evaluate_proposals, format_recall, rpn_only_model
 from fpn.weights_file import read_weights
 
 TORCHVISION_BATCHING = (2, "none")  # (batch size, amp) for files that do not say how they were evaluated

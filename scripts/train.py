@@ -37,8 +37,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from fpn import distributed
-from fpn.checkpoint import (
+from fpn.engine import distributed
+from fpn.engine.checkpoint import (
     checkpoint_path, load_pretrained_weights, prepare_output_dir, prune_checkpoints, save_checkpoint, to_plain,
 )
 from fpn.cli import EXIT_FAILED, ArgumentParser, Interrupted, run_cli, sigterm_as_interrupt
@@ -46,18 +46,18 @@ from fpn.data.coco import CocoDetection, collate
 from fpn.data.file_check import check_image_files, handle_bad_images
 from fpn.data.samplers import GroupedBatchSampler, TrainingSampler
 from fpn.data.synthetic import generate_synthetic_coco
-from fpn.engine import MetricsLog, autocast_factory, build_grad_scaler, select_device, train_iterations
-from fpn.evaluation import evaluate_coco, format_metrics
-from fpn.proposal_eval import evaluate_proposals, format_recall
+from fpn.engine.loop import MetricsLog, autocast_factory, build_grad_scaler, select_device, train_iterations
+from fpn.engine.evaluation import evaluate_coco, format_metrics
+from fpn.engine.proposal_eval import evaluate_proposals, format_recall
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
-from fpn.nonfinite import FiniteWatch, NonFiniteError
-from fpn.presets import (
+from fpn.engine.nonfinite import FiniteWatch, NonFiniteError
+from fpn.engine.presets import (
     PRESETS, add_config_flags, add_preset_flags, apply_config_flags, apply_preset_flags, describe_presets, get_preset,
     preset_name_in, synthetic_recipe,
 )
-from fpn.resume import apply_changed_arguments, check_resumable, find_resume_checkpoint, restore_training_state
-from fpn.rng_state import capture_rng_state
-from fpn.schedule import build_lr_scheduler, build_optimizer, scaled_lr
+from fpn.engine.resume import apply_changed_arguments, check_resumable, find_resume_checkpoint, restore_training_state
+from fpn.engine.rng_state import capture_rng_state
+from fpn.engine.schedule import build_lr_scheduler, build_optimizer, scaled_lr
 from fpn.visualize import save_detection_picture
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -67,7 +67,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                             epilog="presets (--preset NAME):\n" + textwrap.indent(describe_presets(), "  "))
     parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="defaults for everything (required): cpu-demo, paper or 1x, see fpn/presets.py")
+                        help="defaults for everything (required): cpu-demo, paper or 1x, see fpn/engine/presets.py")
     parser.add_argument("--output-dir", default="runs/train", help="checkpoints, metrics and pictures go here")
     parser.add_argument("--coco-root", help="DIR with train2017/, val2017/, annotations/instances_{train,val}2017.json")
     parser.add_argument("--train-images", help="training images folder")

@@ -7,17 +7,17 @@ import pytest
 import torch
 import torchvision
 
-from fpn.checkpoint import (
+from fpn.engine.checkpoint import (
     atomic_save, checkpoint_path, last_checkpoint, load_checkpoint, load_detector, load_pretrained_weights,
     save_checkpoint,
 )
 from fpn.config import FasterRCNNConfig
 from fpn.data.coco_names import COCO_CLASS_NAMES
-from fpn.engine import build_grad_scaler
+from fpn.engine.loop import build_grad_scaler
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
-from fpn.resume import restore_training_state
-from fpn.rng_state import capture_rng_state, restore_rng_state
-from fpn.schedule import build_lr_scheduler, build_optimizer
+from fpn.engine.resume import restore_training_state
+from fpn.engine.rng_state import capture_rng_state, restore_rng_state
+from fpn.engine.schedule import build_lr_scheduler, build_optimizer
 
 
 def tiny_config(width=16):

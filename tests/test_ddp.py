@@ -11,12 +11,12 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from fpn import distributed
+from fpn.engine import distributed
 from fpn.config import FasterRCNNConfig
-from fpn.engine import build_grad_scaler, train_step
-from fpn.evaluation import flatten_results, run_inference
+from fpn.engine.loop import build_grad_scaler, train_step
+from fpn.engine.evaluation import flatten_results, run_inference
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
-from fpn.schedule import build_optimizer
+from fpn.engine.schedule import build_optimizer
 
 WORLD = 2
 PER_RANK = 2

@@ -5,12 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from fpn.engine import (
+from fpn.engine.loop import (
     MetricsLog, autocast_factory, build_grad_scaler, select_device,
     train_iterations, train_step,
 )
-from fpn.nonfinite import NonFiniteError
-from fpn.schedule import build_lr_scheduler
+from fpn.engine.nonfinite import NonFiniteError
+from fpn.engine.schedule import build_lr_scheduler
 
 CPU = torch.device("cpu")
 

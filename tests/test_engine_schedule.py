@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from fpn.schedule import build_lr_scheduler, build_optimizer, lr_factor, scaled_lr
+from fpn.engine.schedule import build_lr_scheduler, build_optimizer, lr_factor, scaled_lr
 
 
 def test_warmup_is_linear_from_factor_to_one():

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fpn.checkpoint import save_checkpoint
+from fpn.engine.checkpoint import save_checkpoint
 from fpn.cli import InputError
 from fpn.data.coco import CocoDetection
 from fpn.data.coco_names import COCO_CLASS_NAMES
 from fpn.data.synthetic import generate_synthetic_coco
-from fpn.evaluation import METRIC_NAMES
+from fpn.engine.evaluation import METRIC_NAMES
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
-from fpn.proposal_eval import RECALL_NAMES, format_recall
+from fpn.engine.proposal_eval import RECALL_NAMES, format_recall
 from test_checkpoint import tiny_config
 from test_predict_errors import one_error_line
 from test_train_script import load_train_script, tiny_args

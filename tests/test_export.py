@@ -9,7 +9,7 @@ import torch
 
 from fpn import FasterRCNNFPN
 from fpn.export import DetectorGraph, export_program
-from fpn.presets import cpu_demo
+from fpn.engine.presets import cpu_demo
 
 
 def small_detector(seed: int = 0) -> FasterRCNNFPN:

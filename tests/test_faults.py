@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fpn.checkpoint import atomic_save, list_checkpoints, load_checkpoint
+from fpn.engine.checkpoint import atomic_save, list_checkpoints, load_checkpoint
 from fpn.data.synthetic import generate_synthetic_coco
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from test_train_script import load_train_script, tiny_args
@@ -43,7 +43,7 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_one_and_the_next_sta
     # a process that dies (kill -9) in the middle of writing the next checkpoint, after half its bytes
     writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import os, sys, time, torch
-        from fpn.checkpoint import atomic_save
+        from fpn.engine.checkpoint import atomic_save
         real_fsync = os.fsync
         def stall(fd):
             print("writing", flush=True)

@@ -16,7 +16,7 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
 from fpn import FasterRCNNConfig, FasterRCNNFPN, validation
 from fpn.backbones import FrozenBatchNorm2d, ResNet
-from fpn.checkpoint import build_from_checkpoint
+from fpn.engine.checkpoint import build_from_checkpoint
 from fpn.host_sync import HostSyncCounter
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,10 +13,10 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
 from fpn import FasterRCNNConfig, FasterRCNNFPN
 from fpn.backbones import ResNet
-from fpn.checkpoint import build_from_checkpoint
+from fpn.engine.checkpoint import build_from_checkpoint
 from fpn.config import VARIANTS
 from fpn.convert import convert_torchvision_state_dict
-from fpn.presets import add_config_flags, apply_config_flags
+from fpn.engine.presets import add_config_flags, apply_config_flags
 
 RPN_LOSSES = {"loss_objectness", "loss_rpn_box_reg"}
 ALL_LOSSES = RPN_LOSSES | {"loss_classifier", "loss_box_reg"}

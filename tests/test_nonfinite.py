@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from fpn.engine import build_grad_scaler, train_iterations, train_step
+from fpn.engine.loop import build_grad_scaler, train_iterations, train_step
 from fpn.host_sync import HostSyncCounter
-from fpn.nonfinite import FiniteWatch, NonFiniteError
-from fpn.schedule import build_lr_scheduler
+from fpn.engine.nonfinite import FiniteWatch, NonFiniteError
+from fpn.engine.schedule import build_lr_scheduler
 
 CPU = torch.device("cpu")
 

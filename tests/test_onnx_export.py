@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from fpn.checkpoint import load_detector, save_checkpoint
+from fpn.engine.checkpoint import load_detector, save_checkpoint
 from fpn.export import run_onnx
 from tests.test_export import image, small_detector
 

@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from fpn.host_sync import HostSyncCounter
-from fpn.memory import peak_cpu_memory
+from fpn.engine.memory import peak_cpu_memory
 from fpn.ops import nms
 from test_ops_nms import ADVERSARIAL, _jittered
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fpn.checkpoint import save_checkpoint
+from fpn.engine.checkpoint import save_checkpoint
 from fpn.config import FasterRCNNConfig
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from fpn.predict import (

@@ -134,7 +134,7 @@ def test_default_output_dir_is_under_runs(checkpoint, tmp_path, monkeypatch):
 
 
 def test_an_rpn_only_checkpoint_predicts_class_agnostic_proposals(tmp_path, capsys):
-    from fpn.checkpoint import save_checkpoint
+    from fpn.engine.checkpoint import save_checkpoint
     from fpn.detectors.faster_rcnn import FasterRCNNFPN
     from test_checkpoint import tiny_config
 

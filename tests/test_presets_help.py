@@ -7,7 +7,7 @@ from typing import Tuple
 import pytest
 
 from fpn.config import FasterRCNNConfig
-from fpn.presets import (
+from fpn.engine.presets import (
     PRESETS, SYNTHETIC_PRESETS, TrainingPreset, add_config_flags, add_preset_flags, apply_config_flags,
     apply_preset_flags, describe_presets, field_comments, get_preset, preset_name_in,
 )

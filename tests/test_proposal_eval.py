@@ -11,9 +11,9 @@ import torch.multiprocessing as mp
 from pycocotools.coco import COCO
 from torch import nn
 
-from fpn import distributed
+from fpn.engine import distributed
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
-from fpn.proposal_eval import RECALL_NAMES, evaluate_proposals, format_recall, proposal_recall, rpn_only_model
+from fpn.engine.proposal_eval import RECALL_NAMES, evaluate_proposals, format_recall, proposal_recall, rpn_only_model
 from test_ddp import free_port, leave_without_teardown
 
 # Two 400 x 400 images. (image id, category id, box xywh, iscrowd); areas: small < 32^2 = 1024 <= medium <= 96^2

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from fpn.checkpoint import load_checkpoint, load_detector
+from fpn.engine.checkpoint import load_checkpoint, load_detector
 from fpn.data.synthetic import generate_synthetic_coco
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from test_train_script import load_train_script, tiny_args

@@ -10,7 +10,7 @@ import pytest
 
 from fpn.config import FasterRCNNConfig
 from fpn.data.synthetic import generate_synthetic_coco
-from fpn.presets import PRESETS, SYNTHETIC_PRESETS, add_config_flags, apply_config_flags, get_preset, synthetic_recipe
+from fpn.engine.presets import PRESETS, SYNTHETIC_PRESETS, add_config_flags, apply_config_flags, get_preset, synthetic_recipe
 
 
 def _parse(argv, config=None):
@@ -120,6 +120,6 @@ def test_example_outputs_are_git_ignored():
     done = subprocess.run(["git", "check-ignore", "--no-index", *written], cwd=root, capture_output=True,
                           text=True)
     assert sorted(done.stdout.split()) == sorted(written)
-    kept = subprocess.run(["git", "check-ignore", "--no-index", "fpn/presets.py", "docs/demo_detections.png"],
+    kept = subprocess.run(["git", "check-ignore", "--no-index", "fpn/engine/presets.py", "docs/demo_detections.png"],
                           cwd=root, capture_output=True, text=True)
     assert kept.stdout == ""

@@ -17,7 +17,7 @@ it. A file is written to a temporary name in the same directory, flushed to disk
 name: a crash while writing never leaves a truncated checkpoint behind, and the previous one stays intact. A
 process killed mid-write (kill -9, or a SIGTERM from torchrun or SLURM) leaves its hidden temporary file
 `.checkpoint_NNNNNNN.pt.XXXXXXXX.tmp`; `remove_stale_temp_files` deletes those, and only those, at the next start.
-Resuming (which checkpoint, what a changed flag means) is `fpn.resume`.
+Resuming (which checkpoint, what a changed flag means) is `fpn.engine.resume`.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from fpn.cli import InputError, first_line, interrupts_deferred
 from fpn.config import FasterRCNNConfig
 from fpn.data.coco_names import COCO_CLASS_NAMES
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
-from fpn.rng_state import capture_rng_state
+from fpn.engine.rng_state import capture_rng_state
 from fpn.weights_file import read_weights
 
 PathLike = Union[str, Path]

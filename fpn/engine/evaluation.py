@@ -4,7 +4,7 @@ Shape shorthand: D detections of one image. Detections come out of the model as 
 image it was given; COCO results are xywh boxes in the pixels of the original image, with COCO category ids in
 place of the model's contiguous labels.
 
-Proposal recall (AR100, AR1k, AR_s/m/l of an RPN-only model, the paper's Table 1) is in `fpn.proposal_eval`, which
+Proposal recall (AR100, AR1k, AR_s/m/l of an RPN-only model, the paper's Table 1) is in `fpn.engine.proposal_eval`, which
 scores the same inference output with COCOeval class-agnostically.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from fpn import distributed
+from fpn.engine import distributed
 from fpn.cli import InputError
 from fpn.data.coco import collate
 from fpn.data.samplers import InferenceSampler

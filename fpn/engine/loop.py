@@ -16,8 +16,8 @@ from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Tup
 import torch
 from torch import Tensor, nn
 
-from fpn import distributed
-from fpn.nonfinite import FiniteWatch, check_losses
+from fpn.engine import distributed
+from fpn.engine.nonfinite import FiniteWatch, check_losses
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

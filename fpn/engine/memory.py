@@ -1,7 +1,7 @@
 """Peak tensor memory of a call on the CPU, from the profiler's allocation events (exact, unlike the resident set).
 
     >>> import torch
-    >>> from fpn.memory import peak_cpu_memory
+    >>> from fpn.engine.memory import peak_cpu_memory
     >>> result, peak = peak_cpu_memory(lambda: torch.ones(1024, 1024).sum())
     >>> peak >= 4 * 1024 * 1024
     True

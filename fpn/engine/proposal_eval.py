@@ -24,8 +24,8 @@ from pycocotools.cocoeval import COCOeval
 from torch import nn
 from torch.utils.data import Dataset
 
-from fpn import distributed
-from fpn.evaluation import flatten_results, format_table, run_inference, warn_unevaluated, write_json_files
+from fpn.engine import distributed
+from fpn.engine.evaluation import flatten_results, format_table, run_inference, warn_unevaluated, write_json_files
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
 
 # name: (COCOeval area range label, proposals per image); Table 1's AR^100, AR^1k, AR_s^1k, AR_m^1k, AR_l^1k
@@ -139,7 +139,7 @@ def rpn_only_model(model: FasterRCNNFPN) -> FasterRCNNFPN:
     and RPN weights (copied; the RoI heads are left out). An RPN-only model is returned as it is.
 
     Args:
-        model: a `FasterRCNNFPN`, e.g. from `fpn.checkpoint.load_detector`.
+        model: a `FasterRCNNFPN`, e.g. from `fpn.engine.checkpoint.load_detector`.
     Returns:
         the RPN-only model on `model`'s device, in `model`'s train/eval mode.
     Raises:

@@ -18,9 +18,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from fpn.checkpoint import list_checkpoints, load_checkpoint
+from fpn.engine.checkpoint import list_checkpoints, load_checkpoint
 from fpn.cli import InputError, first_line
-from fpn.rng_state import restore_rng_state
+from fpn.engine.rng_state import restore_rng_state
 
 # Training arguments whose change on --resume says nothing about the run (where it runs, how it logs).
 OPERATIONAL = frozenset({

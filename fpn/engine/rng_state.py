@@ -2,7 +2,7 @@
 
 Every process of a run has its own streams (it is seeded with `seed + rank`): the multi-scale sizes and the
 anchor/RoI sampling draw from them. A checkpoint stores all processes' states, so a resumed run continues each
-rank's streams where they stopped (`fpn.resume`). The states are tensors, lists and numbers, so a checkpoint
+rank's streams where they stopped (`fpn.engine.resume`). The states are tensors, lists and numbers, so a checkpoint
 stays readable with `torch.load(weights_only=True)`.
 """
 from __future__ import annotations

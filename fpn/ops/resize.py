@@ -4,10 +4,11 @@
 the source coordinate as (i + 0.5) / (out / in) - 0.5 where PyTorch computes (i + 0.5) * (in / out) - 0.5: the
 two differ in the last bit, and on an image with sharp edges (noise, text) a last-bit move of the sampling point
 changes the resized pixels by up to 1e-4 and the detections by up to 2e-3 px. Written out here, the exported
-graph does PyTorch's own arithmetic. On the CPU, PyTorch's kernel computes the coordinate and both blends as
-fused multiply-adds (x86-64 with FMA, ARMv8); here a fused multiply-add of float32 numbers is computed in float64,
-where the product of two float32 is exact, and rounded to float32: the kernel's values bit for bit, but for the
-rare sum that float64 rounds onto a float32 tie (tests/test_ops_resize.py checks equality).
+graph does PyTorch's own arithmetic. On the CPU, PyTorch's multi-threaded kernel computes the coordinate and both
+blends as fused multiply-adds (x86-64 with FMA); here a fused multiply-add of float32 numbers is computed in
+float64, where the product of two float32 is exact, and rounded once to float32: that kernel's values bit for bit
+(but for the rare sum that float64 rounds onto a float32 tie). Its single-threaded path blends in another order,
+1-2 ulps away; the sampling points, which are what matter, are the same (tests/test_ops_resize.py).
 """
 from typing import Tuple
 
