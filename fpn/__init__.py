@@ -1,8 +1,11 @@
-"""fpn: Faster R-CNN with a Feature Pyramid Network (Lin et al., CVPR 2017) in plain PyTorch."""
+"""fpn: detectors on a Feature Pyramid Network (Lin et al., CVPR 2017) in plain PyTorch: Faster R-CNN (two-stage)
+and FCOS (one-stage, anchor-free)."""
 from fpn.config import (  # noqa: F401
     AnchorConfig,
     BackboneConfig,
     FasterRCNNConfig,
+    FCOSConfig,
+    FCOSHeadConfig,
     FPNConfig,
     InputConfig,
     RoIHeadsConfig,
@@ -10,7 +13,8 @@ from fpn.config import (  # noqa: F401
 )
 
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
+from fpn.detectors.fcos import FCOSFPN
 
 __version__ = "0.1.0"
-__all__ = ["FasterRCNNFPN", "FasterRCNNConfig"]
+__all__ = ["FasterRCNNFPN", "FasterRCNNConfig", "FCOSFPN", "FCOSConfig"]
 

@@ -166,3 +166,46 @@ def _from_dict(cls: Any, data: dict, where: str) -> Any:
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+@dataclass
+class FCOSHeadConfig:
+    """FCOS's head (Tian et al., ICCV 2019), with torchvision's `fcos_resnet50_fpn` defaults."""
+
+    num_convs: int = 4  # conv3x3 + GroupNorm + ReLU layers of each tower (classification, regression)
+    gn_groups: int = 32  # GroupNorm groups of the towers (must divide fpn.out_channels)
+    prior_probability: float = 0.01  # initial foreground probability of every class logit (focal loss prior)
+    focal_alpha: float = 0.25  # focal loss weight of the positives
+    focal_gamma: float = 2.0  # focal loss focusing exponent
+    center_sampling_radius: float = 1.5  # a location is a positive only within this many strides of a box centre
+    score_thresh: float = 0.2  # inference: candidates with sqrt(class prob * centerness) at most this are dropped
+    topk_candidates: int = 1000  # inference: best candidates kept per level before NMS
+    nms_thresh: float = 0.6  # per-class NMS IoU threshold
+    detections_per_img: int = 100  # detections kept per image
+
+
+@dataclass
+class FCOSConfig:
+    """FCOS on the feature pyramid: `FCOSConfig()` is torchvision's `fcos_resnet50_fpn` (ResNet-50, FPN on
+    C3..C5 with P6 and P7 from P5, 256 channels). `backbone`, `fpn` and `input` are the sections of
+    FasterRCNNConfig, with the same meaning."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    head: FCOSHeadConfig = field(default_factory=FCOSHeadConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    channels_last: bool = True  # run the convolutions in NHWC memory format (faster with oneDNN and cuDNN)
+
+    def resolved(self) -> "FCOSConfig":
+        """A deep copy with the backbone's automatic (None) choices made explicit; what a model keeps."""
+        config = copy.deepcopy(self)
+        config.backbone = self.backbone.resolved()
+        return config
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FCOSConfig":
+        """Rebuild a config from `to_dict()` output; unknown keys raise a ValueError naming them."""
+        return _from_dict(cls, data, "config")

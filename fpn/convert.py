@@ -1,4 +1,5 @@
-"""Loading torchvision `fasterrcnn_resnet50_fpn` (v1) checkpoints into `FasterRCNNFPN`.
+"""Loading torchvision `fasterrcnn_resnet50_fpn` (v1) checkpoints into `FasterRCNNFPN`, and `fcos_resnet50_fpn`
+checkpoints into `FCOSFPN`.
 
 Only parameter names differ between the two models (the architecture and the maths are the same):
 
@@ -10,6 +11,9 @@ Only parameter names differ between the two models (the architecture and the mat
     rpn.head.{cls_logits,bbox_pred}.*          -> rpn.head.{cls_logits,bbox_pred}.*
     roi_heads.box_head.{fc6,fc7}.*             -> roi_heads.box_head.{fc6,fc7}.*
     roi_heads.box_predictor.*                  -> roi_heads.predictor.*
+  FCOS (the backbone and FPN keys as above):
+    backbone.fpn.extra_blocks.{p6,p7}.*        -> neck.extra_convs.{0,1}.*
+    head.{classification,regression}_head.*    -> head.{classification,regression}_head.* (same layout)
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from typing import Dict, Optional, Union
 import torch
 from torch import Tensor
 
-from fpn.config import FasterRCNNConfig
+from fpn.config import FasterRCNNConfig, FCOSConfig
 
 _RULES = [
     (re.compile(r"^backbone\.body\."), "backbone."),
@@ -33,18 +37,36 @@ _KEPT_AS_IS = re.compile(r"^(rpn\.head\.(cls_logits|bbox_pred)|roi_heads\.box_he
 PREDICTOR_PREFIX = "roi_heads.predictor."
 
 
+_FCOS_RULES = [
+    *_RULES[:3],
+    (re.compile(r"^backbone\.fpn\.extra_blocks\.p6\."), "neck.extra_convs.0."),
+    (re.compile(r"^backbone\.fpn\.extra_blocks\.p7\."), "neck.extra_convs.1."),
+]
+_FCOS_KEPT_AS_IS = re.compile(r"^head\.(classification|regression)_head\.")
+FCOS_LOGITS = "head.classification_head.cls_logits."
+
+
+def convert_torchvision_fcos_state_dict(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Rename a torchvision FCOS state dict into fpn's names; unknown keys raise a ValueError."""
+    return _convert(state_dict, _FCOS_RULES, _FCOS_KEPT_AS_IS, "fcos_resnet50_fpn")
+
+
 def convert_torchvision_state_dict(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """Rename a torchvision Faster R-CNN state dict into fpn's names; unknown keys raise a ValueError.
 
     torchvision builds the ResNet with BatchNorm2d when constructed without pretrained weights and with
     FrozenBatchNorm2d otherwise; both have the same four buffers, which load into fpn's frozen BN.
     """
+    return _convert(state_dict, _RULES, _KEPT_AS_IS, "fasterrcnn_resnet50_fpn")
+
+
+def _convert(state_dict: Dict[str, Tensor], rules, kept_as_is, name: str) -> Dict[str, Tensor]:
     converted, unknown = {}, []
     for key, value in state_dict.items():
         if key.endswith("num_batches_tracked"):  # BatchNorm bookkeeping; fpn's frozen BN has no counter
             continue
-        new_key = key if _KEPT_AS_IS.match(key) else None
-        for pattern, replacement in _RULES:
+        new_key = key if kept_as_is.match(key) else None
+        for pattern, replacement in rules:
             if new_key is None and pattern.match(key):
                 new_key = pattern.sub(replacement, key, count=1)
         if new_key is None:
@@ -52,13 +74,15 @@ def convert_torchvision_state_dict(state_dict: Dict[str, Tensor]) -> Dict[str, T
         else:
             converted[new_key] = value
     if unknown:
-        raise ValueError(f"not a torchvision fasterrcnn_resnet50_fpn state dict: unexpected keys {unknown[:10]}")
+        raise ValueError(f"not a torchvision {name} state dict: unexpected keys {unknown[:10]}")
     return converted
 
 
-def read_torchvision_checkpoint(path_or_state_dict: Union[str, os.PathLike, Dict[str, Tensor]]) -> Dict[str, Tensor]:
+def read_torchvision_checkpoint(path_or_state_dict: Union[str, os.PathLike, Dict[str, Tensor]],
+                                required: str = "roi_heads.box_predictor.cls_score.weight",
+                                name: str = "fasterrcnn_resnet50_fpn") -> Dict[str, Tensor]:
     """A state dict from a file (plain, or nested under "model" as torchvision's reference scripts save it),
-    read with `weights_only=True`, or the given dict itself."""
+    read with `weights_only=True`, or the given dict itself; it must hold the key `required` (of model `name`)."""
     if isinstance(path_or_state_dict, dict):
         state = path_or_state_dict
     else:
@@ -71,8 +95,8 @@ def read_torchvision_checkpoint(path_or_state_dict: Union[str, os.PathLike, Dict
             raise ValueError(f"cannot read torchvision checkpoint {path}: {error}") from error
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    if not isinstance(state, dict) or "roi_heads.box_predictor.cls_score.weight" not in state:
-        raise ValueError("not a torchvision fasterrcnn_resnet50_fpn checkpoint: no roi_heads.box_predictor weights")
+    if not isinstance(state, dict) or required not in state:
+        raise ValueError(f"not a torchvision {name} checkpoint: no {required}")
     return state
 
 
@@ -95,6 +119,25 @@ def load_torchvision_detector(cls, path_or_state_dict, num_classes: Optional[int
         state = {k: v for k, v in state.items() if not k.startswith(PREDICTOR_PREFIX)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (num_classes != file_classes and k.startswith(PREDICTOR_PREFIX))]
+    if missing or unexpected:
+        raise ValueError(f"torchvision checkpoint does not fit: missing {missing[:10]}, unexpected {unexpected[:10]}")
+    return model
+
+
+def load_torchvision_fcos(cls, path_or_state_dict, num_classes: Optional[int] = None):
+    """Build `cls` (FCOSFPN) as torchvision builds `fcos_resnet50_fpn` with weights (frozen BN, stem and C2
+    frozen) and load torchvision weights into it; another `num_classes` keeps a fresh class logits layer."""
+    state = read_torchvision_checkpoint(path_or_state_dict, FCOS_LOGITS + "weight", "fcos_resnet50_fpn")
+    state = convert_torchvision_fcos_state_dict(state)
+    file_classes = state[FCOS_LOGITS + "weight"].shape[0]
+    num_classes = file_classes if num_classes is None else num_classes
+    config = FCOSConfig()
+    config.backbone.norm, config.backbone.trainable_stages = "frozen_bn", 3
+    model = cls(num_classes=num_classes, config=config)
+    if num_classes != file_classes:
+        state = {k: v for k, v in state.items() if not k.startswith(FCOS_LOGITS)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (num_classes != file_classes and k.startswith(FCOS_LOGITS))]
     if missing or unexpected:
         raise ValueError(f"torchvision checkpoint does not fit: missing {missing[:10]}, unexpected {unexpected[:10]}")
     return model

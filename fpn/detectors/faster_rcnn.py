@@ -7,11 +7,9 @@ The paper's ablation models (Tables 1-3) are the same builder with `config.varia
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -22,15 +20,15 @@ from fpn.heads.res5_head import Res5Head
 from fpn.heads.roi_heads import RoIHeads
 from fpn.heads.rpn import RegionProposalNetwork
 from fpn.necks import FPN
-from fpn.transform import postprocess, preprocess
-from fpn.validation import check_images, check_targets, check_value_range
+from fpn.transform import ImageBatch
+from fpn.detectors.base import Detector
 from fpn.detectors.variants import variant_layout
 
 # The extra level made by subsampling P5 feeds the RPN only; RoIs are pooled from P2..P5 (paper, Sec. 4.1-4.2).
 RPN_ONLY_LEVELS = ("p6",)
 
 
-class FasterRCNNFPN(nn.Module):
+class FasterRCNNFPN(Detector):
     """Faster R-CNN + FPN with torchvision's detection I/O contract.
 
     Args:
@@ -74,13 +72,7 @@ class FasterRCNNFPN(nn.Module):
     """
 
     def __init__(self, num_classes: int = 91, config: Optional[FasterRCNNConfig] = None):
-        super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2 (background included), got {num_classes!r}")
-        self.config = (config if config is not None else FasterRCNNConfig()).resolved()
-        self.num_classes = num_classes
-        self._accelerator_values_checked = False  # images on a GPU: one read of their range, on the first call
-        self._backbone_checked_for_training = False
+        super().__init__(num_classes, config if config is not None else FasterRCNNConfig())
         cfg = self.config
         layout = variant_layout(cfg.variant)  # which of the paper's ablation models (Tables 1-3)
         self.backbone = build_backbone(cfg.backbone)
@@ -114,81 +106,17 @@ class FasterRCNNFPN(nn.Module):
         if cfg.channels_last:
             self.to(memory_format=torch.channels_last)
 
-    def forward(
-        self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None
-    ) -> Union[Dict[str, Tensor], List[Dict[str, Tensor]]]:
-        check_images(images)
-        if check_value_range(images, read_accelerator_images=not self._accelerator_values_checked):
-            self._accelerator_values_checked = True
-        if self.training:
-            check_targets(targets, len(images), self.num_classes)
-            self._warn_if_backbone_cannot_train()
-        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-        batch, targets = preprocess(images, targets if self.training else None, self.config.input, self.training)
-        x = batch.tensor  # (N, 3, Hp, Wp)
-        if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        features = self.neck(self.backbone(x))  # {"p2": (N, 256, Hp/4, Wp/4), ..., "p6"}; c4, c5: C2..C4 / C2..C5
+    def forward_batch(self, batch: ImageBatch, targets: Optional[List[Dict[str, Tensor]]] = None):
+        """Losses (training) or per-image detections in the ImageBatch frame (eval); see `Detector`."""
+        features = self.features(batch)  # {"p2": (N, 256, Hp/4, Wp/4), ..., "p6"}; c4, c5: C2..C4 / C2..C5
         rpn_features = {name: features[name] for name in self.rpn_maps}
         if self.roi_heads is None:  # the RPN alone (paper Table 1): its proposals are the detections
             proposals, rpn_losses = self.rpn(batch, rpn_features, targets, with_scores=True)
-            if self.training:
-                return rpn_losses
-            return postprocess(_as_detections(proposals), batch.image_sizes, original_sizes)
+            return rpn_losses if self.training else _as_detections(proposals)
         proposals, rpn_losses = self.rpn(batch, rpn_features, targets)  # per image (Pi, 4) xyxy, ImageBatch frame
         pooled = {name: features[name] for name in self.pooled_levels}
         detections, roi_losses = self.roi_heads(pooled, proposals, batch.image_sizes, targets)
-        if self.training:
-            return {**rpn_losses, **roi_losses}
-        return postprocess(detections, batch.image_sizes, original_sizes)
-
-    def _warn_if_backbone_cannot_train(self) -> None:
-        """Once per model: frozen BN or frozen stages without any loaded weights never become meaningful."""
-        if self._backbone_checked_for_training:
-            return
-        self._backbone_checked_for_training = True
-        parts = self.backbone.untrainable_parts()
-        if parts:
-            warnings.warn(
-                "training a backbone with no pretrained weights (config.backbone.weights is None and no state dict "
-                f"was loaded): {'; '.join(parts)}. To train from scratch leave config.backbone.norm and "
-                "trainable_stages at None (auto: 'bn', 5) or set norm 'bn'/'gn' and trainable_stages 5; to "
-                "fine-tune, set config.backbone.weights to an ImageNet checkpoint.",
-                stacklevel=2,
-            )
-
-    @torch.no_grad()
-    def predict(
-        self, images: Sequence[Union[Tensor, "PIL.Image.Image"]], score_threshold: Optional[float] = None
-    ) -> List[Dict[str, Tensor]]:
-        """Detect objects in uint8 (3, H, W) tensors, float (3, H, W) tensors in [0, 1], or PIL images.
-
-        Runs in eval mode (the previous mode is restored) and keeps detections with score >= score_threshold
-        (default: the config's score_thresh). Returns the same list of dicts as the eval-mode forward.
-        """
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        device = next(self.parameters()).device
-        tensors = [_to_float_tensor(img, i).to(device) for i, img in enumerate(images)]
-        was_training = self.training
-        self.eval()
-        try:
-            detections = self(tensors)
-        finally:
-            self.train(was_training)
-        if score_threshold is not None:
-            # detections are sorted by decreasing score: keep a prefix, its length read once for the batch
-            counts = torch.stack([(d["scores"] >= score_threshold).sum() for d in detections]).tolist()
-            detections = [{k: v[:count] for k, v in d.items()} for d, count in zip(detections, counts)]
-        return detections
-
-    def optimize_for_inference(self, dtype: Optional[torch.dtype] = None) -> nn.Module:
-        """An inference-only copy with the same detections, faster: norms folded into the convolutions,
-        channels-last, optionally bf16/fp16 convolutions and linear layers. This model is not modified.
-        See `fpn.inference.optimize_for_inference`."""
-        from fpn.inference import optimize_for_inference
-
-        return optimize_for_inference(self, dtype)
+        return {**rpn_losses, **roi_losses} if self.training else detections
 
     @classmethod
     def from_torchvision(
@@ -250,17 +178,3 @@ def _as_detections(proposals: List[Dict[str, Tensor]]) -> List[Dict[str, Tensor]
          "labels": torch.ones(p["scores"].shape, dtype=torch.int64, device=p["scores"].device)}
         for p in proposals
     ]
-
-
-def _to_float_tensor(image, index: int) -> Tensor:
-    """uint8 tensor / float tensor / PIL image -> float (3, H, W) in [0, 1]."""
-    if isinstance(image, Tensor):
-        if image.dtype == torch.uint8:
-            return image.float() / 255.0
-        if image.is_floating_point():
-            return image
-        raise ValueError(f"images[{index}] has dtype {image.dtype}; expected uint8 or float")
-    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
-        array = np.asarray(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
-    raise ValueError(f"images[{index}] must be a tensor or a PIL image, got {type(image).__name__}")

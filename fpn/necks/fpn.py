@@ -33,6 +33,9 @@ class FPN(nn.Module):
             upsampled coarser one alone (paper Sec. 5.1.1, Table 1(e)). Needs `top_down`.
         finest_only: output the finest level alone (P2 of C2..C5; no 3x3 convs of the other levels and no P6),
             for heads that read only that map (paper Table 1(f)); its top-down pathway is the full one.
+        extra_levels: the maps above the coarsest input: "max_pool" (the paper's P6, a stride-2 subsampling of
+            P5, for the RPN) or "p6p7" (FCOS and RetinaNet: P6 = 3x3 stride-2 conv of P5, P7 = 3x3 stride-2
+            conv of ReLU(P6), as torchvision's LastLevelP6P7 with equal in and out channels).
 
     Attributes:
         lateral_convs: nn.ModuleList of 1x1 convs (Ci -> d), ordered as in_specs (C2..C5); the coarsest only
@@ -58,10 +61,13 @@ class FPN(nn.Module):
         top_down: bool = True,
         laterals: bool = True,
         finest_only: bool = False,
+        extra_levels: str = "max_pool",
     ):
         super().__init__()
         if out_channels <= 0:
             raise ValueError(f"FPN: out_channels must be positive, got {out_channels}")
+        if extra_levels not in ("max_pool", "p6p7"):
+            raise ValueError(f"FPN: extra_levels must be 'max_pool' or 'p6p7', got {extra_levels!r}")
         if not (top_down or laterals):
             raise ValueError("FPN: top_down=False with laterals=False leaves the finer levels without any input")
         self.in_names = _check_in_specs(in_specs)
@@ -86,7 +92,11 @@ class FPN(nn.Module):
         self.extra_name = None if finest_only else f"p{top_level + 1}"
         if self.extra_name:
             self.out_specs[self.extra_name] = FeatureSpec(out_channels, 2 * top_stride)
-        for conv in [*self.lateral_convs, *self.output_convs]:
+        self.extra_convs = nn.ModuleList()  # P6, P7 convs of extra_levels "p6p7"
+        if extra_levels == "p6p7" and not finest_only:
+            self.extra_convs.extend(nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1) for _ in range(2))
+            self.out_specs[f"p{top_level + 2}"] = FeatureSpec(out_channels, 4 * top_stride)
+        for conv in [*self.lateral_convs, *self.output_convs, *self.extra_convs]:
             nn.init.kaiming_uniform_(conv.weight, a=1)
             nn.init.zeros_(conv.bias)
 
@@ -117,9 +127,14 @@ class FPN(nn.Module):
             if level in self._output_of:
                 outputs[level] = self.output_convs[self._output_of[level]](merged)
         pyramid = {name: outputs[level] for name, level in zip(self.out_names, self._output_of)}
-        if self.extra_name:
+        top = outputs.get(len(inputs) - 1)  # (N, d, H5, W5); absent when finest_only
+        if self.extra_convs:  # (N, d, H5, W5) -> P6 (N, d, ceil(H5/2), ceil(W5/2)) -> P7 (.., ceil(H6/2), ..)
+            p6 = self.extra_convs[0](top)
+            pyramid[self.extra_name] = p6
+            pyramid[f"p{int(self.extra_name[1:]) + 1}"] = self.extra_convs[1](F.relu(p6))
+        elif self.extra_name:
             # P6: stride-2 subsampling of P5, (N, d, H5, W5) -> (N, d, ceil(H5/2), ceil(W5/2))
-            pyramid[self.extra_name] = F.max_pool2d(outputs[len(inputs) - 1], kernel_size=1, stride=2)
+            pyramid[self.extra_name] = F.max_pool2d(top, kernel_size=1, stride=2)
         return pyramid
 
     def _check_features(self, features: Mapping[str, torch.Tensor]) -> None:

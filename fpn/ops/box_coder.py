@@ -129,3 +129,28 @@ class BoxCoder:
         half_h = 0.5 * torch.exp(dh) * ph[:, None]
         pred = torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=2)  # (N, K, 4)
         return pred.flatten(1)
+
+
+class DistanceBoxCoder:
+    """FCOS's box coding: a box as the distances (l, t, r, b) from a location (the centre of a reference box)
+    to its four sides, divided by the reference box's width and height (torchvision's BoxLinearCoder with
+    normalize_by_size=True; the reference boxes are the per-level "anchors" of side = stride)."""
+
+    def encode(self, reference: Tensor, boxes: Tensor) -> Tensor:
+        """(..., 4) reference boxes and (..., 4) boxes xyxy -> (..., 4) normalised (l, t, r, b)."""
+        ctr_x = 0.5 * (reference[..., 0] + reference[..., 2])
+        ctr_y = 0.5 * (reference[..., 1] + reference[..., 3])
+        distances = torch.stack(
+            (ctr_x - boxes[..., 0], ctr_y - boxes[..., 1], boxes[..., 2] - ctr_x, boxes[..., 3] - ctr_y), dim=-1)
+        width, height = reference[..., 2] - reference[..., 0], reference[..., 3] - reference[..., 1]
+        return distances / torch.stack((width, height, width, height), dim=-1)
+
+    def decode(self, codes: Tensor, reference: Tensor) -> Tensor:
+        """(..., 4) normalised (l, t, r, b) and (..., 4) reference boxes -> (..., 4) boxes xyxy, in codes' dtype."""
+        reference = reference.to(codes.dtype)
+        ctr_x = 0.5 * (reference[..., 0] + reference[..., 2])
+        ctr_y = 0.5 * (reference[..., 1] + reference[..., 3])
+        width, height = reference[..., 2] - reference[..., 0], reference[..., 3] - reference[..., 1]
+        codes = codes * torch.stack((width, height, width, height), dim=-1)
+        return torch.stack(
+            (ctr_x - codes[..., 0], ctr_y - codes[..., 1], ctr_x + codes[..., 2], ctr_y + codes[..., 3]), dim=-1)

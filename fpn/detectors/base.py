@@ -1,0 +1,128 @@
+"""What every detector of the package shares: torchvision's detection I/O contract around a detector-specific
+`forward_batch`.
+
+    forward(images, targets)  checks the inputs, resizes / normalises / pads them into an ImageBatch
+                              (fpn/transform.py), runs `forward_batch` on it, and maps eval detections back to
+                              each input image's pixels
+    forward_batch(batch, targets)  the detector itself: training losses, or per-image detections in the
+                              ImageBatch frame (what `fpn.export` traces)
+    predict(images)           uint8 / float tensors or PIL images, eval mode, optional score threshold
+    optimize_for_inference()  the faster inference copy (fpn/inference.py)
+"""
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fpn.transform import ImageBatch, postprocess, preprocess
+from fpn.validation import check_images, check_targets, check_value_range
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+class Detector(nn.Module):
+    """Base of FasterRCNNFPN and FCOSFPN: keeps `config` (resolved) and `num_classes` (background included)."""
+
+    def __init__(self, num_classes: int, config):
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2 (background included), got {num_classes!r}")
+        self.config = config.resolved()
+        self.num_classes = num_classes
+        self._accelerator_values_checked = False  # images on a GPU: one read of their range, on the first call
+        self._backbone_checked_for_training = False
+
+    def forward(
+        self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None
+    ) -> Union[Dict[str, Tensor], List[Dict[str, Tensor]]]:
+        check_images(images)
+        if check_value_range(images, read_accelerator_images=not self._accelerator_values_checked):
+            self._accelerator_values_checked = True
+        if self.training:
+            check_targets(targets, len(images), self.num_classes)
+            self._warn_if_backbone_cannot_train()
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        batch, targets = preprocess(images, targets if self.training else None, self.config.input, self.training)
+        output = self.forward_batch(batch, targets)
+        if self.training:
+            return output
+        return postprocess(output, batch.image_sizes, original_sizes)
+
+    def forward_batch(self, batch: ImageBatch, targets: Optional[List[Dict[str, Tensor]]] = None):
+        """Training: the loss dict. Eval: per image `boxes` (D, 4) xyxy in the ImageBatch frame, `scores`,
+        `labels`. Written by each detector."""
+        raise NotImplementedError
+
+    def features(self, batch: ImageBatch) -> Dict[str, Tensor]:
+        """The pyramid of a padded batch (channels-last when the config says so)."""
+        x = batch.tensor  # (N, 3, Hp, Wp)
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.neck(self.backbone(x))
+
+    def _warn_if_backbone_cannot_train(self) -> None:
+        """Once per model: frozen BN or frozen stages without any loaded weights never become meaningful."""
+        if self._backbone_checked_for_training:
+            return
+        self._backbone_checked_for_training = True
+        parts = self.backbone.untrainable_parts()
+        if parts:
+            warnings.warn(
+                "training a backbone with no pretrained weights (config.backbone.weights is None and no state dict "
+                f"was loaded): {'; '.join(parts)}. To train from scratch leave config.backbone.norm and "
+                "trainable_stages at None (auto: 'bn', 5) or set norm 'bn'/'gn' and trainable_stages 5; to "
+                "fine-tune, set config.backbone.weights to an ImageNet checkpoint.",
+                stacklevel=3,
+            )
+
+    @torch.no_grad()
+    def predict(
+        self, images: Sequence[Union[Tensor, "Image.Image"]], score_threshold: Optional[float] = None
+    ) -> List[Dict[str, Tensor]]:
+        """Detect objects in uint8 (3, H, W) tensors, float (3, H, W) tensors in [0, 1], or PIL images.
+
+        Runs in eval mode (the previous mode is restored) and keeps detections with score >= score_threshold
+        (default: the config's threshold). Returns the same list of dicts as the eval-mode forward.
+        """
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        device = next(self.parameters()).device
+        tensors = [_to_float_tensor(img, i).to(device) for i, img in enumerate(images)]
+        was_training = self.training
+        self.eval()
+        try:
+            detections = self(tensors)
+        finally:
+            self.train(was_training)
+        if score_threshold is not None:
+            # detections are sorted by decreasing score: keep a prefix, its length read once for the batch
+            counts = torch.stack([(d["scores"] >= score_threshold).sum() for d in detections]).tolist()
+            detections = [{k: v[:count] for k, v in d.items()} for d, count in zip(detections, counts)]
+        return detections
+
+    def optimize_for_inference(self, dtype: Optional[torch.dtype] = None) -> nn.Module:
+        """An inference-only copy with the same detections, faster: norms folded into the convolutions,
+        channels-last, optionally bf16/fp16 convolutions and linear layers. This model is not modified.
+        See `fpn.inference.optimize_for_inference`."""
+        from fpn.inference import optimize_for_inference
+
+        return optimize_for_inference(self, dtype)
+
+
+def _to_float_tensor(image, index: int) -> Tensor:
+    """uint8 tensor / float tensor / PIL image -> float (3, H, W) in [0, 1]."""
+    if isinstance(image, Tensor):
+        if image.dtype == torch.uint8:
+            return image.float() / 255.0
+        if image.is_floating_point():
+            return image
+        raise ValueError(f"images[{index}] has dtype {image.dtype}; expected uint8 or float")
+    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+        array = np.asarray(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
+    raise ValueError(f"images[{index}] must be a tensor or a PIL image, got {type(image).__name__}")
