@@ -101,8 +101,31 @@ class InputConfig:
     size_divisible: int = 32  # the padded batch is a multiple of this (the stride of C5)
 
 
+class DetectorConfig:
+    """What both detector configs do: `resolved()` (the copy a model keeps), `to_dict()` / `from_dict()` (what a
+    checkpoint stores and rebuilds)."""
+
+    def check(self) -> None:
+        """Raise ValueError for a value the model cannot be built with (a field may be set after construction)."""
+
+    def resolved(self):
+        """A deep copy with every automatic (None) choice made explicit; what a model keeps as `model.config`."""
+        self.check()
+        config = copy.deepcopy(self)
+        config.backbone = self.backbone.resolved()
+        return config
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        """Rebuild a config from `to_dict()` output; unknown keys raise a ValueError naming them."""
+        return _from_dict(cls, data, "config")
+
+
 @dataclass
-class FasterRCNNConfig:
+class FasterRCNNConfig(DetectorConfig):
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fpn: FPNConfig = field(default_factory=FPNConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
@@ -125,22 +148,8 @@ class FasterRCNNConfig:
     def __post_init__(self):
         check_variant(self.variant)
 
-    def resolved(self) -> "FasterRCNNConfig":
-        """A deep copy with every automatic (None) choice made explicit; what a model keeps as `model.config`.
-
-        Raises ValueError for an unknown `variant` (a field may have been set after construction)."""
+    def check(self) -> None:
         check_variant(self.variant)
-        config = copy.deepcopy(self)
-        config.backbone = self.backbone.resolved()
-        return config
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "FasterRCNNConfig":
-        """Rebuild a config from `to_dict()` output; unknown keys raise a ValueError naming them."""
-        return _from_dict(cls, data, "config")
 
 
 def check_variant(variant: Any) -> None:
@@ -185,7 +194,7 @@ class FCOSHeadConfig:
 
 
 @dataclass
-class FCOSConfig:
+class FCOSConfig(DetectorConfig):
     """FCOS on the feature pyramid: `FCOSConfig()` is torchvision's `fcos_resnet50_fpn` (ResNet-50, FPN on
     C3..C5 with P6 and P7 from P5, 256 channels). `backbone`, `fpn` and `input` are the sections of
     FasterRCNNConfig, with the same meaning."""
@@ -195,17 +204,3 @@ class FCOSConfig:
     head: FCOSHeadConfig = field(default_factory=FCOSHeadConfig)
     input: InputConfig = field(default_factory=InputConfig)
     channels_last: bool = True  # run the convolutions in NHWC memory format (faster with oneDNN and cuDNN)
-
-    def resolved(self) -> "FCOSConfig":
-        """A deep copy with the backbone's automatic (None) choices made explicit; what a model keeps."""
-        config = copy.deepcopy(self)
-        config.backbone = self.backbone.resolved()
-        return config
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "FCOSConfig":
-        """Rebuild a config from `to_dict()` output; unknown keys raise a ValueError naming them."""
-        return _from_dict(cls, data, "config")

@@ -100,10 +100,10 @@ def read_torchvision_checkpoint(path_or_state_dict: Union[str, os.PathLike, Dict
     return state
 
 
-def torchvision_detector_config() -> FasterRCNNConfig:
-    """The config of `fasterrcnn_resnet50_fpn` as torchvision builds it with weights: frozen BN, stem and C2
+def torchvision_detector_config(config_class=FasterRCNNConfig):
+    """The config of a torchvision ResNet-50 detector as torchvision builds it with weights: frozen BN, stem and C2
     frozen. Explicit, since our default without backbone weights is trainable BN in every stage."""
-    config = FasterRCNNConfig()
+    config = config_class()
     config.backbone.norm, config.backbone.trainable_stages = "frozen_bn", 3
     return config
 
@@ -111,33 +111,28 @@ def torchvision_detector_config() -> FasterRCNNConfig:
 def load_torchvision_detector(cls, path_or_state_dict, num_classes: Optional[int] = None):
     """Build `cls` (FasterRCNNFPN) with `torchvision_detector_config()` and load torchvision weights into it."""
     state = convert_torchvision_state_dict(read_torchvision_checkpoint(path_or_state_dict))
-    file_classes = state[PREDICTOR_PREFIX + "cls_score.weight"].shape[0]
-    if num_classes is None:
-        num_classes = file_classes
-    model = cls(num_classes=num_classes, config=torchvision_detector_config())
-    if num_classes != file_classes:  # fine-tuning to another label set: keep the fresh predictor
-        state = {k: v for k, v in state.items() if not k.startswith(PREDICTOR_PREFIX)}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (num_classes != file_classes and k.startswith(PREDICTOR_PREFIX))]
-    if missing or unexpected:
-        raise ValueError(f"torchvision checkpoint does not fit: missing {missing[:10]}, unexpected {unexpected[:10]}")
-    return model
+    return _build_and_load(cls, FasterRCNNConfig, state, PREDICTOR_PREFIX, "cls_score.weight", num_classes)
 
 
 def load_torchvision_fcos(cls, path_or_state_dict, num_classes: Optional[int] = None):
-    """Build `cls` (FCOSFPN) as torchvision builds `fcos_resnet50_fpn` with weights (frozen BN, stem and C2
-    frozen) and load torchvision weights into it; another `num_classes` keeps a fresh class logits layer."""
+    """Build `cls` (FCOSFPN) as torchvision builds `fcos_resnet50_fpn` with weights and load its weights."""
     state = read_torchvision_checkpoint(path_or_state_dict, FCOS_LOGITS + "weight", "fcos_resnet50_fpn")
     state = convert_torchvision_fcos_state_dict(state)
-    file_classes = state[FCOS_LOGITS + "weight"].shape[0]
+    return _build_and_load(cls, FCOSConfig, state, FCOS_LOGITS, "weight", num_classes)
+
+
+def _build_and_load(cls, config_class, state: Dict[str, Tensor], class_prefix: str, class_key: str,
+                    num_classes: Optional[int]):
+    """The model with every converted tensor loaded. With a `num_classes` other than the file's, the tensors
+    under `class_prefix` (the class-specific outputs) keep their fresh initialisation (fine-tuning)."""
+    file_classes = state[class_prefix + class_key].shape[0]
     num_classes = file_classes if num_classes is None else num_classes
-    config = FCOSConfig()
-    config.backbone.norm, config.backbone.trainable_stages = "frozen_bn", 3
-    model = cls(num_classes=num_classes, config=config)
-    if num_classes != file_classes:
-        state = {k: v for k, v in state.items() if not k.startswith(FCOS_LOGITS)}
+    model = cls(num_classes=num_classes, config=torchvision_detector_config(config_class))
+    fresh = num_classes != file_classes
+    if fresh:
+        state = {k: v for k, v in state.items() if not k.startswith(class_prefix)}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (num_classes != file_classes and k.startswith(FCOS_LOGITS))]
+    missing = [k for k in missing if not (fresh and k.startswith(class_prefix))]
     if missing or unexpected:
         raise ValueError(f"torchvision checkpoint does not fit: missing {missing[:10]}, unexpected {unexpected[:10]}")
     return model
