@@ -11,7 +11,7 @@ they differ. Bad flags, unreadable weights and a missing ONNX install end the ru
 
 Interface of both: one float32 image (3, H, W), RGB in [0, 1], any H and W; resizing, normalisation and padding
 happen inside, as in the eager model. Outputs `boxes` (D, 4) float32 xyxy in that image's pixels, `scores` (D,)
-float32 and `labels` (D,) int64, by decreasing score: the eval-mode contract of `FasterRCNNFPN` for one image.
+float32 and `labels` (D,) int64, by decreasing score: the eval-mode contract of the detectors (`FasterRCNNFPN`, `FCOSFPN`) for one image.
 
 What is static and what dynamic:
   * dynamic: the image's height and width (16..8192 px), the number of proposals and of detections D (an
@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from fpn.cli import ArgumentParser, InputError, run_cli
+from fpn.ops.resize import written_out_resize
 from fpn.transform import postprocess, preprocess
 
 EXAMPLE_SIZE = (480, 640)  # (H, W) of the example image traced: large enough for a 2 x 2 P6 after resizing
@@ -44,11 +45,12 @@ INSTALL_HINT = 'pip install -e ".[export]"'
 
 
 class DetectorGraph(nn.Module):
-    """The eval-mode forward of a `FasterRCNNFPN` for one image, written to be traced: (3, H, W) float in [0, 1]
-    -> (boxes (D, 4), scores (D,), labels (D,) int64), the same values as `model([image])[0]`.
+    """The eval-mode forward of a detector (`FasterRCNNFPN` or `FCOSFPN`) for one image, written to be traced:
+    (3, H, W) float in [0, 1] -> (boxes (D, 4), scores (D,), labels (D,) int64), the same values as
+    `model([image])[0]`.
 
-    It calls the model's own stages (preprocess, backbone, FPN, RPN, RoI heads, postprocess) without the input
-    checks of `FasterRCNNFPN.forward`, whose value-range warning reads the image on the host.
+    It calls preprocess, the model's `forward_batch` and postprocess, without the input checks of
+    `Detector.forward`, whose value-range warning reads the image on the host.
     """
 
     def __init__(self, model: nn.Module):
@@ -59,19 +61,7 @@ class DetectorGraph(nn.Module):
         model = self.model
         original_size = (image.shape[-2], image.shape[-1])  # symbolic under torch.export
         batch, _ = preprocess([image], None, model.config.input, False)
-        x = batch.tensor  # (1, 3, Hp, Wp)
-        if model.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        features = model.neck(model.backbone(x))
-        rpn_features = {name: features[name] for name in model.rpn_maps}
-        if model.roi_heads is None:  # the RPN alone: its proposals, label 1
-            proposals, _ = model.rpn(batch, rpn_features, with_scores=True)
-            boxes, scores = proposals[0]["boxes"], proposals[0]["scores"]
-            detections = [{"boxes": boxes, "scores": scores, "labels": torch.ones_like(scores, dtype=torch.int64)}]
-        else:
-            proposals, _ = model.rpn(batch, rpn_features)
-            pooled = {name: features[name] for name in model.pooled_levels}
-            detections, _ = model.roi_heads(pooled, proposals, batch.image_sizes)
+        detections = model.forward_batch(batch)  # the detector's own eval path, ImageBatch frame
         det = postprocess(detections, batch.image_sizes, [original_size])[0]
         return det["boxes"], det["scores"], det["labels"]
 
@@ -91,7 +81,7 @@ def export_program(model: nn.Module) -> torch.export.ExportedProgram:
     """`torch.export` of the eval-mode detector for one image of any height and width.
 
     Args:
-        model: a `FasterRCNNFPN` in eval mode.
+        model: a `FasterRCNNFPN` or `FCOSFPN` in eval mode.
     Returns:
         the ExportedProgram; `program.module()(image)` gives (boxes, scores, labels) as `DetectorGraph`. The
         fpn::nms, fpn::batched_nms and fpn::roi_align operators are single nodes of its graph.
@@ -111,7 +101,7 @@ def export_onnx(model: nn.Module, path: Path) -> None:
     from fpn.onnx_ops import OPSET, translation_table
 
     graph, example, dynamic_shapes = _traceable(model)
-    with torch.no_grad():
+    with torch.no_grad(), written_out_resize():  # PyTorch's bilinear arithmetic, not ONNX Resize's
         program = torch.onnx.export(
             graph, example, dynamo=True, dynamic_shapes=dynamic_shapes, opset_version=OPSET,
             custom_translation_table=translation_table(), input_names=["image"],

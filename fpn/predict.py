@@ -44,6 +44,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fpn.engine.checkpoint import is_training_checkpoint, load_detector
+from fpn.detectors.build import is_rpn_only
 from fpn.cli import InputError, run_cli
 from fpn.data.image_io import load_rgb_image, pil_to_tensor01
 from fpn.engine.loop import select_device
@@ -302,7 +303,7 @@ def predict_command(argv: Optional[Sequence[str]] = None) -> int:
         model = fast_model(model, FAST_DTYPES[args.fast_dtype])
     elif args.fast_dtype != "fp32":
         raise InputError(f"--fast-dtype {args.fast_dtype} needs --fast")
-    if model.config.rpn_only:  # an RPN alone (paper Table 1): class-agnostic proposals, label 1 = "object"
+    if is_rpn_only(model):  # an RPN alone (paper Table 1): class-agnostic proposals, label 1 = "object"
         class_names, label_to_category = {1: "object"}, None
     output_dir = Path(args.output_dir)
     run = predict_files(

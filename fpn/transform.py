@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fpn.config import InputConfig
-from fpn.ops.resize import bilinear_resize
+from fpn.ops.resize import bilinear_resize, resize_written_out
 
 
 @dataclass
@@ -33,12 +33,13 @@ def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
     The new size is floor(H * scale), as torchvision's detection transform gets it (`recompute_scale_factor=True`:
     same weights -> same detections), computed here and passed as the size: the same interpolation, written with
     `torch.sym_min` so that under `torch.export` a symbolic H and W stay symbolic (Python's `min` would fix them).
-    Exported, the interpolation is `bilinear_resize`: the same values in ops that ONNX runtimes compute alike.
+    Exported to ONNX, the interpolation is `bilinear_resize` (fpn/ops/resize.py): PyTorch's sampling points in ops
+    that ONNX runtimes compute alike, where ONNX's own Resize samples a last bit elsewhere.
     """
     h, w = image.shape[-2:]
     scale = torch.sym_min(min_size / torch.sym_min(h, w), max_size / torch.sym_max(h, w))
     size = (torch.sym_int(h * scale), torch.sym_int(w * scale))  # what F.interpolate's recompute_scale_factor does
-    if torch.compiler.is_exporting():
+    if resize_written_out():
         return bilinear_resize(image, size)
     return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 

@@ -43,6 +43,7 @@ from fpn.data.synthetic import generate_synthetic_coco
 from fpn.paper_results import (
     DETECTION_METRICS, ROWS, RPN_METRICS, TABLE1_RPN, VARIANTS, detection_reference, paper_row,
 )
+from fpn.config import FasterRCNNConfig
 from fpn.engine.presets import PRESETS, SYNTHETIC_PRESETS, get_preset, synthetic_recipe
 
 MODES = ("rpn", "faster")  # RPN only (Table 1) and Faster R-CNN (Table 3)
@@ -91,6 +92,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(f"{', '.join(managed)} after -- is set by ablation.py itself; give it before --, or not at all")
     if args.iters is not None and args.iters < 1:
         parser.error(f"--iters must be >= 1, got {args.iters}")
+    if not isinstance(get_preset(args.preset).model, FasterRCNNConfig):
+        parser.error(f"--preset {args.preset} is not a Faster R-CNN preset: the paper's ablations are variants of "
+                     "Faster R-CNN and of its RPN")
     if not any(getattr(args, name) for name in DATA_FLAGS) and args.preset not in SYNTHETIC_PRESETS:
         parser.error(f"--preset {args.preset} is meant for COCO: give --coco-root DIR (or the four image/annotation "
                      f"flags), or a synthetic preset: {', '.join(SYNTHETIC_PRESETS)}")

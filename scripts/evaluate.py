@@ -61,6 +61,7 @@ from fpn.data.coco import CocoDetection
 from fpn.engine.loop import AMP_DTYPES, autocast_factory, select_device
 from fpn.engine.evaluation import check_categories, evaluate_coco, format_metrics
 from fpn.predict import FAST_DTYPES, fast_model, label_map_of
+from fpn.detectors.build import arch_of
 from fpn.engine.proposal_eval import evaluate_proposals, format_recall, rpn_only_model
 from fpn.weights_file import read_weights
 
@@ -227,6 +228,9 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> int:
 def proposals_command(model: torch.nn.Module, dataset: CocoDetection, batching: Batching, device: torch.device,
                       args: argparse.Namespace) -> int:
     """--proposals: the average recall of the proposals of `model`'s RPN (its RPN-only twin for a full detector)."""
+    if arch_of(model) != "faster_rcnn":
+        raise InputError(f"--proposals: {args.checkpoint} holds a {arch_of(model)} detector, which is one-stage: "
+                         "it has no region proposals to score (evaluate its boxes without --proposals)")
     proposer = rpn_only_model(model)
     if args.fast:
         proposer = fast_model(proposer, FAST_DTYPES[args.fast_dtype])

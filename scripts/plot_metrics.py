@@ -5,7 +5,8 @@
 
 metrics.jsonl has one JSON object per line, of two kinds, in any order:
 - training lines: `iter`, `lr` and the losses `loss_objectness`, `loss_rpn_box_reg`, `loss_classifier`,
-  `loss_box_reg`, `loss` (their sum); any other key starting with `loss` is plotted too;
+  `loss_box_reg` (Faster R-CNN) or `classification`, `bbox_regression`, `bbox_ctrness` (FCOS), `loss` (their
+  sum); any other key starting with `loss` is plotted too;
 - evaluation lines: `iter` and COCO's `AP`, `AP50`, `AP75`, `APs`, `APm`, `APl` (in [0, 1] or in %), or the
   proposal recall of an RPN-only run, `AR100`, `AR1k`, `AR_s`, `AR_m`, `AR_l` (ar.png).
 Lines without `iter` (e.g. a run summary) are ignored. Writes `losses.png`, `lr.png` and `ap.png` (each only when
@@ -23,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-LOSS_KEYS = ("loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
+LOSS_KEYS = ("loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg",  # Faster R-CNN
+             "classification", "bbox_regression", "bbox_ctrness")  # FCOS
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 AR_KEYS = ("AR100", "AR1k", "AR_s", "AR_m", "AR_l")  # proposal recall of an RPN-only run
 Series = Dict[str, Tuple[List[float], List[float]]]  # key -> (iterations, values), sorted by iteration

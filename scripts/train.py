@@ -49,11 +49,11 @@ from fpn.data.synthetic import generate_synthetic_coco
 from fpn.engine.loop import MetricsLog, autocast_factory, build_grad_scaler, select_device, train_iterations
 from fpn.engine.evaluation import evaluate_coco, format_metrics
 from fpn.engine.proposal_eval import evaluate_proposals, format_recall
-from fpn.detectors.faster_rcnn import FasterRCNNFPN
+from fpn.detectors.build import ARCHITECTURES, arch_of, build_detector, convert_config, is_rpn_only
 from fpn.engine.nonfinite import FiniteWatch, NonFiniteError
 from fpn.engine.presets import (
     PRESETS, add_config_flags, add_preset_flags, apply_config_flags, apply_preset_flags, describe_presets, get_preset,
-    preset_name_in, synthetic_recipe,
+    arch_in, preset_name_in, synthetic_recipe,
 )
 from fpn.engine.resume import apply_changed_arguments, check_resumable, find_resume_checkpoint, restore_training_state
 from fpn.engine.rng_state import capture_rng_state
@@ -64,10 +64,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line; preset values fill every training and model field that was not given."""
     argv = sys.argv[1:] if argv is None else list(argv)
     shown = get_preset(preset_name_in(argv, default="cpu-demo"))  # whose values --help shows as the defaults
+    shown.model = convert_config(shown.model, arch_in(argv, default=arch_of(shown.model)))
     parser = ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                             epilog="presets (--preset NAME):\n" + textwrap.indent(describe_presets(), "  "))
     parser.add_argument("--preset", choices=sorted(PRESETS),
                         help="defaults for everything (required): cpu-demo, paper or 1x, see fpn/engine/presets.py")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=None,
+                        help="the detector: faster_rcnn (two-stage) or fcos (one-stage, anchor-free); default the "
+                             "preset's. Another one than the preset's keeps its backbone, FPN and input sections")
     parser.add_argument("--output-dir", default="runs/train", help="checkpoints, metrics and pictures go here")
     parser.add_argument("--coco-root", help="DIR with train2017/, val2017/, annotations/instances_{train,val}2017.json")
     parser.add_argument("--train-images", help="training images folder")
@@ -97,7 +101,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for item in fields(chosen):
         if item.name != "model":
             setattr(args, item.name, getattr(chosen, item.name))
-    args.model_config = apply_config_flags(chosen.model, args)
+    args.arch = args.arch or arch_of(chosen.model)
+    args.model_config = apply_config_flags(convert_config(chosen.model, args.arch), args)
     if args.backbone_weights:
         args.model_config.backbone.weights = args.backbone_weights
     if args.amp not in ("none", "bf16", "fp16"):
@@ -271,7 +276,7 @@ class TrainingRun:
 
         def evaluate(iteration: int, prefix: str) -> dict:
             # an RPN alone (paper Table 1) is scored by the recall of its proposals, a detector by box AP
-            run, what, table = (evaluate_proposals, "proposal recall", format_recall) if model.config.rpn_only \
+            run, what, table = (evaluate_proposals, "proposal recall", format_recall) if is_rpn_only(model) \
                 else (evaluate_coco, "COCO box evaluation", format_metrics)
             result = run(model, val_set, device=device, output_dir=self.output_dir, prefix=prefix,
                          batch_size=args.eval_batch_size, num_workers=args.workers, autocast=autocast)
@@ -294,7 +299,7 @@ class TrainingRun:
         final = evaluate(args.iters, "eval_final")
         if distributed.is_main_process():
             (self.output_dir / "final_metrics.json").write_text(json.dumps({"iter": args.iters, **final}, indent=2))
-            if not model.config.rpn_only:  # proposals have no classes to draw
+            if not is_rpn_only(model):  # proposals have no classes to draw
                 picture = save_detection_picture(model, val_set, self.output_dir / "detections.png", device=device)
                 distributed.log(f"detections on validation images: {picture}")
             plot_curves(self.output_dir / "metrics.jsonl", self.output_dir)
@@ -329,7 +334,7 @@ class TrainingRun:
                 if getattr(backbone, name) is None:
                     setattr(backbone, name, checkpoint["config"]["backbone"][name])
         torch.manual_seed(args.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
-        model = FasterRCNNFPN(num_classes=train_set.num_classes, config=args.model_config)
+        model = build_detector(train_set.num_classes, args.model_config)
         if checkpoint is not None:
             for note in check_resumable(checkpoint, path, model, train_set.label_to_category):
                 distributed.log(f"--resume: {note}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fpn.config import FasterRCNNConfig
+from fpn.config import FCOSConfig, FasterRCNNConfig
 from fpn.data.synthetic import generate_synthetic_coco
 from fpn.engine.presets import PRESETS, SYNTHETIC_PRESETS, add_config_flags, apply_config_flags, get_preset, synthetic_recipe
 
@@ -75,7 +75,12 @@ def test_presets_follow_their_schedules():
     demo = get_preset("cpu-demo")
     assert demo.model.backbone.norm == "gn" and demo.model.backbone.depth == 18
     assert demo.iters > max(demo.steps)
-    assert sorted(PRESETS) == ["1x", "ablation-cpu", "cpu-demo", "paper"]
+    assert sorted(PRESETS) == ["1x", "ablation-cpu", "cpu-demo", "fcos-cpu-demo", "paper"]
+    fcos = get_preset("fcos-cpu-demo")  # the demo's trunk, input and schedule, FCOS's head
+    assert isinstance(fcos.model, FCOSConfig) and fcos.model.head.score_thresh == 0.05
+    assert (fcos.model.backbone, fcos.model.fpn, fcos.model.input) == (demo.model.backbone, demo.model.fpn,
+                                                                        demo.model.input)
+    assert (fcos.iters, fcos.steps, fcos.lr) == (demo.iters, demo.steps, demo.lr)
 
 
 def test_ablation_preset_spans_object_scales_and_scores_1000_proposals():

@@ -6,7 +6,8 @@ A checkpoint file `checkpoint_0001234.pt` (the number is the iterations complete
     iteration                             int, iterations completed
     rng                                   this process's torch CPU / CUDA / numpy / python RNG states
     rng_per_rank                          [the same, of every process of the run, index = rank]
-    config                                FasterRCNNConfig.to_dict() of the model (tuples stored as lists)
+    arch                                  the detector: "faster_rcnn" or "fcos" (absent in older files: faster_rcnn)
+    config                                the model's config.to_dict() (FasterRCNNConfig or FCOSConfig; tuples as lists)
     num_classes                           int, background included
     label_to_category                     {label: COCO category id}
     class_names                           {label: name}
@@ -28,11 +29,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
+from torch import nn
 
 from fpn.cli import InputError, first_line, interrupts_deferred
-from fpn.config import FasterRCNNConfig
 from fpn.data.coco_names import COCO_CLASS_NAMES
+from fpn.detectors.build import DEFAULT_ARCH, arch_of, build_detector, check_arch, config_from_dict
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
+from fpn.detectors.fcos import FCOSFPN
 from fpn.engine.rng_state import capture_rng_state
 from fpn.weights_file import read_weights
 
@@ -164,7 +167,7 @@ def to_plain(value: Any) -> Any:
 def save_checkpoint(
     path: PathLike,
     *,
-    model: FasterRCNNFPN,
+    model: nn.Module,
     optimizer: Optional[torch.optim.Optimizer],
     scheduler: Optional[Any],
     scaler: Optional[torch.amp.GradScaler],
@@ -178,7 +181,7 @@ def save_checkpoint(
 
     Args:
         path: destination file, usually `checkpoint_path(output_dir, iteration)`.
-        model: the detector, not wrapped in DistributedDataParallel.
+        model: the detector (FasterRCNNFPN or FCOSFPN), not wrapped in DistributedDataParallel.
         optimizer, scheduler, scaler: training state to resume from (None where absent).
         iteration: iterations completed.
         label_to_category: {contiguous label: COCO category id} of the training set.
@@ -196,6 +199,7 @@ def save_checkpoint(
         "iteration": int(iteration),
         "rng": capture_rng_state(),
         "rng_per_rank": list(rng_per_rank) if rng_per_rank is not None else [capture_rng_state()],
+        "arch": arch_of(model),
         "config": to_plain(model.config.to_dict()),
         "num_classes": int(model.num_classes),
         "label_to_category": {int(k): int(v) for k, v in label_to_category.items()},
@@ -230,16 +234,29 @@ def is_training_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and {"model", "config", "num_classes", "iteration"} <= set(obj)
 
 
-def build_from_checkpoint(checkpoint: Dict[str, Any]) -> FasterRCNNFPN:
-    """A detector with the config, class count and weights stored in a training checkpoint."""
-    config = FasterRCNNConfig.from_dict(checkpoint["config"])
+def checkpoint_arch(checkpoint: Dict[str, Any]) -> str:
+    """The detector architecture a training checkpoint holds ("faster_rcnn" for files older than the field)."""
+    return check_arch(checkpoint.get("arch", DEFAULT_ARCH))
+
+
+def build_from_checkpoint(checkpoint: Dict[str, Any]) -> nn.Module:
+    """A detector of the architecture, config, class count and weights stored in a training checkpoint."""
+    config = config_from_dict(checkpoint_arch(checkpoint), checkpoint["config"])
     config.backbone.weights = None  # the checkpoint's weights replace any ImageNet initialisation
-    model = FasterRCNNFPN(num_classes=int(checkpoint["num_classes"]), config=config)
+    model = build_detector(int(checkpoint["num_classes"]), config)
     model.load_state_dict(checkpoint["model"])
     return model
 
 
-def load_pretrained_weights(model: FasterRCNNFPN, path: PathLike) -> List[str]:
+def check_same_arch(found: str, model: nn.Module, what: str) -> None:
+    """InputError when a file holds another detector than `model` (say so before comparing tensor names)."""
+    expected = arch_of(model)
+    if found != expected:
+        raise InputError(f"{what} holds a {found} detector, but this model is {expected}: choose the matching "
+                         f"--arch (or preset), or another file")
+
+
+def load_pretrained_weights(model: nn.Module, path: PathLike) -> List[str]:
     """Initialise `model` from one of our checkpoints or a torchvision detector file (`--init-from`).
 
     Tensors whose shape differs from the model's (e.g. the class-specific layers of a detector trained on another
@@ -247,15 +264,23 @@ def load_pretrained_weights(model: FasterRCNNFPN, path: PathLike) -> List[str]:
 
     Args:
         model: the detector to initialise, in place.
-        path: our training checkpoint, or a torchvision `fasterrcnn_resnet50_fpn` state dict file.
+        path: our training checkpoint, or a torchvision `fasterrcnn_resnet50_fpn` / `fcos_resnet50_fpn` state dict
+            file, of the model's architecture.
     Returns:
         the names of the model's tensors that were not loaded because their shape differs.
     Raises:
-        ValueError: the file is missing, or its tensors do not match the model's architecture.
+        InputError: the file is missing, or holds the other architecture.
+        ValueError: its tensors do not match the model's.
     """
     path = Path(path)
     obj = read_weights(path, "--init-from file")
-    source = obj["model"] if is_training_checkpoint(obj) else _torchvision_detector(obj, path).state_dict()
+    if is_training_checkpoint(obj):
+        check_same_arch(checkpoint_arch(obj), model, f"--init-from {path}")
+        source = obj["model"]
+    else:
+        detector = _torchvision_detector(obj, path)
+        check_same_arch(arch_of(detector), model, f"--init-from {path}")
+        source = detector.state_dict()
     own = model.state_dict()
     missing = sorted(set(own) - set(source))
     if missing:
@@ -277,13 +302,17 @@ def name_shapes(names: List[str], source: Dict[str, torch.Tensor], own: Dict[str
     return f"{len(names)} tensors differ in shape, e.g. " + "; ".join(shown)
 
 
-def load_detector(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[FasterRCNNFPN, Dict[int, str]]:
-    """Load a detector for inference from one of our checkpoints or from a torchvision detector file.
+def load_detector(path: PathLike, device: Union[str, torch.device] = "cpu",
+                  arch: Optional[str] = None) -> Tuple[nn.Module, Dict[int, str]]:
+    """Load a detector for inference from one of our checkpoints or from a torchvision detector file, whichever
+    architecture it holds (the checkpoint's `arch`; a torchvision file's keys).
 
     Args:
-        path: a training checkpoint written by `save_checkpoint`, or a torchvision `fasterrcnn_resnet50_fpn`
-            state dict (e.g. `fasterrcnn_resnet50_fpn_coco-258fb6c6.pth`).
+        path: a training checkpoint written by `save_checkpoint`, or a torchvision `fasterrcnn_resnet50_fpn` or
+            `fcos_resnet50_fpn` state dict (e.g. `fasterrcnn_resnet50_fpn_coco-258fb6c6.pth`).
         device: where to put the model.
+        arch: the architecture the caller needs ("faster_rcnn", "fcos"); None accepts either. A file of the
+            other one is an InputError saying so.
     Returns:
         (model in eval mode on `device`, class_names {label: name}); a torchvision file gets the 91 COCO names.
     """
@@ -291,12 +320,20 @@ def load_detector(path: PathLike, device: Union[str, torch.device] = "cpu") -> T
     obj = read_weights(path, "weights file")
     if is_training_checkpoint(obj):
         try:
+            found = checkpoint_arch(obj)
+        except ValueError as error:
+            raise InputError(f"checkpoint {path}: {error}") from None
+        if arch is not None and found != check_arch(arch):
+            raise InputError(f"checkpoint {path} holds a {found} detector; a {arch} detector is needed here")
+        try:
             model = build_from_checkpoint(obj)
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:  # an edited or foreign file
             raise InputError(f"checkpoint {path}: cannot build a detector from it ({first_line(error)})") from error
         class_names = {int(k): str(v) for k, v in obj.get("class_names", {}).items()}
     else:
         model = _torchvision_detector(obj, path)
+        if arch is not None and arch_of(model) != check_arch(arch):
+            raise InputError(f"{path} holds a torchvision {arch_of(model)} detector; a {arch} detector is needed here")
         # torchvision's COCO detectors use the raw COCO category ids as labels (91 outputs)
         class_names = dict(COCO_CLASS_NAMES) if model.num_classes == len(COCO_CLASS_NAMES) else {}
     try:
@@ -305,15 +342,17 @@ def load_detector(path: PathLike, device: Union[str, torch.device] = "cpu") -> T
         raise InputError(f"device {device}: cannot run the model there ({first_line(error)})") from error
 
 
-def _torchvision_detector(obj: Any, path: Path) -> FasterRCNNFPN:
-    """The detector of a torchvision state dict file, or InputError saying what the file is instead."""
+def _torchvision_detector(obj: Any, path: Path) -> nn.Module:
+    """The detector of a torchvision state dict file (FCOS when it has FCOS's head, else Faster R-CNN), or
+    InputError saying what the file is instead."""
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         kind = f"a {type(obj).__name__}" + (f" with keys {sorted(map(str, obj))[:5]}" if isinstance(obj, dict) else "")
         raise InputError(f"{path} is neither a training checkpoint of this project nor a torchvision detector "
                          f"state dict (it holds {kind})")
+    fcos = any(key.startswith("head.classification_head.") for key in obj)
+    name, detector_class = ("fcos_resnet50_fpn", FCOSFPN) if fcos else ("fasterrcnn_resnet50_fpn", FasterRCNNFPN)
     try:
-        return FasterRCNNFPN.from_torchvision(obj)
+        return detector_class.from_torchvision(obj)
     except (KeyError, ValueError, RuntimeError) as error:
-        raise InputError(f"{path} is not a torchvision fasterrcnn_resnet50_fpn state dict: "
-                         f"{first_line(error)}") from error
+        raise InputError(f"{path} is not a torchvision {name} state dict: {first_line(error)}") from error
 

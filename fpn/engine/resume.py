@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from fpn.engine.checkpoint import list_checkpoints, load_checkpoint
+from fpn.engine.checkpoint import check_same_arch, checkpoint_arch, list_checkpoints, load_checkpoint
 from fpn.cli import InputError, first_line
 from fpn.engine.rng_state import restore_rng_state
 
@@ -152,8 +152,10 @@ def check_resumable(checkpoint: Dict[str, Any], path: Path, model: torch.nn.Modu
     `model`. Model config changes that keep the weights loadable are allowed and returned as notes.
 
     Raises:
-        InputError: other categories, or a changed model the weights do not fit (the changes named).
+        InputError: another architecture, other categories, or a changed model the weights do not fit (the
+            changes named).
     """
+    check_same_arch(checkpoint_arch(checkpoint), model, f"--resume: {path}")
     saved_map = {int(k): int(v) for k, v in checkpoint["label_to_category"].items()}
     if saved_map != dict(label_to_category):
         raise InputError(

@@ -1,19 +1,40 @@
-"""Bilinear resizing written out in gathers and float arithmetic, for exported graphs (torch.export, ONNX).
+"""Bilinear resizing written out in gathers and float arithmetic, for the ONNX export.
 
 `F.interpolate(x, size, mode="bilinear", align_corners=False)` exports to ONNX `Resize`, whose runtimes compute
 the source coordinate as (i + 0.5) / (out / in) - 0.5 where PyTorch computes (i + 0.5) * (in / out) - 0.5: the
 two differ in the last bit, and on an image with sharp edges (noise, text) a last-bit move of the sampling point
-changes the resized pixels by up to 1e-4 and the detections by up to 2e-3 px. Written out here, the exported
+changes the resized pixels by up to 1e-4 and the detections by up to 2e-3 px. Written out here, the ONNX
 graph does PyTorch's own arithmetic. On the CPU, PyTorch's multi-threaded kernel computes the coordinate and both
 blends as fused multiply-adds (x86-64 with FMA); here a fused multiply-add of float32 numbers is computed in
 float64, where the product of two float32 is exact, and rounded once to float32: that kernel's values bit for bit
 (but for the rare sum that float64 rounds onto a float32 tie). Its single-threaded path blends in another order,
 1-2 ulps away; the sampling points, which are what matter, are the same (tests/test_ops_resize.py).
 """
-from typing import Tuple
+import contextlib
+from typing import Iterator, Tuple
 
 import torch
 from torch import SymInt, Tensor
+
+_written_out = False  # set by `written_out_resize()` (ONNX export)
+
+
+@contextlib.contextmanager
+def written_out_resize() -> Iterator[None]:
+    """Within this block, `fpn.transform.resize_image` resizes with `bilinear_resize` instead of
+    `F.interpolate`. The ONNX export traces in it; `torch.export` does not need it (its program calls the same
+    PyTorch kernel as eager, so stays equal to eager at any thread count)."""
+    global _written_out
+    previous, _written_out = _written_out, True
+    try:
+        yield
+    finally:
+        _written_out = previous
+
+
+def resize_written_out() -> bool:
+    """Whether a `written_out_resize()` block is active."""
+    return _written_out
 
 
 def bilinear_resize(image: Tensor, size: Tuple[int, int]) -> Tensor:
