@@ -31,10 +31,10 @@ class BackboneConfig:
     """
 
     name: str = "resnet"  # the trunk: "resnet" (of `depth` and `width`) or a RegNetX size, e.g. "regnet_x_400mf"
-    depth: int = 50  # ResNet depth: 18, 34 (basic blocks), 50, 101 (bottlenecks)
+    depth: int = 50  # ResNet depth: 18, 34 (basic blocks), 50, 101 (bottlenecks); unused by RegNetX
     norm: Optional[str] = None  # "frozen_bn", "bn" or "gn" (small batches); none: frozen_bn with weights, else bn
     gn_groups: int = 32  # groups of GroupNorm when norm == "gn"
-    width: int = 64  # channels of the stem / first stage; 64 is ResNet, smaller gives a narrower variant
+    width: int = 64  # ResNet: channels of the stem / first stage; 64 is ResNet, smaller gives a narrower variant
     trainable_stages: Optional[int] = None  # stages trained, from C5 down (5: all); none: 3 with weights, else 5
     zero_init_residual: bool = True  # from scratch: residual blocks start as the identity (Goyal et al.); false: open
     weights: Optional[str] = None  # local path of an ImageNet checkpoint in torchvision's key layout

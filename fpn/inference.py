@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from fpn.backbones.norm import FrozenBatchNorm2d
+from fpn.backbones.regnet import RegNetX, XBlock
 from fpn.backbones.resnet import BasicBlock, Bottleneck, ResNet
 
 # The conv -> norm pairs of each backbone module, by attribute name (torchvision's resnet layout).
@@ -48,7 +49,8 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 def conv_norm_pairs(model: nn.Module) -> Iterator[Tuple[nn.Module, str, str]]:
     """Every (parent, conv attribute, norm attribute) whose norm follows the conv directly: the stem and the
     residual blocks of each ResNet in `model` (the trunk, and the conv5 box head of the C4 variant), and the
-    projection shortcuts (`downsample`, an nn.Sequential(conv, norm))."""
+    projection shortcuts (`downsample`, an nn.Sequential(conv, norm)); the stem and the X blocks (convs and
+    projections) of a RegNetX."""
     for module in list(model.modules()):
         for kind, attributes in _CONV_NORM_ATTRIBUTES.items():
             if isinstance(module, kind):
@@ -56,6 +58,12 @@ def conv_norm_pairs(model: nn.Module) -> Iterator[Tuple[nn.Module, str, str]]:
                     yield module, conv_name, norm_name
         if isinstance(module, (BasicBlock, Bottleneck)) and module.downsample is not None:
             yield module.downsample, "0", "1"
+        # RegNetX: each conv is an nn.Sequential(conv, norm[, ReLU]), "0" and "1"
+        if isinstance(module, RegNetX):
+            yield module.stem, "0", "1"
+        if isinstance(module, XBlock):
+            for part in (module.f.a, module.f.b, module.f.c, *([module.proj] if module.proj is not None else [])):
+                yield part, "0", "1"
 
 
 def norm_as_affine(norm: nn.Module) -> Optional[Tuple[Tensor, Tensor]]:

@@ -1,7 +1,9 @@
-"""Bottom-up pathways: trunks returning C2..C5 with their FeatureSpecs; `build_backbone` builds the configured one."""
+"""Bottom-up pathways: ResNet and RegNetX trunks returning C2..C5 with their FeatureSpecs; `build_backbone`
+builds the configured one."""
 from fpn.backbones.build import BACKBONES, build_backbone
 from fpn.backbones.imagenet import load_imagenet_weights
 from fpn.backbones.norm import FrozenBatchNorm2d, make_norm
+from fpn.backbones.regnet import REGNET_X, RegNetX, build_regnet
 from fpn.backbones.resnet import BasicBlock, Bottleneck, ResNet, build_resnet, freeze_stages
 
 __all__ = [
@@ -10,7 +12,10 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "FrozenBatchNorm2d",
+    "REGNET_X",
+    "RegNetX",
     "ResNet",
+    "build_regnet",
     "build_resnet",
     "freeze_stages",
     "load_imagenet_weights",

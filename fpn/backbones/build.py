@@ -1,9 +1,10 @@
 """Build the trunk a `fpn.config.BackboneConfig` names (`name`): the one entry point the detectors call."""
 from torch import nn
 
+from fpn.backbones.regnet import REGNET_X, build_regnet
 from fpn.backbones.resnet import build_resnet
 
-BACKBONES = ("resnet",)  # the values of BackboneConfig.name
+BACKBONES = ("resnet", *REGNET_X)  # the values of BackboneConfig.name
 
 
 def build_backbone(cfg) -> nn.Module:
@@ -11,4 +12,6 @@ def build_backbone(cfg) -> nn.Module:
     (N, 3, H, W) to {"c2": ..., "c5": ...} and whose `out_specs` gives each map's FeatureSpec."""
     if cfg.name == "resnet":
         return build_resnet(cfg)
+    if cfg.name in REGNET_X:
+        return build_regnet(cfg)
     raise ValueError(f"backbone.name must be one of {', '.join(BACKBONES)}; got {cfg.name!r}")

@@ -11,14 +11,14 @@ _MAX_LISTED = 10  # keys shown per category in an error message
 
 
 def load_imagenet_weights(model: nn.Module, path: str) -> None:
-    """Copy an ImageNet classification checkpoint into a ResNet backbone, in place.
+    """Copy an ImageNet classification checkpoint (torchvision's layout) into a ResNet or RegNetX backbone, in place.
 
     The classifier (`fc.*`) and BatchNorm step counters (`*.num_batches_tracked`) are ignored. When the model
     uses GroupNorm, the checkpoint's BatchNorm statistics (`running_mean`/`running_var`) have nowhere to go
     and are ignored too; the affine `weight`/`bias` still load, since GroupNorm keeps the `bn*` names.
 
     Args:
-        model: a fpn.backbones.ResNet (any norm kind).
+        model: a fpn.backbones.ResNet or RegNetX (any norm kind).
         path: local file written by torch.save: a state dict, or a dict holding one under "state_dict"
             or "model". Loaded with map_location="cpu", weights_only=True.
 

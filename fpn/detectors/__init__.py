@@ -2,6 +2,9 @@
 (fpn/heads) over the ops of fpn/ops, with torchvision's detection contract (list of images in, losses in
 training, per-image boxes / scores / labels in eval).
 
+- base.py: what both share (input checks, resizing and padding, predict, optimize_for_inference).
 - faster_rcnn.py: Faster R-CNN with FPN (two-stage: RPN proposals, RoIAlign, box head), and the paper's ablation
   variants (variants.py).
+- fcos.py: FCOS (one-stage, anchor-free) on P3..P7.
+- build.py: the architectures by name ("faster_rcnn", "fcos"), as checkpoints and `--arch` name them.
 """
