@@ -77,7 +77,7 @@ class Detector(nn.Module):
                 f"was loaded): {'; '.join(parts)}. To train from scratch leave config.backbone.norm and "
                 "trainable_stages at None (auto: 'bn', 5) or set norm 'bn'/'gn' and trainable_stages 5; to "
                 "fine-tune, set config.backbone.weights to an ImageNet checkpoint.",
-                stacklevel=3,
+                stacklevel=2,
             )
 
     @torch.no_grad()
