@@ -1,11 +1,13 @@
-"""Detection ops in plain PyTorch: box maths, box coding, anchors, matching, sampling, NMS and RoIAlign.
+"""Detection ops in plain PyTorch: box maths, box coding, anchors, matching, sampling, NMS, RoIAlign and the
+one-stage losses (focal, generalized IoU).
 
 Boxes are (x1, y1, x2, y2) in absolute pixels everywhere. Each op matches torchvision's semantics; the tests in
 tests/test_ops_*.py check parity with it.
 """
 from fpn.ops.anchors import AnchorGenerator
-from fpn.ops.box_coder import BoxCoder
+from fpn.ops.box_coder import BoxCoder, DistanceBoxCoder
 from fpn.ops.boxes import box_area, box_iou, check_boxes, clip_boxes_to_image, remove_small_boxes
+from fpn.ops.losses import generalized_box_iou_loss, sigmoid_focal_loss
 from fpn.ops.matcher import Matcher
 from fpn.ops.nms import batched_nms, nms
 from fpn.ops.poolers import MultiScaleRoIAlign, assign_fpn_levels
@@ -16,6 +18,7 @@ __all__ = [
     "AnchorGenerator",
     "BalancedPositiveNegativeSampler",
     "BoxCoder",
+    "DistanceBoxCoder",
     "Matcher",
     "MultiScaleRoIAlign",
     "RoIAlign",
@@ -25,7 +28,9 @@ __all__ = [
     "check_boxes",
     "batched_nms",
     "clip_boxes_to_image",
+    "generalized_box_iou_loss",
     "nms",
     "remove_small_boxes",
     "roi_align",
+    "sigmoid_focal_loss",
 ]
