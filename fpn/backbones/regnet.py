@@ -16,6 +16,7 @@ Shape shorthand: N images, H x W input size.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections import OrderedDict
 from typing import Dict, List, Tuple
@@ -43,28 +44,38 @@ _TRAINABLE_ORDER = ("trunk_output.block4", "trunk_output.block3", "trunk_output.
                     "stem")
 
 
-def stage_settings(depth: int, w_0: int, w_a: float, w_m: float, group_width: int) -> List[Tuple[int, int, int]]:
-    """(width, blocks, group width) of each stage from the quantised linear rule (module docstring).
+def block_widths(depth: int, w_0: int, w_a: float, w_m: float, quantum: int = 8) -> List[int]:
+    """The width of each of the `depth` blocks: the paper's quantised linear rule (Sec. 3.3, eqs. 2-4).
 
-    The group width is capped at the stage width, and the width rounded to a multiple of it (to the nearest,
-    but never more than 10 % down), so that the 3x3 convolution's groups divide its channels.
+    Block j wants u_j = w_0 + w_a * j channels (eq. 2). Writing u_j = w_0 * w_m ** s_j (eq. 3) and rounding s_j
+    to an integer keeps only widths that are w_0 times a power of w_m (eq. 4), so a handful of distinct widths
+    remain and each run of equal widths is a stage. The widths are then rounded to multiples of `quantum` (8),
+    as in the paper's released models. Rounding is half-to-even, as torch.round does.
     """
-    widths_cont = torch.arange(depth) * w_a + w_0  # u_j
-    exponents = torch.round(torch.log(widths_cont / w_0) / math.log(w_m))  # s_j
-    block_widths = (torch.round(torch.divide(w_0 * torch.pow(w_m, exponents), 8)) * 8).int().tolist()
-    stages: List[List[int]] = []  # [width, blocks]
-    for width in block_widths:
-        if stages and stages[-1][0] == width:
-            stages[-1][1] += 1
-        else:
-            stages.append([width, 1])
+    widths = []
+    for j in range(depth):
+        wanted = w_0 + w_a * j  # u_j
+        exponent = round(math.log(wanted / w_0) / math.log(w_m))  # s_j rounded: u_j ~ w_0 * w_m ** exponent
+        widths.append(quantum * round(w_0 * w_m**exponent / quantum))
+    return widths
+
+
+def stage_settings(depth: int, w_0: int, w_a: float, w_m: float, group_width: int) -> List[Tuple[int, int, int]]:
+    """(width, number of blocks, group width) of each stage, from a size's parameters (REGNET_X's values).
+
+    Consecutive blocks of `block_widths` with one width form a stage. The 3x3 group convolution needs groups
+    that divide its channels, so a stage narrower than `group_width` uses one group of its whole width, and a
+    stage width that is no multiple of the group width moves to the nearest multiple (halves up), or to the
+    next one up if the nearest lies more than 10 % below. X-8GF's rule gives 80, 232, 664, 1912; with group width
+    120 its stages are 80 (one group of 80), 240, 720 and 1920 channels wide.
+    """
     settings = []
-    for width, blocks in stages:
+    for width, run in itertools.groupby(block_widths(depth, w_0, w_a, w_m)):
         group = min(group_width, width)
-        rounded = max(group, int(width + group / 2) // group * group)
-        if rounded < 0.9 * width:
-            rounded += group
-        settings.append((rounded, blocks, group))
+        multiple = max(1, math.floor(width / group + 0.5))
+        if multiple * group < 0.9 * width:
+            multiple += 1
+        settings.append((multiple * group, len(list(run)), group))
     return settings
 
 
@@ -101,20 +112,34 @@ class XBlock(nn.Module):
 
 
 class RegNetX(nn.Module):
-    """A RegNetX trunk returning {"c2": ..., "c5": ...} (the outputs of block1..block4).
+    """A RegNetX trunk without the classifier, returning the last map of each stage (block1..block4 -> C2..C5).
 
     Args:
         name: a key of REGNET_X, e.g. "regnet_x_400mf".
-        norm: "frozen_bn", "bn" or "gn" (gn_groups must divide every stage width: 400MF's are 32, 64, 160, 400).
-        trainable_stages: 0..5, counted from C5 down as for ResNet (block4, block3, block2, block1, stem).
-        gn_groups: GroupNorm groups.
+        norm (keyword-only): "frozen_bn", "bn" or "gn" (see fpn.backbones.norm.make_norm).
+        trainable_stages (keyword-only): 0..5, torchvision's `trainable_layers` as for ResNet: the number of
+            parts trained, counted from the top: block4 (C5), block3 (C4), block2 (C3), block1 (C2), stem. So
+            stage k of ResNet's count is the same stride here: 5 trains everything, 3 (the fine-tuning default)
+            freezes the stem and block1, 0 freezes the whole trunk. The stem's norm follows its conv (ResNet
+            only trains bn1 at 5 too). The other parameters get requires_grad=False.
+        gn_groups (keyword-only): GroupNorm groups when norm == "gn"; must divide every stage width and the
+            stem's 32 (400MF's stages are 32, 64, 160, 400 wide, so 8 or 16, not 32).
+
+    Initialisation as torchvision's RegNet: convs normal(0, sqrt(2 / fan_out)), norms weight 1, bias 0; no
+    zero-initialised residual norms (BackboneConfig.zero_init_residual is ResNet's, as are depth and width).
 
     Attributes:
-        out_specs: {"c2": FeatureSpec(C2, 4), ..., "c5": FeatureSpec(C5, 32)}.
+        out_specs: {"c2": FeatureSpec(C2, 4), ..., "c5": FeatureSpec(C5, 32)} (no "c5" once
+            `split_off_last_stage` was called).
         loaded_weights: whether a state dict was loaded into it (ImageNet weights or a detector checkpoint).
+
+    Example:
+        >>> net = RegNetX("regnet_x_400mf", norm="frozen_bn")
+        >>> {k: tuple(v.shape) for k, v in net(torch.zeros(1, 3, 64, 96)).items()}["c5"]
+        (1, 400, 2, 3)
     """
 
-    def __init__(self, name: str = "regnet_x_400mf", norm: str = "bn", trainable_stages: int = 5,
+    def __init__(self, name: str = "regnet_x_400mf", *, norm: str = "bn", trainable_stages: int = 5,
                  gn_groups: int = 32):
         super().__init__()
         if name not in REGNET_X:
@@ -160,7 +185,8 @@ class RegNetX(nn.Module):
             parts.append("frozen BatchNorm is the identity (its statistics are constants, never learned)")
         frozen = _TRAINABLE_ORDER[self.trainable_stages:][::-1]
         if frozen:
-            parts.append(f"{', '.join(frozen)} are frozen at their random initialisation (trainable_stages="
+            names = " and ".join(frozen) if len(frozen) <= 2 else ", ".join(frozen[:-1]) + " and " + frozen[-1]
+            parts.append(f"{names} are frozen at their random initialisation (trainable_stages="
                          f"{self.trainable_stages})")
         return parts
 
