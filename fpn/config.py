@@ -36,7 +36,7 @@ class BackboneConfig:
     gn_groups: int = 32  # groups of GroupNorm when norm == "gn"
     width: int = 64  # ResNet: channels of the stem / first stage; 64 is ResNet, smaller gives a narrower variant
     trainable_stages: Optional[int] = None  # stages trained, from C5 down (5: all); none: 3 with weights, else 5
-    zero_init_residual: bool = True  # from scratch: residual blocks start as the identity (Goyal et al.); false: open
+    zero_init_residual: bool = True  # ResNet from scratch: blocks start as the identity (Goyal et al.); false: open
     weights: Optional[str] = None  # local path of an ImageNet checkpoint in torchvision's key layout
 
     def resolved(self) -> "BackboneConfig":

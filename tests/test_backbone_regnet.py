@@ -95,6 +95,10 @@ def test_imagenet_checkpoint_in_torchvision_layout_loads(tmp_path):
     trunk = {k: v for k, v in trunk_state(reference).items() if not k.endswith("num_batches_tracked")}
     assert set(own) == set(trunk) and all(torch.equal(own[k], v) for k, v in trunk.items())
     assert model.untrainable_parts() == []
+    wrapped = tmp_path / "wrapped.pth"  # a training checkpoint holding the trunk alone under "model"
+    torch.save({"model": trunk, "epoch": 90}, wrapped)
+    again = build_backbone(BackboneConfig(name="regnet_x_400mf", weights=str(wrapped), norm="bn"))
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in trunk.items()) and again.loaded_weights
     resnet_file = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), resnet_file)
     with pytest.raises(ValueError, match=r"resnet18.pth' does not match the backbone: 355 missing keys \[stem.0.weight"

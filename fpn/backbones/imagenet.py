@@ -1,4 +1,5 @@
-"""Loading ImageNet-pretrained ResNet weights saved in torchvision's key layout (e.g. resnet50-*.pth)."""
+"""Loading ImageNet-pretrained ResNet or RegNetX weights saved in torchvision's key layout (e.g. resnet50-*.pth,
+regnet_x_400mf-*.pth)."""
 from __future__ import annotations
 
 import os

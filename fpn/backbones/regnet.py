@@ -213,7 +213,8 @@ class RegNetX(nn.Module):
 
 
 def freeze_stages(model: RegNetX, trainable_stages: int) -> None:
-    """requires_grad False outside the `trainable_stages` stages counted from C5 down (5: all trainable)."""
+    """requires_grad False outside the `trainable_stages` parts counted from C5 down: block4, block3, block2,
+    block1, stem (see RegNetX; 5 leaves all trainable, 0 none)."""
     if not 0 <= trainable_stages <= 5:
         raise ValueError(f"trainable_stages must be in 0..5, got {trainable_stages}")
     trainable = _TRAINABLE_ORDER[:trainable_stages]
@@ -222,8 +223,12 @@ def freeze_stages(model: RegNetX, trainable_stages: int) -> None:
 
 
 def build_regnet(cfg) -> RegNetX:
-    """The RegNetX of a `BackboneConfig` (`name`, norm, trainable_stages, gn_groups; `depth` and `width` are
-    ResNet's), with ImageNet weights loaded from `cfg.weights` when set."""
+    """The RegNetX of a `BackboneConfig` (`name`, norm, trainable_stages, gn_groups), with ImageNet weights loaded
+    from `cfg.weights` when set. `depth`, `width` and `zero_init_residual` are ResNet's and ignored here.
+
+    A norm or trainable_stages of None is chosen from the weights (`BackboneConfig.resolved`): frozen BN and 3
+    trained stages with weights, BN and all 5 without.
+    """
     cfg = cfg.resolved()
     model = RegNetX(cfg.name, norm=cfg.norm, trainable_stages=cfg.trainable_stages, gn_groups=cfg.gn_groups)
     if cfg.weights:
