@@ -289,10 +289,11 @@ def onnx_mode(ours) -> Mode:
 
     from fpn.export import export_onnx
 
-    path = os.path.join(tempfile.mkdtemp(prefix="fpn_bench_"), "model.onnx")
-    export_onnx(ours.to(memory_format=torch.contiguous_format), path)
-    ours.to(memory_format=torch.channels_last)
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory(prefix="fpn_bench_") as folder:  # the session keeps the model in memory
+        path = os.path.join(folder, "model.onnx")
+        export_onnx(ours.to(memory_format=torch.contiguous_format), path)
+        ours.to(memory_format=torch.channels_last)
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
 
     def run(images):
         return [session.run(None, {"image": image.numpy()}) for image in images]
