@@ -9,8 +9,8 @@ What changes, and why it keeps the detections:
   map `x * scale + shift` per channel, so `norm(conv(x)) = conv'(x)` with `conv'.weight = weight * scale` (per
   output channel) and `conv'.bias = bias * scale + shift`. The constants are computed in float64 and rounded
   once, so fp32 detections match the eager model's to float rounding (boxes within 1e-3 px, scores within 1e-5,
-  tests/test_inference.py). The pairs are found structurally (the ResNet's known conv/norm attributes, see
-  `conv_norm_pairs`), not by tracing; a folded norm becomes `nn.Identity`. GroupNorm depends on its input's
+  tests/test_inference.py, test_inference_regnet.py). The pairs are found structurally (the known conv/norm
+  attributes of the ResNet and RegNetX modules, see `conv_norm_pairs`), not by tracing; a folded norm becomes `nn.Identity`. GroupNorm depends on its input's
   statistics and cannot be folded: it is left in place.
 - **Channels-last.** oneDNN (CPU) and cuDNN run NHWC convolutions without layout conversions.
 - **dtype.** Convolution and linear weights are stored in `dtype` and the forward runs under
@@ -37,7 +37,8 @@ from fpn.backbones.norm import FrozenBatchNorm2d
 from fpn.backbones.regnet import RegNetX, XBlock
 from fpn.backbones.resnet import BasicBlock, Bottleneck, ResNet
 
-# The conv -> norm pairs of each backbone module, by attribute name (torchvision's resnet layout).
+# The conv -> norm pairs of each ResNet module, by attribute name (torchvision's resnet layout); RegNetX's are
+# found in `conv_norm_pairs`.
 _CONV_NORM_ATTRIBUTES = {
     ResNet: (("conv1", "bn1"),),  # the stem
     BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
@@ -100,8 +101,8 @@ def fold_norm_into_conv(conv: nn.Conv2d, norm: nn.Module) -> bool:
 
 
 def fold_norms(model: nn.Module) -> int:
-    """Fold every foldable norm of `model`'s ResNets into the preceding conv, in place; the norm becomes
-    nn.Identity. Returns how many were folded (GroupNorm and training-mode BatchNorm are left, uncounted)."""
+    """Fold every foldable norm of `model`'s ResNets and RegNetXs into the preceding conv, in place; the norm
+    becomes nn.Identity. Returns how many were folded (GroupNorm and training-mode BatchNorm are left, uncounted)."""
     folded = 0
     for parent, conv_name, norm_name in conv_norm_pairs(model):
         if fold_norm_into_conv(getattr(parent, conv_name), getattr(parent, norm_name)):

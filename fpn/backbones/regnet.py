@@ -26,6 +26,7 @@ from torch import nn
 
 from fpn.backbones.imagenet import load_imagenet_weights
 from fpn.backbones.norm import make_norm
+from fpn.backbones.untrained import describe_untrainable
 from fpn.spec import FeatureSpec
 
 # name -> (depth, w_0, w_a, w_m, group_width): the RegNetX models of Radosavovic et al. (2020), Table 1 / appendix
@@ -178,17 +179,7 @@ class RegNetX(nn.Module):
 
     def untrainable_parts(self) -> List[str]:
         """What training cannot fix while no weights are loaded (see ResNet.untrainable_parts)."""
-        if self.loaded_weights:
-            return []
-        parts = []
-        if self.norm == "frozen_bn":
-            parts.append("frozen BatchNorm is the identity (its statistics are constants, never learned)")
-        frozen = _TRAINABLE_ORDER[self.trainable_stages:][::-1]
-        if frozen:
-            names = " and ".join(frozen) if len(frozen) <= 2 else ", ".join(frozen[:-1]) + " and " + frozen[-1]
-            parts.append(f"{names} are frozen at their random initialisation (trainable_stages="
-                         f"{self.trainable_stages})")
-        return parts
+        return describe_untrainable(self.loaded_weights, self.norm, self.trainable_stages, _TRAINABLE_ORDER)
 
     def split_off_last_stage(self) -> nn.Sequential:
         """Remove block4 from the trunk and return it, (R, C4, H, W) -> (R, C5, H/2, W/2); the trunk then ends at

@@ -16,6 +16,7 @@ from torch import nn
 
 from fpn.backbones.imagenet import load_imagenet_weights
 from fpn.backbones.norm import make_norm
+from fpn.backbones.untrained import describe_untrainable
 from fpn.spec import FeatureSpec
 
 # depth -> (block type, number of blocks in layer1..layer4), Table 1 of He et al. (2016)
@@ -200,17 +201,7 @@ class ResNet(nn.Module):
     def untrainable_parts(self) -> List[str]:
         """What training cannot fix while no weights are loaded: [] when `loaded_weights`, else the frozen BN
         (the identity: weight 1, bias 0, mean 0, variance 1) and the frozen stages (random), described."""
-        if self.loaded_weights:
-            return []
-        parts = []
-        if self.norm == "frozen_bn":
-            parts.append("frozen BatchNorm is the identity (its statistics are constants, never learned)")
-        frozen = _TRAINABLE_ORDER[self.trainable_stages:][::-1]  # stem first: ("conv1", "layer1", ...)
-        if frozen:
-            names = " and ".join(frozen) if len(frozen) <= 2 else ", ".join(frozen[:-1]) + " and " + frozen[-1]
-            parts.append(f"{names} are frozen at their random initialisation (trainable_stages="
-                         f"{self.trainable_stages})")
-        return parts
+        return describe_untrainable(self.loaded_weights, self.norm, self.trainable_stages, _TRAINABLE_ORDER)
 
     def split_off_last_stage(self) -> nn.Sequential:
         """Remove conv5 (`layer4`) from the trunk and return it; the trunk then ends at C4.
