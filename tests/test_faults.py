@@ -1,7 +1,6 @@
 """Faults injected into training runs: a process killed while writing a checkpoint, a corrupt latest checkpoint,
 an unwritable output directory, Ctrl-C and SIGTERM, a diverging LR, flags changed on --resume, and checkpoint
 retention. (Missing and corrupt images: tests/test_train_errors.py; a 2-process resume: test_resume_ddp.py.)"""
-import os
 import re
 import signal
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fpn.engine.checkpoint import atomic_save, list_checkpoints, load_checkpoint
+from fpn.engine.checkpoint import list_checkpoints, load_checkpoint
 from fpn.data.synthetic import generate_synthetic_coco
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from test_train_script import load_train_script, tiny_args

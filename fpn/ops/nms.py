@@ -22,7 +22,6 @@ Both are exact on every device; the tests run both on the CPU.
 
 Shape shorthand: N boxes, B boxes per window, L tiles of T boxes.
 """
-import math
 from typing import Optional
 
 import torch
