@@ -162,11 +162,17 @@ def fcos_cpu_demo() -> TrainingPreset:
     """FCOS on the demo's synthetic shapes set and trunk: the one-stage detector, trained in minutes on a 2-core CPU.
 
     cpu-demo's narrow ResNet-18 with GroupNorm, pyramid width and input sizes, with FCOS's head on P3..P7 (GroupNorm
-    of 32 groups over the 64 pyramid channels) and cpu-demo's LR, batch and warm-up. Twice cpu-demo's iterations:
-    without an RoI stage an iteration costs about a third of Faster R-CNN's, so 1600 fit cpu-demo's wall time
-    (measured 6 min 07 s with its evaluations, against 5 min 44 s; after 800 iterations FCOS had AP 0.185 and was
-    still rising steeply, 1600 reach 0.469). Inference keeps candidates scoring above 0.05, the FCOS paper's test
-    threshold (Tian et al. 2019), rather than torchvision's 0.2: COCO AP counts low-scoring detections too.
+    of 32 groups over the 64 pyramid channels) and cpu-demo's LR, batch and warm-up. FCOS learns more slowly per
+    iteration from scratch (AP 0.185 after cpu-demo's 800 iterations, still rising steeply), so it trains 1600;
+    fewer cost more AP than they save time (1200 with the same LR steps: AP 0.361 against 0.463, measured on an
+    AMD EPYC). Its iterations cost 0.5 (Intel Xeon with AVX-512) to 0.8 (AMD EPYC without AVX-512) of cpu-demo's:
+    three quarters of the time is convolutions forward and backward (by multiply-adds, about half of them in the
+    head's two towers of 4 convs on every level from P3's 32x32 down, the rest in the trunk and FPN). With one
+    compute thread 1600 iterations took 6 min 07 s on the Xeon but 12 min 22 s on the EPYC, so this preset runs
+    two (the data loader's worker shares the second core): 8 min 47 s on the EPYC, AP 0.472. On a machine where
+    another process holds a core, `--threads 1` is the faster choice (measured 3x for cpu-demo, above).
+    Inference keeps candidates scoring above 0.05, the FCOS paper's test threshold (Tian et al. 2019), rather than
+    torchvision's 0.2: COCO AP counts low-scoring detections too.
     """
     preset = cpu_demo()
     model = FCOSConfig(backbone=preset.model.backbone, fpn=preset.model.fpn, input=preset.model.input)
@@ -174,6 +180,7 @@ def fcos_cpu_demo() -> TrainingPreset:
     preset.model = model
     preset.iters, preset.steps = 1600, (1200, 1500)
     preset.eval_every, preset.checkpoint_every = 400, 800
+    preset.threads = 2  # both cores: 1.4x faster on an idle 2-core CPU (see above)
     return preset
 
 
