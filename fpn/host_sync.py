@@ -82,6 +82,7 @@ TORCHVISION_SYNCS: Dict[str, int] = {
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _STDLIB_DIR = os.path.dirname(os.__file__) + os.sep
+_PACKAGE_FOLDERS = ("fpn", "torchvision", "tests", "scripts")  # where a site's short path starts
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "mps": "MPS", "xpu": "XPU", "meta": "Meta", "hpu": "HPU"}
 
 
@@ -169,12 +170,16 @@ def _call_site() -> str:
 
 
 def _short_path(filename: str) -> str:
-    # .../site-packages/torchvision/ops/boxes.py -> torchvision/ops/boxes.py; /repo/fpn/detectors/faster_rcnn.py -> fpn/detectors/faster_rcnn.py
-    parts = filename.split(os.sep)
-    for package in ("fpn", "torchvision", "tests", "scripts"):
-        if package in parts:
-            return "/".join(parts[len(parts) - 1 - parts[::-1].index(package):])
-    return os.path.basename(filename)
+    """The path from the package folder nearest the file: /x/fpn/fpn/ops/nms.py -> fpn/ops/nms.py,
+    /x/fpn/tests/t.py -> tests/t.py, .../site-packages/torchvision/ops/boxes.py -> torchvision/ops/boxes.py.
+
+    Nearest, not first: a clone of this repository is itself a folder called `fpn`.
+    """
+    parts = filename.replace(os.sep, "/").split("/")
+    for start in range(len(parts) - 2, -1, -1):  # the folders, innermost first
+        if parts[start] in _PACKAGE_FOLDERS:
+            return "/".join(parts[start:])
+    return parts[-1]
 
 
 def _first_device(args: Sequence[Any], kwargs: Dict[str, Any]) -> torch.device:

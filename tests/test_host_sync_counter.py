@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision
 
-from fpn.host_sync import HostSyncCounter, syncs_of_op
+from fpn.host_sync import HostSyncCounter, _short_path, syncs_of_op
 
 
 @torch.library.custom_op("hostsynctest::positives", mutates_args=())
@@ -133,6 +133,32 @@ def test_breakdown_by_op_and_site():
     assert counter.by_op == {"aten.index": 1, "aten._local_scalar_dense": 1}
     assert counter.by_site[("aten.index", f"tests/test_host_sync_counter.py:{line} test_breakdown_by_op_and_site")] == 1
     assert counter.report().startswith("2 host syncs")
+
+
+@pytest.mark.parametrize("filename, short", [
+    ("/x/fpn/tests/test_host_sync_counter.py", "tests/test_host_sync_counter.py"),  # a clone called fpn
+    ("/x/fpn/fpn/ops/nms.py", "fpn/ops/nms.py"),
+    ("/x/fpn/fpn/heads/rpn.py", "fpn/heads/rpn.py"),
+    ("/x/fpn/.venv/lib/python3.11/site-packages/torchvision/ops/boxes.py", "torchvision/ops/boxes.py"),
+    ("/home/a user/clone dir/fpn/tests/t.py", "tests/t.py"),
+    ("/home/a user/clone dir/fpn/scripts/train.py", "scripts/train.py"),
+    ("/srv/tests/fpn/fpn/data/coco.py", "fpn/data/coco.py"),
+    ("/work/main/fpn/predict.py", "fpn/predict.py"),
+    ("/home/me/notebook.py", "notebook.py"),
+    ("/home/me/fpn", "fpn"),  # a file called fpn: no folder to cut at
+])
+def test_short_path_starts_at_the_package_folder_nearest_the_file(filename, short):
+    assert _short_path(filename) == short
+
+
+def test_site_in_a_clone_called_fpn_inside_a_path_with_a_space():
+    # code compiled under the file name it would have in `git clone ... "clone dir/fpn"`
+    code = compile("def issue():\n    return x[mask]\n", "/home/a user/clone dir/fpn/tests/t.py", "exec")
+    namespace = {"x": x, "mask": mask}
+    exec(code, namespace)
+    with HostSyncCounter() as counter:
+        namespace["issue"]()
+    assert list(counter.by_site) == [("aten.index", "tests/t.py:2 issue")]
 
 
 def test_tolist_and_numpy_are_restored_even_after_an_error():
