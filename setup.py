@@ -17,6 +17,13 @@ setup(
     # numpy 2.4 and pillow 13 need 3.11).
     python_requires=">=3.11",
     packages=find_packages(include=["fpn", "fpn.*"]),
+    # The packages' root is the project folder itself, said outright: with it `pip install -e .` puts this folder
+    # on sys.path (a static .pth) instead of installing an import hook that runs after Python's own path search.
+    # With the hook, a script in the folder above a clone called `fpn` imported the clone folder (no __init__.py)
+    # as a namespace package: "cannot import name 'FasterRCNNFPN' from 'fpn' (unknown location)". On sys.path,
+    # the regular package fpn/fpn/ wins over that namespace portion. The cost: the folder's other top-level
+    # names (setup, scripts/, tests/, docs/) become importable too, as they were with `setup.py develop`.
+    package_dir={"": "."},
     install_requires=["torch>=2.14", "numpy>=2.4", "pycocotools>=2.0.11", "tqdm>=4.70", "pillow>=13.0"],
     extras_require={
         # torchvision is the *reference* the parity tests compare against; fpn/ never imports it. Its release
