@@ -13,11 +13,11 @@ import torch
 from torchvision.models.detection.image_list import ImageList
 
 TORCHVISION_IMPORTS = """
-from torchvision.ops import box_area, box_iou, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import batched_nms, box_area, box_iou, clip_boxes_to_image, nms, remove_small_boxes
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 """
 FPN_IMPORTS = """
-from fpn.ops import box_area, box_iou, clip_boxes_to_image, remove_small_boxes
+from fpn.ops import batched_nms, box_area, box_iou, clip_boxes_to_image, nms, remove_small_boxes
 from fpn.ops import AnchorGenerator
 """
 
@@ -55,6 +55,25 @@ anchor_generator.set_cell_anchors(torch.float32, torch.device("cpu"))
 strides = [[torch.tensor(8), torch.tensor(7)], [torch.tensor(16), torch.tensor(15)]]
 grids = anchor_generator.grid_anchors([[4, 5], [2, 3]], strides)
 result = {"base": base, "grids": grids}
+"""
+
+
+NMS = """
+keep = nms(boxes, scores, 0.5)
+per_class = batched_nms(boxes, scores, idxs, 0.5)
+result = {"keep": keep, "per_class": per_class}
+"""
+
+# torchvision's own test (test_ops.py, TestBatchedNMS): batched_nms returns early for empty boxes, before it
+# looks at the other arguments
+EMPTY_NMS = """
+empty = torch.empty((0,), dtype=torch.int64)
+result = {
+    "no boxes, nothing else": batched_nms(empty, None, None, None),
+    "(0,) float": batched_nms(torch.empty((0,)), None, None, None),
+    "(0, 4)": batched_nms(torch.empty((0, 4)), torch.empty((0,)), torch.empty((0,), dtype=torch.int64), 0.5),
+    "(0, 4) by nms": nms(torch.empty((0, 4)), torch.empty((0,)), 0.5),
+}
 """
 
 
@@ -133,6 +152,20 @@ def test_empty_boxes(dtype):
     theirs, ours = _both(EMPTY_BOXES, empty=torch.zeros(0, 4, dtype=dtype), others=others)
     _assert_same(theirs, ours)
     assert ours["iou_0_by_m"].shape == (0, 3) and ours["iou_n_by_0"].shape == (3, 0)
+
+
+def test_nms_and_batched_nms():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 5], [2, 0, 12, 10]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.95, 0.85])
+    theirs, ours = _both(NMS, boxes=boxes, scores=scores, idxs=torch.tensor([0, 1, 0, 0, 0]))
+    _assert_same(theirs, ours)
+    assert ours["per_class"].tolist() == [3, 0, 1, 2]
+
+
+def test_empty_nms():
+    theirs, ours = _both(EMPTY_NMS)
+    _assert_same(theirs, ours)
+    assert all(keep.shape == (0,) and keep.dtype == torch.int64 for keep in ours.values())
 
 
 @pytest.mark.parametrize(

@@ -319,3 +319,32 @@ def test_exported_detection_step_carries_the_ops_and_reloads(tmp_path):
     # other inputs, another number of kept boxes: the kept count is dynamic in the exported graph
     boxes2, scores2 = _clustered(300, 18)
     assert torch.equal(reloaded(features, boxes2 / 8, scores2, idxs), Detect()(features, boxes2 / 8, scores2, idxs))
+
+
+def test_batched_nms_of_boxes_kept_by_a_threshold_traces(strategy):
+    # the boxes' count is data-dependent: batched_nms must not branch on it (its empty-input shortcut is eager only)
+    class Detect(torch.nn.Module):
+        def forward(self, boxes, scores, idxs):
+            kept = torch.nonzero(scores > 0.3).squeeze(1)
+            return kept[batched_nms(boxes[kept], scores[kept], idxs[kept], 0.5)]
+
+    boxes, scores = _clustered(200, 19)
+    idxs = torch.arange(200) % 3
+    exported = torch.export.export(Detect(), (boxes, scores, idxs)).module()
+    assert torch.equal(exported(boxes, scores, idxs), Detect()(boxes, scores, idxs))
+    assert exported(boxes, scores * 0, idxs).shape == (0,)  # nothing above the threshold
+    with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+        torch._dynamo.reset()
+        compiled = torch.compile(Detect(), backend="aot_eager", fullgraph=True)
+        assert torch.equal(compiled(boxes, scores, idxs), Detect()(boxes, scores, idxs))
+
+
+def test_batched_nms_of_no_boxes_returns_before_checking_the_rest():
+    # torchvision's batched_nms returns early for empty boxes (its own test passes None for the rest)
+    for empty in (torch.empty((0,)), torch.empty((0, 4)), torch.empty((0,), dtype=torch.int64)):
+        keep = batched_nms(empty, None, None, None)
+        assert keep.shape == (0,) and keep.dtype == torch.int64 and keep.device == empty.device
+    with pytest.raises(ValueError, match=r"scores must have shape \(1,\) like boxes, got NoneType"):
+        batched_nms(torch.zeros(1, 4), None, None, 0.5)  # a box: the arguments are checked
+    with pytest.raises(ValueError, match=r"idxs must be a tensor of shape \(1,\) like scores, got NoneType"):
+        batched_nms(torch.zeros(1, 4), torch.ones(1), None, 0.5)

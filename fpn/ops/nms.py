@@ -69,9 +69,14 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         iou_threshold: IoU above which a lower-scored box of the same category is discarded (>= 0).
 
     Returns:
-        (K,) int64 indices of the kept boxes, by decreasing score (ties: lower index first).
+        (K,) int64 indices of the kept boxes, by decreasing score (ties: lower index first). Empty boxes of
+        any shape give an empty result without looking at the other arguments, as torchvision's does.
     """
+    if _known_empty(boxes):
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     _check_inputs(boxes, scores, iou_threshold)
+    if not isinstance(idxs, Tensor):
+        raise ValueError(f"idxs must be a tensor of shape {tuple(scores.shape)} like scores, got {type(idxs).__name__}")
     if idxs.shape != scores.shape:
         raise ValueError(f"idxs must have shape {tuple(scores.shape)} like scores, got {tuple(idxs.shape)}")
     if idxs.is_floating_point() or idxs.is_complex():
@@ -79,11 +84,26 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     return torch.ops.fpn.batched_nms(boxes.detach(), scores.detach(), idxs.detach(), float(iou_threshold))
 
 
+def _known_empty(boxes: Tensor) -> bool:
+    """`boxes` holds no element, known without branching on a count that a trace has left unknown."""
+    if not isinstance(boxes, Tensor):
+        return False
+    if not torch.compiler.is_compiling():
+        return boxes.numel() == 0
+    # torch.compile / torch.export: the count can be data-dependent (e.g. the boxes a score threshold kept); then
+    # no branch on it (guard_or_false: False when unknown), and the operator gives the same empty result itself.
+    from torch.fx.experimental.symbolic_shapes import guard_or_false  # loaded already when tracing
+
+    return guard_or_false(boxes.numel() == 0)
+
+
 def _check_inputs(boxes: Tensor, scores: Tensor, iou_threshold: float) -> None:
     check_boxes(boxes)
     if boxes.dim() != 2:
         raise ValueError(f"boxes must have shape (N, 4), got {tuple(boxes.shape)}")
-    if not isinstance(scores, Tensor) or scores.shape != (boxes.shape[0],):
+    if not isinstance(scores, Tensor):
+        raise ValueError(f"scores must have shape ({boxes.shape[0]},) like boxes, got {type(scores).__name__}")
+    if scores.shape != (boxes.shape[0],):
         raise ValueError(f"scores must have shape ({boxes.shape[0]},) like boxes, got {tuple(scores.shape)}")
     if not iou_threshold >= 0:  # also rejects NaN
         raise ValueError(f"iou_threshold must be >= 0, got {iou_threshold}")
