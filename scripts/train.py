@@ -24,13 +24,14 @@ metrics.jsonl, eval_*_metrics.json / eval_*_results.json (COCO results), detecti
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
 import textwrap
 from dataclasses import fields
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -41,7 +42,10 @@ from fpn.engine import distributed
 from fpn.engine.checkpoint import (
     checkpoint_path, load_pretrained_weights, prepare_output_dir, prune_checkpoints, save_checkpoint, to_plain,
 )
-from fpn.cli import EXIT_FAILED, ArgumentParser, Interrupted, run_cli, sigterm_as_interrupt
+from fpn.cli import (
+    EXIT_FAILED, ArgumentParser, InputError, Interrupted, error_line, interrupts_deferred, run_cli,
+    sigterm_as_interrupt,
+)
 from fpn.data.coco import CocoDetection, collate
 from fpn.data.file_check import check_image_files, handle_bad_images
 from fpn.data.samplers import GroupedBatchSampler, TrainingSampler
@@ -55,6 +59,7 @@ from fpn.engine.presets import (
     PRESETS, add_config_flags, add_preset_flags, apply_config_flags, apply_preset_flags, describe_presets, get_preset,
     arch_in, preset_name_in, synthetic_recipe,
 )
+from fpn.backbones.build import build_backbone
 from fpn.engine.resume import apply_changed_arguments, check_resumable, find_resume_checkpoint, restore_training_state
 from fpn.engine.rng_state import capture_rng_state
 from fpn.engine.schedule import build_lr_scheduler, build_optimizer, scaled_lr
@@ -63,12 +68,14 @@ from fpn.visualize import save_detection_picture
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line; preset values fill every training and model field that was not given."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    shown = get_preset(preset_name_in(argv, default="cpu-demo"))  # whose values --help shows as the defaults
+    shown_name = preset_name_in(argv, default="cpu-demo")  # whose values --help shows as the defaults
+    shown = get_preset(shown_name)
     shown.model = convert_config(shown.model, arch_in(argv, default=arch_of(shown.model)))
     parser = ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                             epilog="presets (--preset NAME):\n" + textwrap.indent(describe_presets(), "  "))
-    parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="defaults for everything (required): cpu-demo, paper or 1x, see fpn/engine/presets.py")
+    parser.add_argument("--preset", choices=sorted(PRESETS), metavar="NAME",
+                        help=f"defaults for everything (required): {', '.join(PRESETS)}; each is described at "
+                             "the end of --help, and defined in fpn/engine/presets.py")
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=None,
                         help="the detector: faster_rcnn (two-stage) or fcos (one-stage, anchor-free); default the "
                              "preset's. Another one than the preset's keeps its backbone, FPN and input sections")
@@ -89,12 +96,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights init, data order and augmentation")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    add_preset_flags(parser, shown)
+    add_preset_flags(parser, shown, name=shown_name, chosen=preset_name_in(argv, default="") == shown_name)
     add_config_flags(parser, shown.model)
     args = parser.parse_args(argv)
     if args.preset is None:
-        parser.error("choose a --preset: cpu-demo (small model, synthetic set or your own small data, CPU minutes), "
-                     "paper (ResNet-50 FPN on COCO as in Lin et al., 8 GPUs) or 1x (detectron2's 1x schedule)")
+        names = list(PRESETS)
+        parser.error(f"choose a --preset: {', '.join(names[:-1])} or {names[-1]}")
     check_preset_fits_data(parser, args)
 
     chosen = apply_preset_flags(get_preset(args.preset), args)
@@ -154,6 +161,25 @@ def dataset_paths(args: argparse.Namespace) -> dict:
     return coco_layout(root)
 
 
+def check_data_paths(args: argparse.Namespace) -> None:
+    """InputError naming the first data flag whose folder or file is missing (before anything is generated or read)."""
+    if args.coco_root:
+        root = Path(args.coco_root)
+        if not root.is_dir():
+            raise InputError(f"--coco-root {root}: no such folder")
+        named = {key: (f"--coco-root {root}: {path}", path) for key, path in coco_layout(root).items()}
+    else:
+        named = {key: (f"--{key.replace('_', '-')} {value}", Path(value))
+                 for key in ("train_images", "train_annotations", "val_images", "val_annotations")
+                 if (value := getattr(args, key))}
+    for key, (what, path) in named.items():
+        kind, is_kind = ("folder", path.is_dir) if key.endswith("images") else ("file", path.is_file)
+        if not path.exists():
+            raise InputError(f"{what}: no such {kind}")
+        if not is_kind():
+            raise InputError(f"{what}: not a {kind}")
+
+
 def coco_layout(root: Path) -> dict:
     """The paths of COCO 2017's layout under `root` (also the synthetic set's)."""
     return {
@@ -210,23 +236,60 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_cli(_main, argv, prog="train.py", quiet=lambda: os.environ.get("RANK", "0") != "0")
 
 
+class RunStopped(Exception):
+    """The run stopped part-way and has said why; raised out of the process group's session so that leaving it
+    does not wait in a closing barrier for a process that may be gone."""
+
+
 def _main(argv: Optional[Sequence[str]]) -> int:
     args = parse_args(argv)
     device = select_device(args.device)
-    with distributed.distributed_session(device, timeout_minutes=args.dist_timeout_min) as device, \
-            sigterm_as_interrupt():
-        run = TrainingRun(args, device)
-        try:
-            run.train()
-        except NonFiniteError as error:
-            if distributed.is_main_process():
-                print(f"error: {error}; training stopped before writing anything: {run.last_good()}. Lower the "
-                      "LR, enable --clip-grad-norm, or check the data.", file=sys.stderr, flush=True)
-            return EXIT_FAILED
-        except KeyboardInterrupt as stop:
-            what = "terminated (SIGTERM)" if str(stop) == "SIGTERM" else "interrupted"
-            raise Interrupted(f"{what} after {run.completed()} iterations; {run.last_good()}") from None
+    try:
+        with distributed.distributed_session(device, timeout_minutes=args.dist_timeout_min) as device, \
+                sigterm_as_interrupt():
+            run = TrainingRun(args, device)
+            try:
+                try:
+                    run.train()
+                finally:
+                    run.close_progress()  # the error line below goes on a line of its own
+            except NonFiniteError as error:  # raised on every rank together (the check reads the mean loss)
+                say_error(f"{error}; training stopped before writing anything: {run.last_good()}. Lower the LR, "
+                          "enable --clip-grad-norm, or check the data.")
+                return EXIT_FAILED
+            except KeyboardInterrupt as stop:
+                what = "terminated (SIGTERM)" if str(stop) == "SIGTERM" else "interrupted"
+                raise Interrupted(f"{what} after {run.completed()} iterations; {run.last_good()}") from None
+            except OSError as error:  # disk full, read-only, permissions: nothing written is lost
+                if not run.started or isinstance(error, InputError):
+                    raise
+                say_error(f"{describe_os_error(error)}; training stopped after {run.completed()} iterations: "
+                          f"{run.last_good(when='once the cause is fixed (space, permissions, a writable disk)')}")
+                raise RunStopped() from error
+            except RuntimeError as error:  # a collective that gave up on another process
+                if not distributed.is_peer_failure(error):
+                    raise
+                silent = distributed.silent_ranks()
+                if distributed.reports_peer_failure(silent):
+                    print(f"train.py: error: {distributed.describe_peer_failure(args.dist_timeout_min, silent)}; "
+                          f"training stopped: {run.last_good()}", file=sys.stderr, flush=True)
+                raise RunStopped() from error
+    except RunStopped:
+        return EXIT_FAILED
     return 0
+
+
+def say_error(line: str) -> None:
+    """`train.py: error: <line>` on stderr, from rank 0 (the other ranks stop with the same error)."""
+    if distributed.is_main_process():
+        print(f"train.py: error: {line}", file=sys.stderr, flush=True)
+
+
+def describe_os_error(error: OSError) -> str:
+    """"<path>: <OS reason> [Errno N]" for an OSError that names its file, else its one-line message."""
+    if error.filename and error.strerror:
+        return f"{error.filename}: {error.strerror} [Errno {error.errno}]"
+    return error_line(error)
 
 
 class TrainingRun:
@@ -239,23 +302,60 @@ class TrainingRun:
         self.last_saved: Optional[Path] = None  # the newest checkpoint known good (written or resumed from)
         self.last_saved_iteration = 0
         self.bar = None  # the progress bar, which counts the iterations done inside a block too
+        self.bar_count: Optional[int] = None  # its count when it was closed
+        self.started = False  # True once the checks are done and work (data generation, training) begins
+        # (path, checkpoint, passed-over lines) found for --resume before any work
+        self.resume_from: Tuple[Optional[Path], Optional[dict], List[str]] = (None, None, [])
+
+    def close_progress(self) -> None:
+        if self.bar is not None and not self.bar.disable:
+            self.bar_count = self.bar.n  # closing disables the bar
+            self.bar.close()
 
     def completed(self) -> int:
         """Iterations completed so far."""
-        return self.bar.n if self.bar is not None and not self.bar.disable else self.iteration
+        if self.bar is not None and not self.bar.disable:
+            return self.bar.n
+        return self.bar_count if self.bar_count is not None else self.iteration
 
-    def last_good(self) -> str:
-        """Where a rerun with --resume continues from, in words."""
+    def last_good(self, when: str = "") -> str:
+        """Where a rerun with --resume continues from, in words; `when`: a condition for the rerun."""
+        rerun = f"{when}, rerun" if when else "rerun"
         if self.last_saved is None:
-            return "no checkpoint was written yet, a rerun starts from iteration 0"
-        return (f"the last good checkpoint is {self.last_saved} (iteration {self.last_saved_iteration}); rerun "
+            return f"no checkpoint was written yet; {rerun} the same command to start again from iteration 0"
+        return (f"the last good checkpoint is {self.last_saved} (iteration {self.last_saved_iteration}); {rerun} "
                 "the same command with --resume to continue from it")
+
+    def check_before_work(self) -> None:
+        """Every file flag, the model config and the --resume checkpoint, before anything is generated or loaded.
+
+        Raises:
+            InputError / ValueError: naming the flag, the file and the reason.
+        """
+        args = self.args
+        check_data_paths(args)
+        config = copy.deepcopy(args.model_config)
+        if config.backbone.weights:  # the file is read, and loaded into a trunk to prove that it fits
+            build_backbone(config.backbone)
+        config.backbone.weights = None
+        probe = build_detector(2, config)  # a bad config value (e.g. --backbone.depth 19) fails here
+        if args.init_from:
+            load_pretrained_weights(probe, args.init_from)  # only the class-specific layers may differ
+        if args.resume:
+            self.resume_from = find_resume_checkpoint(self.output_dir)
+            path, checkpoint, _ = self.resume_from
+            if checkpoint is not None and int(checkpoint["iteration"]) > args.iters:
+                raise InputError(f"--resume: {path} is at iteration {int(checkpoint['iteration'])}, past --iters "
+                                 f"{args.iters}: give --iters above {int(checkpoint['iteration'])} to train on, or "
+                                 f"evaluate it with scripts/evaluate.py {path}")
 
     def train(self) -> None:
         args, device = self.args, self.device
         if args.threads:
             torch.set_num_threads(args.threads)
+        self.check_before_work()
         stale = distributed.run_on_main(lambda: prepare_output_dir(self.output_dir))
+        self.started = True
         if stale:
             distributed.log(f"removed {len(stale)} temporary file(s) of an interrupted checkpoint write: "
                             + ", ".join(p.name for p in stale))
@@ -269,6 +369,7 @@ class TrainingRun:
         batches = iter(training_loader(train_set, args, self.iteration))
         autocast = autocast_factory(device, args.amp)
         metrics = MetricsLog(self.output_dir / "metrics.jsonl")
+        metrics.drop_after(self.iteration)  # a resumed run redoes the iterations after its checkpoint: log them once
         watch = FiniteWatch(model, check_gradients=args.amp != "fp16")  # fp16: the grad scaler skips inf steps
         bar = tqdm(total=args.iters, initial=self.iteration, desc="train", dynamic_ncols=True,
                    disable=not distributed.is_main_process())
@@ -305,18 +406,30 @@ class TrainingRun:
             plot_curves(self.output_dir / "metrics.jsonl", self.output_dir)
 
     def save(self, model, optimizer, scheduler, scaler, train_set) -> None:
-        """Checkpoint after `self.iteration` (every rank's RNG states in it), then drop the oldest ones."""
+        """Checkpoint after `self.iteration` (every rank's RNG states in it), then drop the oldest ones.
+
+        Ctrl-C or SIGTERM during this wait until the new checkpoint is written, pruned and recorded as the last
+        good one. A failed write (disk full, ...) raises the same OSError on every rank; the temporary file is
+        gone and the previous checkpoint stays the last good one.
+        """
         args = self.args
-        rng_per_rank = distributed.all_gather_objects(capture_rng_state())  # a collective: every rank calls it
-        path = checkpoint_path(self.output_dir, self.iteration)
-        if distributed.is_main_process():
-            save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                            iteration=self.iteration, label_to_category=train_set.label_to_category,
-                            class_names=train_set.class_names, rng_per_rank=rng_per_rank,
-                            args={k: v for k, v in vars(args).items() if k != "model_config"})
-            prune_checkpoints(self.output_dir, args.keep_checkpoints, protect=(args.iters,))
-        distributed.barrier()
-        self.last_saved, self.last_saved_iteration = path, self.iteration
+        with interrupts_deferred():
+            rng_per_rank = distributed.all_gather_objects(capture_rng_state())  # a collective: every rank calls it
+            path = checkpoint_path(self.output_dir, self.iteration)
+            failure = None
+            if distributed.is_main_process():
+                try:
+                    save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                                    iteration=self.iteration, label_to_category=train_set.label_to_category,
+                                    class_names=train_set.class_names, rng_per_rank=rng_per_rank,
+                                    args={k: v for k, v in vars(args).items() if k != "model_config"})
+                    prune_checkpoints(self.output_dir, args.keep_checkpoints, protect=(args.iters,))
+                except OSError as error:
+                    failure = (error.errno, error.strerror or error_line(error), str(error.filename or path))
+            failure = distributed.broadcast_object(failure)  # also the barrier: every rank waits for the write
+            if failure is not None:
+                raise OSError(*failure)
+            self.last_saved, self.last_saved_iteration = path, self.iteration
 
     def build_model(self, train_set: CocoDetection):
         """The detector, SGD, LR schedule and grad scaler, restored from the last usable checkpoint with --resume.
@@ -325,7 +438,7 @@ class TrainingRun:
             (model, optimizer, scheduler, scaler); sets `self.iteration` to the resumed iteration.
         """
         args, device = self.args, self.device
-        path, checkpoint, skipped = find_resume_checkpoint(self.output_dir) if args.resume else (None, None, [])
+        path, checkpoint, skipped = self.resume_from  # found by check_before_work
         for line in skipped:
             distributed.log(f"--resume: {line}; falling back to the previous checkpoint")
         if checkpoint is not None:  # automatic choices (None) as the run made them, e.g. frozen BN with weights
@@ -365,7 +478,7 @@ class TrainingRun:
                                                 momentum=args.momentum, weight_decay=args.weight_decay):
                 distributed.log(f"--resume: {note}")
         elif args.resume:
-            distributed.log(f"--resume: no checkpoint in {self.output_dir}, starting at iteration 0")
+            distributed.log(f"--resume: {self.output_dir} holds no checkpoint yet: a new run, from iteration 0")
         distributed.log(f"{distributed.get_world_size()} process(es) x {args.batch_size} images, LR {lr:g}, "
                         f"{args.iters} iterations, {device.type}, amp {args.amp}")
         return model, optimizer, scheduler, scaler
@@ -383,7 +496,9 @@ def plot_curves(metrics_file: Path, output_dir: Path) -> None:
             return
     try:
         paths = plot_metrics(metrics_file, output_dir)
-    except ImportError:  # matplotlib missing: the plots are optional
+    except ImportError:  # matplotlib missing: the plots are optional, and said to be skipped
+        distributed.log('plots skipped (losses.png, lr.png, ap.png): matplotlib is not installed; pip install -e '
+                        '".[viz]", then python scripts/plot_metrics.py ' + str(metrics_file))
         return
     distributed.log("plots: " + ", ".join(str(p) for p in paths))
 

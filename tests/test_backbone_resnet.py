@@ -1,4 +1,7 @@
 """ResNet backbone: torchvision parity, shapes/specs, norms, freezing, ImageNet checkpoint loading."""
+import os
+import re
+
 import pytest
 import torch
 import torchvision
@@ -6,6 +9,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d as TVFrozenBatchNorm2d
 
 from fpn.backbones import FrozenBatchNorm2d, ResNet, build_resnet, load_imagenet_weights, make_norm
+from fpn.cli import InputError
 from fpn.config import BackboneConfig
 from fpn.spec import FeatureSpec
 
@@ -286,10 +290,34 @@ def test_load_into_groupnorm_keeps_affine_terms(tmp_path, tv_resnet18_state):
 
 def test_missing_checkpoint_names_path(tmp_path):
     missing = tmp_path / "nope" / "resnet50.pth"
-    with pytest.raises(FileNotFoundError, match="resnet50.pth"):
+    with pytest.raises(InputError, match=r"ImageNet weights file .*resnet50.pth: no such file"):
         load_imagenet_weights(ResNet(depth=18, width=8), str(missing))
-    with pytest.raises(FileNotFoundError, match="resnet50.pth"):
+    with pytest.raises(InputError, match=r"resnet50.pth: no such file"):
         build_resnet(BackboneConfig(depth=18, width=8, weights=str(missing)))
+
+
+class _RunsCode:  # a pickle of this object asks the loader to call os.system
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("folder", "not a file"), ("empty", "the file is empty"), ("truncated", "unreadable or truncated torch file"),
+    ("pickle", "refused, the file holds Python objects"),
+])
+def test_bad_imagenet_file_is_one_line_naming_it(tmp_path, damage, reason):
+    path = tmp_path / "resnet18.pth"
+    if damage == "folder":
+        path.mkdir()
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        torch.save(ResNet(depth=18, width=8).state_dict(), path)
+        path.write_bytes(path.read_bytes()[:1000])
+    else:
+        torch.save({"conv1.weight": _RunsCode()}, path)
+    with pytest.raises(InputError, match=re.escape(f"ImageNet weights file {path}: {reason}")):
+        load_imagenet_weights(ResNet(depth=18, width=8), str(path))
 
 
 def test_wrong_checkpoint_lists_keys(tmp_path, tv_resnet18_state):

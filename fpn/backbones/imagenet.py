@@ -8,6 +8,8 @@ from typing import Dict, List, Mapping
 import torch
 from torch import nn
 
+from fpn.weights_file import read_weights
+
 _MAX_LISTED = 10  # keys shown per category in an error message
 
 
@@ -24,14 +26,13 @@ def load_imagenet_weights(model: nn.Module, path: str) -> None:
             or "model". Loaded with map_location="cpu", weights_only=True.
 
     Raises:
-        FileNotFoundError: `path` does not exist.
+        InputError: `path` is missing, a folder, empty, truncated, not a torch file, or a pickle that would run code
+            (`fpn.weights_file.read_weights`).
         ValueError: the file holds no state dict, or its keys/shapes differ from the model's; the message
             names the path and lists the missing, unexpected and shape-mismatched keys.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"ImageNet checkpoint not found: {path!r}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_weights(path, "ImageNet weights file")
     state = _select_state_dict(checkpoint, path)
     state = _drop_ignored_keys(state, _groupnorm_names(model))
 

@@ -128,15 +128,30 @@ def atomic_save(obj: Any, path: PathLike) -> None:
     try:
         os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes the file private (0600); give it a normal file's mode
         with interrupts_deferred(), os.fdopen(fd, "wb") as handle:  # Ctrl-C/SIGTERM: after the file is complete
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+            try:
+                torch.save(obj, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            except (OSError, RuntimeError) as error:
+                raise _write_error(error, path) from error
             os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):
             os.remove(tmp_name)
         raise
     _fsync_directory(path.parent)
+
+
+def _write_error(error: BaseException, path: Path) -> BaseException:
+    """The OSError behind a failed write, naming the destination: torch's zip writer reports a full disk as
+    "RuntimeError: [enforce fail at inline_container.cc] unexpected pos", raised while handling the real
+    `OSError: [Errno 28] No space left on device`. Anything else is returned as it is."""
+    cause = error
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__context__ or cause.__cause__
+    if cause is None:
+        return error
+    return OSError(cause.errno, cause.strerror or str(cause), str(path))
 
 
 def _fsync_directory(directory: Path) -> None:

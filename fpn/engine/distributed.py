@@ -9,9 +9,11 @@ after `timeout_minutes` instead of waiting forever.
 from __future__ import annotations
 
 import os
+import re
+import time
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Callable, Iterator, List, TypeVar
+from typing import Any, Callable, Iterator, List, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -152,3 +154,61 @@ def run_on_main(fn: Callable[[], T]) -> T:
     if message is not None:
         raise ValueError(message)
     return result
+
+
+# What gloo and NCCL say when a collective gives up on a peer: a timeout ("Timed out waiting 60000ms for recv"),
+# the pair closed after one ("Application timeout caused pair closure"), a peer process gone ("Connection closed
+# by peer", "Connection reset"), or NCCL's watchdog.
+_PEER_FAILURE = re.compile(r"timed out|timeout|connection closed by peer|connection reset|broken pipe|"
+                           r"connection refused|watchdog", re.IGNORECASE)
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """True when `error` is a collective that failed because another process stopped answering or left."""
+    backend_error = getattr(dist, "DistBackendError", ())
+    return is_distributed() and (isinstance(error, backend_error) or (
+        isinstance(error, RuntimeError) and bool(_PEER_FAILURE.search(str(error)))))
+
+
+def silent_ranks(grace_seconds: float = 10.0) -> Optional[List[int]]:
+    """After a collective failed on this rank: which other ranks did not report the same failure.
+
+    Every rank whose collective fails calls this. Each writes a key to the process group's store, then waits up
+    to `grace_seconds` for the others' keys: the ranks still waiting in the same collective fail within about
+    the same timeout and report; a stopped, hung or crashed rank does not.
+
+    Returns:
+        the silent ranks, ascending, or None when the store cannot be reached (it may live in the process that
+        stopped), so nothing is known.
+    """
+    rank, world = get_rank(), get_world_size()
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        store.set_timeout(timedelta(seconds=grace_seconds))
+        store.set(f"fpn/peer_failure/{rank}", "1")
+        keys = {r: f"fpn/peer_failure/{r}" for r in range(world) if r != rank}
+        deadline = time.monotonic() + grace_seconds
+        while True:
+            silent = [r for r, key in keys.items() if not store.check([key])]
+            if not silent or time.monotonic() >= deadline:
+                return silent
+            time.sleep(0.2)
+    except Exception:  # the store is unreachable or gone: nothing to say about the others
+        return None
+
+
+def describe_peer_failure(timeout_minutes: float, silent: Optional[List[int]]) -> str:
+    """One line on a failed collective: which rank stopped answering (where known) and the timeout."""
+    rank, limit = get_rank(), f"--dist-timeout-min {timeout_minutes:g}"
+    if silent:
+        who = f"rank {silent[0]}" if len(silent) == 1 else "ranks " + ", ".join(map(str, silent))
+        return f"{who} stopped answering (rank {rank} waited for it for {limit} in a collective operation)"
+    return (f"a collective operation failed on rank {rank} (another rank stopped answering within {limit}, or "
+            "left)")
+
+
+def reports_peer_failure(silent: Optional[List[int]]) -> bool:
+    """Whether this rank prints the line: the lowest rank that is not silent (each, when nothing is known)."""
+    if silent is None:
+        return True
+    return get_rank() == min(r for r in range(get_world_size()) if r not in silent)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -133,6 +134,28 @@ class MetricsLog:
         if self.path is not None:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
+
+    def drop_after(self, iteration: int) -> int:
+        """Remove the lines of iterations after `iteration` (and any line cut short by a crash); returns how many.
+
+        A run resumed from the checkpoint of `iteration` redoes the iterations after it, and logs them again.
+        The file is rewritten atomically, so a crash here leaves the old file or the new one.
+        """
+        if self.path is None or not self.path.is_file():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                keep = int(json.loads(line)["iter"]) <= iteration
+            except (ValueError, KeyError, TypeError):  # a partial last line of a killed run, or not ours
+                keep = False
+            kept += [line] if keep else []
+            dropped += not keep
+        if dropped:
+            temporary = self.path.with_name(f".{self.path.name}.tmp")
+            temporary.write_text("".join(line + "\n" for line in kept))
+            os.replace(temporary, self.path)
+        return dropped
 
 
 def train_iterations(

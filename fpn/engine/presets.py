@@ -243,14 +243,27 @@ def arch_in(argv: Sequence[str], default: str) -> str:
     return name if name in ARCHITECTURES else default
 
 
-def add_preset_flags(parser: argparse.ArgumentParser, preset: TrainingPreset) -> None:
+def add_preset_flags(parser: argparse.ArgumentParser, preset: TrainingPreset, *, name: str = "",
+                     chosen: bool = True) -> None:
     """Add one flag per training field of TrainingPreset (all but `model`): `--iters 800`, `--steps 600,750`.
 
     The help of each flag is the field's comment and `preset`'s value, e.g. "training iterations (one optimiser
     step each) (default: 800)". Flags default to "not given" (argparse.SUPPRESS), so `apply_preset_flags` changes
     only what was typed. Tuples are comma-separated lists, optionals accept "none".
+
+    Args:
+        name: the preset's name, shown in the group's title.
+        chosen: False when the command line named no preset and `preset` only stands in for the help (its
+            values are then said to be an example).
     """
-    group = parser.add_argument_group("training (defaults: the preset's values)")
+    if not name:
+        title = "training (defaults: the preset's values)"
+    elif chosen:
+        title = f"training (defaults: --preset {name}'s values)"
+    else:
+        title = (f"training (defaults shown: --preset {name}'s, as no --preset was given; "
+                 "--preset NAME --help shows another preset's)")
+    group = parser.add_argument_group(title)
     hints = typing.get_type_hints(TrainingPreset)
     for item in fields(preset):
         if item.name != "model":
