@@ -4,8 +4,8 @@
 
 Exit codes (the same for every script):
     0  done
-    1  done, but something failed along the way (e.g. some images of a predict run), or training stopped on
-       a non-finite value
+    1  done, but something failed along the way (e.g. some images of a predict run), or training stopped
+       part-way (a non-finite value, a failed write, a process that stopped answering), saying where to resume
     2  a usage or input error: a bad flag value, a missing or unreadable file, an unwritable output directory,
        a checkpoint that does not fit; nothing was computed on wrong inputs
   130  interrupted (Ctrl-C)
