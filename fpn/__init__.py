@@ -14,7 +14,9 @@ from fpn.config import (  # noqa: F401
 
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from fpn.detectors.fcos import FCOSFPN
+# from the training side, for inference from Python: either detector's checkpoint, or a torchvision file
+from fpn.engine.checkpoint import load_detector
 
 __version__ = "0.1.0"
-__all__ = ["FasterRCNNFPN", "FasterRCNNConfig", "FCOSFPN", "FCOSConfig"]
+__all__ = ["FasterRCNNFPN", "FasterRCNNConfig", "FCOSFPN", "FCOSConfig", "load_detector"]
 

@@ -44,6 +44,7 @@ _FCOS_RULES = [
 ]
 _FCOS_KEPT_AS_IS = re.compile(r"^head\.(classification|regression)_head\.")
 FCOS_LOGITS = "head.classification_head.cls_logits."
+_OURS = "(a checkpoint of this project, either detector, loads with fpn.load_detector(path))"
 
 
 def convert_torchvision_fcos_state_dict(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -74,7 +75,7 @@ def _convert(state_dict: Dict[str, Tensor], rules, kept_as_is, name: str) -> Dic
         else:
             converted[new_key] = value
     if unknown:
-        raise ValueError(f"not a torchvision {name} state dict: unexpected keys {unknown[:10]}")
+        raise ValueError(f"not a torchvision {name} state dict: unexpected keys {unknown[:10]} {_OURS}")
     return converted
 
 
@@ -96,7 +97,7 @@ def read_torchvision_checkpoint(path_or_state_dict: Union[str, os.PathLike, Dict
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or required not in state:
-        raise ValueError(f"not a torchvision {name} checkpoint: no {required}")
+        raise ValueError(f"not a torchvision {name} checkpoint: no {required} {_OURS}")
     return state
 
 
