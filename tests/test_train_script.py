@@ -101,6 +101,42 @@ def test_a_preset_is_required_and_a_coco_preset_needs_data(capsys):
         assert info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_the_preset_help_and_the_missing_preset_error_name_every_preset(capsys):
+    from fpn.engine.presets import PRESETS
+
+    train = load_train_script()
+    with pytest.raises(SystemExit):
+        train.parse_args([])
+    err = capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # argparse wraps after hyphens
+    preset_help = help_text[help_text.index("--preset NAME defaults"):][:300]
+    listed = err.split("choose a --preset: ")[1].split(" (see --help)")[0].replace(" or ", ", ").split(", ")
+    assert sorted(listed) == sorted(PRESETS), err
+    for name in PRESETS:
+        assert name in preset_help, (name, preset_help)
+
+
+def test_help_says_whose_values_it_shows(capsys):
+    train = load_train_script()
+    for argv, title in ((["--help"], "training (defaults shown: --preset cpu-demo's, as no --preset was given;"),
+                        (["--preset", "paper", "--help"], "training (defaults: --preset paper's values)")):
+        with pytest.raises(SystemExit):
+            train.parse_args(argv)
+        assert title in capsys.readouterr().out
+
+
+def test_missing_matplotlib_skips_the_plots_with_a_line_saying_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    run = tmp_path / "run"
+    assert load_train_script().main(tiny_args(run, iters=1)) == 0
+    out = capsys.readouterr().out
+    assert "plots skipped (losses.png, lr.png, ap.png): matplotlib is not installed; pip install -e \".[viz]\"" in out
+    assert not (run / "losses.png").exists() and (run / "detections.png").exists()
+
+
 def test_an_rpn_only_run_is_scored_by_proposal_recall(tmp_path):
     run = tmp_path / "run"
     assert load_train_script().main(tiny_args(run, "--rpn-only", "true", "--variant", "c5", iters=2)) == 0
