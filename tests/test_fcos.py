@@ -130,15 +130,19 @@ def test_eval_without_detections_returns_empty_tensors():
 def test_batched_detect_is_torchvisions_per_image_postprocessing():
     """`FCOSFPN.detect` on the whole batch against torchvision's `postprocess_detections` image by image, with a
     small top-k so that it cuts (P3, P4), a per-image cap that cuts, an image with no candidate at all, and boxes
-    that need clipping. On these inputs NMS at 0.5 would keep fewer than the cap: the threshold matters."""
+    that need clipping. On these inputs NMS at 0.5 would keep fewer than the cap: the threshold matters. Class 0
+    scores low everywhere: torchvision would return it as a label, `detect` never does
+    (`test_detect_never_returns_the_background`)."""
     torch.manual_seed(0)
-    model = FCOSFPN(4, tiny_config(topk_candidates=30, detections_per_img=64))
+    model = FCOSFPN(5, tiny_config(topk_candidates=30, detections_per_img=64))
     shapes = [(8, 12), (4, 6), (2, 3), (1, 2), (1, 1)]
     anchors = _fcos_anchors((64, 96), shapes)  # (L, 4)
     counts = [h * w for h, w in shapes]
     generator = torch.Generator().manual_seed(3)
-    logits = torch.randn(3, anchors.shape[0], 4, generator=generator) * 3  # (N, L, C)
+    logits = torch.randn(3, anchors.shape[0], 4, generator=generator) * 3  # (N, L, 4): the real classes 1..4
     logits[1] = -10.0  # nothing above the threshold
+    # the background: never above the threshold, so that torchvision does not return it either
+    logits = torch.cat([torch.full_like(logits[..., :1], -10.0), logits], dim=-1)  # (N, L, C = 5)
     distances = torch.rand(3, anchors.shape[0], 4, generator=generator) * 3  # (N, L, 4), up to 3 strides
     centerness = torch.randn(3, anchors.shape[0], generator=generator)  # (N, L)
     image_sizes = [(60, 90), (64, 96), (40, 96)]
@@ -158,6 +162,36 @@ def test_batched_detect_is_torchvisions_per_image_postprocessing():
         assert torch.equal(f["scores"], e["scores"])
         assert torch.allclose(f["boxes"], e["boxes"], rtol=0, atol=1e-5)
     assert found[2]["boxes"][:, 3].max() <= 40  # clipped to the image's own size
+
+
+def test_detect_never_returns_the_background():
+    """Class 0 scoring above every real class (an untrained model can): no label 0 comes out, and the real classes'
+    detections are exactly those of the same logits with class 0 at -inf, also where the top k cuts (30 of a
+    level's 96 x 4 candidates, which class 0 alone would fill): class 0 takes no candidate's place."""
+    torch.manual_seed(0)
+    model = FCOSFPN(4, tiny_config(topk_candidates=30, detections_per_img=64))
+    shapes = [(8, 12), (4, 6), (2, 3), (1, 2), (1, 1)]
+    anchors = _fcos_anchors((64, 96), shapes)  # (L, 4)
+    counts = [h * w for h, w in shapes]
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, anchors.shape[0], 4, generator=generator) * 3  # (N, L, C)
+    distances = torch.rand(2, anchors.shape[0], 4, generator=generator) * 3  # (N, L, 4)
+    centerness = torch.randn(2, anchors.shape[0], generator=generator)  # (N, L)
+    favoured, hidden = logits.clone(), logits.clone()
+    favoured[..., 0] = 20.0  # sigmoid = 1: above every real class at every location
+    hidden[..., 0] = -float("inf")
+    sizes = [(64, 96), (50, 80)]
+    found = model.detect(favoured, distances, centerness, anchors, counts, sizes)
+    expected = model.detect(hidden, distances, centerness, anchors, counts, sizes)
+    for e, f in zip(expected, found):
+        assert f["labels"].shape[0] > 30 and (f["labels"] > 0).all()
+        for name in ("boxes", "scores", "labels"):
+            assert torch.equal(f[name], e[name]), name
+    # a model with only the background class beside one real class, the background everywhere first
+    model = FCOSFPN(2, tiny_config())
+    two = torch.stack([torch.full_like(logits[..., 0], 20.0), logits[..., 1]], dim=-1)  # (N, L, 2)
+    found = model.detect(two, distances, centerness, anchors, counts, sizes)
+    assert all(f["labels"].numel() > 0 and (f["labels"] == 1).all() for f in found)
 
 
 def test_losses_and_their_gradients_are_torchvisions():

@@ -3,8 +3,13 @@
 
 Small images (shorter side 160) keep it fast. Random weights score every location near the classification prior
 (0.01), below the 0.2 threshold; the class logits layer is re-drawn wider (std 0.05, bias 0) so that both models
-return detections to compare.
+return detections to compare. Its class-0 bias is set to -30 (probability ~1e-13): torchvision's FCOS treats
+class 0 as any other class and would return label 0 (the background) from such weights, ours never does, so
+only weights that never favour class 0 can show the two are otherwise the same (`test_same_detections`);
+`test_class_0_favoured` shows what each does with weights that do favour it.
 """
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -13,6 +18,7 @@ from torch import nn
 from fpn import FCOSFPN
 
 MIN_SIZE, MAX_SIZE = 160, 240
+BACKGROUND_BIAS = 30.0  # |class-0 logit bias|: sigmoid(-30) ~ 1e-13, sigmoid(30) = 1 in float32
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +28,8 @@ def models():
         weights=None, weights_backbone=None, num_classes=5, min_size=MIN_SIZE, max_size=MAX_SIZE)
     nn.init.normal_(reference.head.classification_head.cls_logits.weight, std=0.05)
     nn.init.zeros_(reference.head.classification_head.cls_logits.bias)
+    with torch.no_grad():  # class 0 never above the threshold: torchvision would not return it either
+        reference.head.classification_head.cls_logits.bias[0] = -BACKGROUND_BIAS
     for module in reference.modules():  # random but not trivial BN statistics
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-0.1, 0.1)
@@ -49,6 +57,33 @@ def test_same_detections(models):
         assert torch.equal(f["labels"], e["labels"])
         assert torch.allclose(f["boxes"], e["boxes"], rtol=0, atol=1e-3)
         assert torch.allclose(f["scores"], e["scores"], rtol=0, atol=1e-5)
+
+
+def _favour_class_0(model):
+    """A copy of `model` whose class-0 logit is +30 everywhere: class 0 outscores every other class."""
+    model = copy.deepcopy(model)
+    for name, bias in model.named_parameters():
+        if name.endswith("classification_head.cls_logits.bias"):
+            with torch.no_grad():
+                bias[0] = BACKGROUND_BIAS
+    return model.eval()
+
+
+def test_class_0_favoured(models):
+    """With weights that score class 0 above every real class, torchvision returns label 0 (its top-k candidates
+    and detections are mostly class 0); ours returns no label 0 and exactly the real classes' detections of the
+    weights that never favour class 0: class 0 is left out before the top k, so it takes no candidate's place."""
+    reference, ours = models
+    images = _images()
+    with torch.no_grad():
+        expected = ours.eval()(images)  # class 0 at -30: the real classes' detections
+        found = _favour_class_0(ours)(images)
+        theirs = _favour_class_0(reference)(images)
+    assert all((t["labels"] == 0).any() for t in theirs)  # torchvision's FCOS does return the background
+    for e, f in zip(expected, found):
+        assert e["boxes"].shape[0] > 10 and not (f["labels"] == 0).any()
+        assert torch.equal(f["labels"], e["labels"])
+        assert torch.equal(f["boxes"], e["boxes"]) and torch.equal(f["scores"], e["scores"])
 
 
 def test_same_losses(models):

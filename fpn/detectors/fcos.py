@@ -34,8 +34,9 @@ class FCOSFPN(Detector):
     """FCOS + FPN with torchvision's detection I/O contract (the same as `FasterRCNNFPN`'s).
 
     Args:
-        num_classes: number of classes INCLUDING the background (label 0, never predicted): one logit per
-            class, as torchvision's FCOS has (91 for its COCO model).
+        num_classes: number of classes INCLUDING the background: one logit per class, as torchvision's FCOS
+            has (91 for its COCO model). Label 0 is the background and is never returned, whatever the weights
+            (torchvision's FCOS can return it; an untrained model's class-0 logit may be the largest).
         config: an `FCOSConfig`; the default is torchvision's `fcos_resnet50_fpn`. The model keeps
             `config.resolved()` as `model.config`.
 
@@ -87,20 +88,24 @@ class FCOSFPN(Detector):
 
     def detect(self, class_logits: Tensor, distances: Tensor, centerness: Tensor, anchors: Tensor,
                num_per_level: List[int], image_sizes: List[tuple]) -> List[Dict[str, Tensor]]:
-        """Per level the best `topk_candidates` (class, location) pairs scoring above `score_thresh`, decoded and
-        clipped; then NMS within each class of each image and the best `detections_per_img`. All images at once:
-        the host syncs are `nms_per_image`'s."""
+        """Per level the best `topk_candidates` (class, location) pairs of a real class (label >= 1) scoring above
+        `score_thresh`, decoded and clipped; then NMS within each class of each image and the best
+        `detections_per_img`. The background (label 0) is never a candidate. All images at once: the host syncs
+        are `nms_per_image`'s."""
         cfg = self.config.head
         n, num_classes = class_logits.shape[0], class_logits.shape[-1]
         scores = torch.sqrt(torch.sigmoid(class_logits) * torch.sigmoid(centerness)[..., None])  # (N, L, C)
+        # torchvision keeps scores > threshold, then the top k of those: the top k of all, with the others pushed
+        # below every kept score (-1), is the same set without a data-dependent size. The background goes lower
+        # still (-2), so that the top k never spends a slot on it, even when fewer than k scores pass.
+        scores = torch.where(scores > cfg.score_thresh, scores, torch.full_like(scores, -1.0))
+        background = torch.arange(num_classes, device=scores.device) == 0  # (C,)
+        scores = torch.where(background, torch.full_like(scores, -2.0), scores)  # (N, L, C)
         boxes, top_scores, labels, offset = [], [], [], 0
         for count in num_per_level:
             level = scores[:, offset:offset + count].reshape(n, -1)  # (N, count * C), location-major
-            # torchvision keeps scores > threshold, then the top k of those: the top k of all, with the others
-            # pushed below every kept score, is the same set without a data-dependent size
-            masked = torch.where(level > cfg.score_thresh, level, torch.full_like(level, -1.0))
             k = torch.sym_min(cfg.topk_candidates, level.shape[1])  # sym_min: the size may be symbolic (export)
-            value, index = masked.topk(k, dim=1)  # (N, k)
+            value, index = level.topk(k, dim=1)  # (N, k)
             location = torch.div(index, num_classes, rounding_mode="floor") + offset
             rows = torch.arange(n, device=index.device)[:, None]
             decoded = self.box_coder.decode(distances[rows, location], anchors[location])  # (N, k, 4)
@@ -110,9 +115,10 @@ class FCOSFPN(Detector):
             offset += count
         boxes, top_scores, labels = torch.cat(boxes, 1), torch.cat(top_scores, 1), torch.cat(labels, 1)  # (N, T..)
         images = torch.arange(n, device=boxes.device)[:, None].expand_as(labels)
+        valid = (top_scores > cfg.score_thresh) & (labels > 0)  # (N, T): label > 0 also if score_thresh < -2
         keep = nms_per_image(
             boxes.reshape(-1, 4), top_scores.reshape(-1), labels.reshape(-1), images.reshape(-1),
-            top_scores.reshape(-1) > cfg.score_thresh, num_images=n, num_classes=num_classes,
+            valid.reshape(-1), num_images=n, num_classes=num_classes,
             iou_threshold=cfg.nms_thresh, top_k=cfg.detections_per_img,
         )
         flat_boxes, flat_scores, flat_labels = boxes.reshape(-1, 4), top_scores.reshape(-1), labels.reshape(-1)
