@@ -26,18 +26,27 @@ folded into the convolutions, channels-last; the same detections in fp32) and pr
 - `category_id` is the dataset's category id when the weights carry a label map (torchvision's COCO weights, our
   checkpoints of a COCO training); otherwise the entry has `label`, the model's own class index, instead.
 - Every detection the model returns is kept (those above its own `config.roi_heads.score_thresh`, 0.05 by
-  default); `--score-threshold` (default 0.5) only decides which boxes are drawn on the pictures.
+  default); `--score-threshold` (default 0.5) only decides which boxes are drawn on the pictures. A detection
+  whose label the label map lacks (the background 0, or a model of another label set) has no category to write:
+  it is left out of the file and the pictures, and one warning at the end names the labels and the counts.
+
+The files appear in `<output-dir>` only when the run completes: they are written to a hidden folder beside it,
+`.<name>.partial-<pid>`, and moved in at the end; a run stopped by an error or Ctrl-C removes that folder and
+leaves `<output-dir>` as it was (no pictures without their detections.json).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
+import shutil
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -59,11 +68,13 @@ RESULTS_FILE = "detections.json"
 
 @dataclass
 class PredictionRun:
-    """What `predict_files` did: the results entries and, per input that failed, `(name, reason)`."""
+    """What `predict_files` did: the results entries, the pictures, per input that failed `(name, reason)`, and
+    per label missing from the label map the number of detections left out."""
 
     results: List[dict] = field(default_factory=list)
     pictures: List[Path] = field(default_factory=list)
     failures: List[Tuple[str, str]] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)
 
 
 def resolve_inputs(inputs: Sequence[str]) -> Tuple[List[Path], List[Tuple[str, str]]]:
@@ -149,6 +160,25 @@ def detections_to_results(
     return entries
 
 
+def known_labels_only(detection: Mapping[str, torch.Tensor], label_to_category: Optional[Mapping[int, int]],
+                      dropped: Counter) -> Dict[str, torch.Tensor]:
+    """The detections whose label `label_to_category` maps, the others counted in `dropped` per label.
+
+    Args:
+        detection: `boxes` (D, 4), `scores` (D,), `labels` (D,) int64, on the CPU.
+        label_to_category: model label -> dataset category id; None: every label is kept.
+        dropped: {label: detections left out}, updated in place.
+    Returns:
+        the same dict with the (K,) kept detections, K <= D, in their order.
+    """
+    if label_to_category is None:
+        return dict(detection)
+    known = torch.tensor(sorted(label_to_category), dtype=detection["labels"].dtype)
+    keep = torch.isin(detection["labels"], known)  # (D,) bool
+    dropped.update(detection["labels"][~keep].tolist())
+    return {name: value[keep] for name, value in detection.items()}
+
+
 def picture_path_for(image_path: Path, output_dir: Path, taken: set) -> Path:
     """Where the drawn picture of `image_path` goes: its name in `output_dir` (PNG unless the input is a JPEG),
     with a `-1`, `-2`, ... suffix when that name is taken or would overwrite the input itself."""
@@ -172,6 +202,7 @@ def predict_files(
     score_threshold: float = 0.5,
     batch_size: int = 1,
     progress: bool = True,
+    write_dir: Optional[Path] = None,
 ) -> PredictionRun:
     """Detect objects in every image file, write its picture with boxes to `output_dir` and collect results.
 
@@ -181,19 +212,23 @@ def predict_files(
         paths: image files; one that cannot be read is recorded in `failures` and skipped.
         class_names: model label -> name, for the pictures and `category_name`.
         output_dir: created if needed; receives one picture per readable image.
-        label_to_category: see `detections_to_results`.
+        label_to_category: see `detections_to_results`; a detection of a label it lacks is left out of the
+            results and the picture and counted in `dropped`.
         score_threshold: minimum score of a box drawn on the pictures (the results keep every detection).
         batch_size: images per forward pass.
         progress: show a tqdm bar on stderr.
+        write_dir: write the pictures here instead, named as they will be in `output_dir` (`staged_output`).
 
     Returns:
-        A `PredictionRun` with the results entries, the written pictures and the failures.
+        A `PredictionRun` with the results entries, the pictures (their paths in `output_dir`), the failures
+        and the detections left out.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    write_dir = output_dir if write_dir is None else write_dir
+    write_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     device = next(model.parameters()).device
     ids = image_ids_for(paths)
@@ -211,16 +246,59 @@ def predict_files(
             with torch.no_grad():
                 detections = model([pil_to_tensor01(image).to(device) for _, _, image in batch])
             for (path, image_id, image), detection in zip(batch, detections):
-                detection = {k: v.cpu() for k, v in detection.items()}
+                detection = known_labels_only({k: v.cpu() for k, v in detection.items()}, label_to_category,
+                                              run.dropped)
                 run.results += detections_to_results(detection, image_id, str(path), class_names, label_to_category)
                 picture = draw_detections(image, detection["boxes"], detection["labels"], detection["scores"],
                                           class_names, score_threshold)
                 out_path = picture_path_for(path, output_dir, taken)
-                picture.save(out_path, **({"quality": 95} if out_path.suffix == ".jpg" else {}))
+                picture.save(write_dir / out_path.name, **({"quality": 95} if out_path.suffix == ".jpg" else {}))
                 run.pictures.append(out_path)
         bar.update(min(batch_size, len(paths) - start))
     bar.close()
     return run
+
+
+@contextlib.contextmanager
+def staged_output(output_dir: Path) -> Iterator[Path]:
+    """A new hidden folder beside `output_dir` to write a run's files into, moved into `output_dir` (created if
+    needed; same-named files replaced) when the block ends without an error.
+
+    On an error or Ctrl-C inside the block the folder is removed, with the parent folders made for it, and
+    `output_dir` is as it was: never pictures without their detections.json, nor a half-written run.
+
+    Raises:
+        ValueError: `output_dir` exists and is not a folder.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output folder {output_dir} is a file")
+    made = [folder for folder in output_dir.parents if not folder.exists()]  # deepest first
+    staging = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run of the same process id
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    if output_dir.is_dir():
+        for path in staging.iterdir():
+            os.replace(path, output_dir / path.name)
+        staging.rmdir()
+    else:
+        os.replace(staging, output_dir)
+
+
+def warn_dropped(dropped: Mapping[int, int], label_to_category: Mapping[int, int]) -> None:
+    """One `predict: warning:` line on stderr naming the labels the label map lacks and the detections left out."""
+    if not sum(dropped.values()):
+        return
+    counts = ", ".join(f"label {label}: {count}" for label, count in sorted(dropped.items()))
+    print(f"predict: warning: left out {sum(dropped.values())} detection(s) whose label has no category in the "
+          f"weights' label map ({counts}; known labels: {sorted(label_to_category)})", file=sys.stderr)
 
 
 def read_label_map(weights: Union[str, Path], num_classes: int) -> Optional[Dict[int, int]]:
@@ -306,13 +384,15 @@ def predict_command(argv: Optional[Sequence[str]] = None) -> int:
     if is_rpn_only(model):  # an RPN alone (paper Table 1): class-agnostic proposals, label 1 = "object"
         class_names, label_to_category = {1: "object"}, None
     output_dir = Path(args.output_dir)
-    run = predict_files(
-        model, paths, class_names, output_dir,
-        label_to_category=label_to_category,
-        score_threshold=args.score_threshold, batch_size=args.batch_size, progress=not args.no_progress,
-    )
+    with staged_output(output_dir) as staging:
+        run = predict_files(
+            model, paths, class_names, output_dir,
+            label_to_category=label_to_category, write_dir=staging,
+            score_threshold=args.score_threshold, batch_size=args.batch_size, progress=not args.no_progress,
+        )
+        (staging / RESULTS_FILE).write_text(json.dumps(run.results), encoding="utf-8")
     results_path = output_dir / RESULTS_FILE
-    results_path.write_text(json.dumps(run.results), encoding="utf-8")
+    warn_dropped(run.dropped, label_to_category or {})
     failures += run.failures
     done = len(paths) - len(run.failures)
     print(f"{done} image(s), {len(run.results)} detection(s) -> {results_path}; pictures in {output_dir}{os.sep}")

@@ -3,6 +3,7 @@ import contextlib
 import io
 import json
 import warnings
+from collections import Counter
 
 import pytest
 import torch
@@ -52,9 +53,41 @@ def test_detections_to_coco_converts_boxes_labels_and_scale():
 def test_detections_to_coco_empty_and_unknown_label():
     empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
     assert detections_to_coco(empty, 1, {1: 1}) == []
-    bad = {"boxes": torch.ones(1, 4), "scores": torch.ones(1), "labels": torch.tensor([5])}
-    with pytest.raises(ValueError, match="label 5 has no COCO category"):
-        detections_to_coco(bad, 1, {1: 1, 2: 2})
+    mixed = {"boxes": torch.ones(4, 4), "scores": torch.tensor([0.9, 0.8, 0.7, 0.6]),
+             "labels": torch.tensor([5, 2, 0, 5])}
+    dropped = Counter()
+    records = detections_to_coco(mixed, 1, {1: 1, 2: 2}, dropped=dropped)
+    assert [(r["category_id"], r["score"]) for r in records] == [(2, 0.8)]  # the known label kept
+    assert dropped == {5: 2, 0: 1}
+    with pytest.warns(UserWarning) as caught:  # no counter: one warning for the image
+        assert len(detections_to_coco(mixed, 1, {1: 1, 2: 2})) == 1
+    assert [str(w.message) for w in caught] == ["left out 3 detections whose label has no COCO category "
+                                                "(label 0: 1, label 5: 2; known labels: [1, 2])"]
+
+
+class _Background(nn.Module):
+    """Per image: one detection of each of labels 0 (the background), 1 and 9: two labels without a category."""
+
+    def forward(self, images):
+        box = torch.tensor([[1.0, 1.0, 20.0, 20.0]])
+        return [{"boxes": box.repeat(3, 1), "scores": torch.tensor([0.9, 0.8, 0.7]),
+                 "labels": torch.tensor([0, 1, 9])} for _ in images]
+
+
+def test_detections_without_a_category_are_left_out_with_one_warning(val_set, tmp_path):
+    """An evaluation is not lost to a label without a COCO category (a barely trained FCOS returned label 0 and
+    stopped its training run): its detections are left out, one warning names the labels and counts them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = evaluate_coco(_Background(), val_set, device=torch.device("cpu"), output_dir=tmp_path,
+                                batch_size=2)
+    messages = [str(w.message) for w in caught if "COCO category" in str(w.message)]
+    n = len(val_set)
+    assert messages == [f"left out {2 * n} detections whose label has no COCO category (label 0: {n}, label 9: {n}; "
+                        f"known labels: {sorted(val_set.label_to_category)})"]
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    assert len(results) == n and {r["category_id"] for r in results} == {val_set.label_to_category[1]}
+    assert set(metrics) == set(METRIC_NAMES)
 
 
 def test_coco_scale_maps_model_pixels_to_original_pixels():

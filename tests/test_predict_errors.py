@@ -150,3 +150,62 @@ def test_an_rpn_only_checkpoint_predicts_class_agnostic_proposals(tmp_path, caps
     results = json.loads((out / "detections.json").read_text())
     assert results and {r["category_name"] for r in results} == {"object"}
     assert all("label" in r and "category_id" not in r for r in results)
+
+
+def test_labels_without_a_category_are_named_and_left_out(tmp_path, capsys):
+    """Weights whose label map lacks a label the model returns (here label 2, which wins every RoI; a barely
+    trained FCOS once returned label 0): the run completes, one warning names the label and the count."""
+    from fpn.engine.checkpoint import save_checkpoint
+    from test_predict import CLASS_NAMES, tiny_model
+
+    weights = save_checkpoint(tmp_path / "w.pt", model=tiny_model(), optimizer=None, scheduler=None, scaler=None,
+                              iteration=0, label_to_category={1: 11, 3: 33}, class_names=CLASS_NAMES)
+    images = [_write_image(tmp_path / f"{i}.png", i) for i in range(2)]
+    out = tmp_path / "out"
+    assert main([*map(str, images), "--weights", str(weights), "--output-dir", str(out), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    warning = [line for line in captured.err.splitlines() if line.startswith("predict: warning:")]
+    assert len(warning) == 1 and "(label 2: " in warning[0] and "known labels: [1, 3]" in warning[0], captured.err
+    results = json.loads((out / RESULTS_FILE).read_text())
+    assert {r["category_id"] for r in results} <= {11, 33}
+    left_out = int(warning[0].split("left out ")[1].split()[0])
+    assert left_out > 0 and f"{len(results)} detection(s)" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["0.png", "1.png", RESULTS_FILE]
+
+
+@pytest.mark.parametrize("error, code", [(OSError("No space left on device"), 2), (KeyboardInterrupt(), 130)])
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_run_stopped_mid_way_leaves_the_output_folder_as_it_was(error, code, existing, checkpoint, tmp_path,
+                                                                  monkeypatch, capsys):
+    """An error while the second of three images is drawn: no partial folder (pictures without detections.json)
+    is left, and an output folder of an earlier run keeps its files untouched."""
+    images = [_write_image(tmp_path / f"{i}.png", i) for i in range(3)]
+    out = tmp_path / "runs" / "out"
+    if existing:
+        out.mkdir(parents=True)
+        (out / RESULTS_FILE).write_text("[]")
+        (out / "0.png").write_bytes(b"an earlier picture")
+    drawn = []
+    real_draw = fpn.predict.draw_detections
+
+    def draw_then_fail(*args, **kwargs):
+        drawn.append(1)
+        if len(drawn) == 2:
+            raise error
+        return real_draw(*args, **kwargs)
+
+    monkeypatch.setattr(fpn.predict, "draw_detections", draw_then_fail)
+    assert main([*map(str, images), "--weights", str(checkpoint), "--output-dir", str(out), "--no-progress"]) == code
+    assert len(drawn) == 2
+    if existing:
+        assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # no staging folder beside it
+        assert (out / RESULTS_FILE).read_text() == "[]" and (out / "0.png").read_bytes() == b"an earlier picture"
+        assert sorted(p.name for p in out.iterdir()) == ["0.png", RESULTS_FILE]
+    else:
+        assert not (tmp_path / "runs").exists()  # nor the parent folder made for it
+    capsys.readouterr()
+    monkeypatch.setattr(fpn.predict, "draw_detections", real_draw)
+    assert main([*map(str, images), "--weights", str(checkpoint), "--output-dir", str(out), "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["0.png", "1.png", "2.png", RESULTS_FILE]
+    assert len(json.loads((out / RESULTS_FILE).read_text())) > 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]

@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -36,6 +37,7 @@ def detections_to_coco(
     image_id: int,
     label_to_category: Mapping[int, int],
     scale_xy: Sequence[float] = (1.0, 1.0),
+    dropped: Optional[Counter] = None,
 ) -> List[dict]:
     """COCO result records of one image.
 
@@ -43,19 +45,22 @@ def detections_to_coco(
         detections: dict with `boxes` (D, 4) float xyxy in the pixels of the image the model saw, `scores` (D,),
             `labels` (D,) int64 contiguous labels.
         image_id: the COCO image id.
-        label_to_category: {contiguous label: COCO category id}; a label missing from it raises ValueError.
+        label_to_category: {contiguous label: COCO category id}. A detection whose label is missing from it (the
+            background 0, or a model of another label set) is left out: COCOeval cannot score it.
         scale_xy: (sx, sy) factors from the model's input pixels to the original image pixels.
+        dropped: counts the detections left out, per label (updated in place); None: a warning names them.
     Returns:
-        list of D dicts {image_id, category_id, bbox [x, y, w, h], score}.
+        list of dicts {image_id, category_id, bbox [x, y, w, h], score}, one per detection with a known label.
     """
     boxes = detections["boxes"].detach().float().cpu()  # (D, 4) xyxy, input pixels
     scale = torch.tensor([scale_xy[0], scale_xy[1], scale_xy[0], scale_xy[1]])
     boxes = boxes * scale  # (D, 4) xyxy, original pixels
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)  # (D, 4) xywh
-    records = []
+    records, unknown = [], Counter()
     for box, score, label in zip(xywh.tolist(), detections["scores"].tolist(), detections["labels"].tolist()):
         if int(label) not in label_to_category:
-            raise ValueError(f"label {label} has no COCO category (known labels: {sorted(label_to_category)})")
+            unknown[int(label)] += 1
+            continue
         records.append(
             {
                 "image_id": int(image_id),
@@ -64,7 +69,25 @@ def detections_to_coco(
                 "score": round(float(score), 5),
             }
         )
+    if dropped is not None:
+        dropped.update(unknown)
+    else:
+        warn_dropped_labels(unknown, label_to_category)
     return records
+
+
+def warn_dropped_labels(dropped: Mapping[int, int], label_to_category: Mapping[int, int]) -> None:
+    """One warning naming the labels without a COCO category and how many detections of each were left out.
+
+    Args:
+        dropped: {label: number of detections left out}; empty: no warning.
+        label_to_category: the map those labels are missing from (its labels are listed).
+    """
+    if not sum(dropped.values()):
+        return
+    counts = ", ".join(f"label {label}: {count}" for label, count in sorted(dropped.items()))
+    warnings.warn(f"left out {sum(dropped.values())} detections whose label has no COCO category ({counts}; "
+                  f"known labels: {sorted(label_to_category)})", stacklevel=3)
 
 
 def coco_scale(image: Tensor, target: Mapping[str, Tensor]) -> tuple:
@@ -100,7 +123,8 @@ def run_inference(
     Returns:
         on rank 0, {image_id: COCO result dicts} of every image seen by any rank (an image without detections
         has an empty list; an image id met twice, as when a dataset skipping bad files returns a substitute,
-        keeps its first records); None on the other ranks.
+        keeps its first records); None on the other ranks. Detections of a label missing from
+        `label_to_category` are left out, with one warning on rank 0 naming the labels and the counts.
     """
     sampler = InferenceSampler(len(dataset), rank=distributed.get_rank(), world_size=distributed.get_world_size())
     # A private generator: creating the loader must not consume the global RNG, or a periodic evaluation would
@@ -116,25 +140,27 @@ def run_inference(
     was_training = model.training
     model.eval()
     per_image: Dict[int, List[dict]] = {}
+    dropped: Counter = Counter()  # {label without a COCO category: detections left out}
     try:
         for images, targets in loader:
             with autocast():
                 outputs = model([image.to(device) for image in images])
             for image, target, output in zip(images, targets, outputs):
                 image_id = int(target["image_id"])
-                records = detections_to_coco(output, image_id, label_to_category, coco_scale(image, target))
+                records = detections_to_coco(output, image_id, label_to_category, coco_scale(image, target), dropped)
                 per_image.setdefault(image_id, records)
             if progress is not None:
                 progress(len(images))
     finally:
         model.train(was_training)
-    gathered = distributed.all_gather_objects(per_image)
+    gathered = distributed.all_gather_objects((per_image, dropped))
     if not distributed.is_main_process():
         return None
     merged: Dict[int, List[dict]] = {}
-    for shard in gathered:
+    for shard, _ in gathered:
         for image_id, records in shard.items():
             merged.setdefault(image_id, records)
+    warn_dropped_labels(sum((counts for _, counts in gathered), Counter()), label_to_category)
     return merged
 
 
