@@ -40,6 +40,11 @@ convolutions and linear layers), to see what it costs in AP. --fast-dtype replac
 
     python scripts/evaluate.py runs/demo/checkpoint_0000800.pt --coco-root runs/demo/synthetic --fast --fast-dtype bf16
 
+Unreadable images: every image file is checked (its header, and its size against the annotations) before any
+inference. A bad file is an error naming it, unless --skip-bad-images is given: then the bad files are left out
+of the evaluation (the AP is that of the other images), with a warning naming a few and counting them all; a file
+whose pixel data turns out corrupt only when decoded is skipped too, and counted as not evaluated.
+
 Exit codes: 0 done; 2 a usage or input error (bad flag, missing or unreadable checkpoint or annotation file,
 categories that do not match), one line on stderr (--debug shows the traceback); 130 interrupted.
 """
@@ -58,6 +63,7 @@ from fpn.engine import distributed
 from fpn.engine.checkpoint import is_training_checkpoint, load_detector
 from fpn.cli import InputError, run_cli
 from fpn.data.coco import CocoDetection
+from fpn.data.file_check import check_image_files, handle_bad_images
 from fpn.engine.loop import AMP_DTYPES, autocast_factory, select_device
 from fpn.engine.evaluation import check_categories, evaluate_coco, format_metrics
 from fpn.predict import FAST_DTYPES, fast_model, label_map_of
@@ -96,6 +102,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="with --fast: the dtype of the convolutions and linear layers (default fp32)")
     parser.add_argument("--allow-missing-categories", action="store_true",
                         help="evaluate even when the data has categories the model cannot predict (AP 0 for them)")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="leave unreadable image files out of the evaluation, with a warning counting them "
+                             "(default: a bad file is an error naming it)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     args.prefix = args.prefix or ("proposals" if args.proposals else "evaluate")
@@ -188,6 +197,18 @@ def label_map(weights: Any, num_classes: int, class_names: Mapping[int, str], da
     return mapping, warning
 
 
+def drop_bad_images(dataset: CocoDetection) -> str:
+    """Check every image file's header and size (rank 0 reads them) and apply the data set's policy: an
+    InputError naming the bad files, or with `skip_bad_images` drop them with one warning.
+
+    Returns:
+        "" when every file is fine, else ", <N> unreadable left out" for the summary line.
+    """
+    bad = distributed.run_on_main(lambda: check_image_files(dataset))
+    handle_bad_images(dataset, bad)  # raises unless dataset.skip_bad_images; the same on every rank
+    return f", {len(bad)} unreadable left out" if bad else ""
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line; returns the exit code (0 done, 2 usage or input error, 130 interrupted)."""
     return run_cli(evaluate_command, argv, prog="evaluate")
@@ -197,11 +218,12 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> int:
     """`main` without the error handling: input errors propagate as `InputError`/`OSError`."""
     args = parse_args(argv)
     weights = read_weights(args.checkpoint, "checkpoint", mmap=True)  # memory-mapped: the label map and args
-    dataset = CocoDetection(args.images, args.annotations, train=False)
+    dataset = CocoDetection(args.images, args.annotations, train=False, skip_bad_images=args.skip_bad_images)
     batching = evaluation_batching(weights, args)
     if batching.threads:
         torch.set_num_threads(batching.threads)
     with distributed.distributed_session(select_device(args.device)) as device:
+        skipped = drop_bad_images(dataset)
         model, class_names = load_detector(args.checkpoint, device)
         if args.proposals:
             return proposals_command(model, dataset, batching, device, args)
@@ -220,7 +242,8 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> int:
             progress=lambda n: bar.update(n * distributed.get_world_size()),
         )
         bar.close()
-        distributed.log(f"{args.checkpoint} on {args.annotations} ({len(dataset)} images):\n{format_metrics(metrics)}")
+        distributed.log(f"{args.checkpoint} on {args.annotations} ({len(dataset)} images{skipped}):\n"
+                        f"{format_metrics(metrics)}")
         distributed.log(f"results: {output_dir / (args.prefix + '_results.json')}")
     return 0
 

@@ -258,3 +258,36 @@ def test_fast_evaluates_the_optimized_model(val_set, checkpoint, tmp_path, capsy
 def test_fast_flag_errors(flags, expected, val_set, checkpoint, tmp_path, capsys):
     assert _run([str(checkpoint), *_data_flags(val_set), *flags], tmp_path) == 2
     assert expected in one_error_line(capsys, "evaluate")
+
+
+@pytest.fixture
+def set_with_a_corrupt_image(tmp_path):
+    """A copy of the 3-image validation set (same categories) whose second image file is not an image."""
+    paths = generate_synthetic_coco(tmp_path / "data", 2, num_val=3, seed=3, min_size=64, max_size=96,
+                                    progress=False)
+    bad = sorted(paths["val_images"].iterdir())[1]
+    bad.write_bytes(b"\x89PNG not really")
+    return CocoDetection(paths["val_images"], paths["val_annotations"], train=False), bad
+
+
+def test_a_corrupt_image_is_named_with_the_flag_that_skips_it(set_with_a_corrupt_image, checkpoint, tmp_path,
+                                                              capsys):
+    dataset, bad = set_with_a_corrupt_image
+    assert _run([str(checkpoint), *_data_flags(dataset)], tmp_path) == 2
+    line = one_error_line(capsys, "evaluate")
+    assert f"1 of 3 images in {dataset.images_dir} cannot be read, e.g. {bad.name}" in line
+    assert line.endswith("or pass --skip-bad-images to leave them out")  # a flag evaluate.py accepts
+    assert not (tmp_path / "out").exists()  # checked before any inference
+
+
+def test_skip_bad_images_evaluates_the_others_and_counts_the_bad(set_with_a_corrupt_image, checkpoint, tmp_path,
+                                                                 capsys):
+    dataset, bad = set_with_a_corrupt_image
+    with pytest.warns(UserWarning, match=f"skipping bad image files: 1 of 3 images .* {bad.name}"):
+        assert _run([str(checkpoint), *_data_flags(dataset), "--skip-bad-images"], tmp_path) == 0
+    assert "(2 images, 1 unreadable left out)" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "out" / "evaluate_metrics.json").read_text())
+    assert set(metrics) == set(METRIC_NAMES)
+    results = json.loads((tmp_path / "out" / "evaluate_results.json").read_text())
+    bad_id = next(i["id"] for i in dataset.coco.dataset["images"] if i["file_name"] == bad.name)
+    assert results and bad_id not in {r["image_id"] for r in results}
