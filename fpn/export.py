@@ -27,10 +27,14 @@ What is static and what dynamic:
 from __future__ import annotations
 
 import argparse
+import logging
+import re
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +46,10 @@ from fpn.transform import postprocess, preprocess
 EXAMPLE_SIZE = (480, 640)  # (H, W) of the example image traced: large enough for a 2 x 2 P6 after resizing
 MIN_SIDE, MAX_SIDE = 16, 8192  # the range of H and W the exported graphs accept
 INSTALL_HINT = 'pip install -e ".[export]"'
+# Messages of torch's exporters that say nothing about the model written here (see where each is silenced).
+ONNX_REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+NO_TORCHVISION = re.compile(r"torchvision is not installed\. Skipping torchvision::")
+NO_COMPLETE_TENSOR = "No complete tensor found in the group"
 
 
 class DetectorGraph(nn.Module):
@@ -91,6 +99,15 @@ def export_program(model: nn.Module) -> torch.export.ExportedProgram:
         return torch.export.export(graph, example, dynamic_shapes=dynamic_shapes)
 
 
+def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
+    """`torch.export.save(program, path)`, without its "No complete tensor found in the group" warning: torch says
+    so of each weight that is not contiguous (channels-last convolutions) and writes it whole all the same. The
+    program reads back with `torch.export.load(path).module()`."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=NO_COMPLETE_TENSOR, category=UserWarning)
+        torch.export.save(program, str(path))
+
+
 def export_onnx(model: nn.Module, path: Path) -> None:
     """Write the eval-mode detector as an ONNX model (opset 18, standard ops only) to `path`.
 
@@ -101,13 +118,31 @@ def export_onnx(model: nn.Module, path: Path) -> None:
     from fpn.onnx_ops import OPSET, translation_table
 
     graph, example, dynamic_shapes = _traceable(model)
-    with torch.no_grad(), written_out_resize():  # PyTorch's bilinear arithmetic, not ONNX Resize's
+    # written_out_resize: PyTorch's bilinear arithmetic, not ONNX Resize's
+    with torch.no_grad(), written_out_resize(), _without_torchvision_notice():
         program = torch.onnx.export(
             graph, example, dynamo=True, dynamic_shapes=dynamic_shapes, opset_version=OPSET,
             custom_translation_table=translation_table(), input_names=["image"],
             output_names=["boxes", "scores", "labels"], optimize=True, verbose=False,
         )
     program.save(str(path))
+
+
+@contextmanager
+def _without_torchvision_notice() -> Iterator[None]:
+    """Drop, while exporting, the ONNX exporter's "torchvision is not installed. Skipping torchvision::nms" (one
+    line per torchvision operator it knows, logged when torchvision is absent, as it is with the `export` extra
+    alone): our graphs hold fpn's operators, translated by fpn/onnx_ops.py. Its other messages pass."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not NO_TORCHVISION.match(record.getMessage())
+
+    logger = logging.getLogger(ONNX_REGISTRY_LOGGER)
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def require_onnx() -> None:
@@ -187,7 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         export_onnx(model, args.output)
         kind = "ONNX model"
     else:
-        torch.export.save(export_program(model), str(args.output))
+        save_program(export_program(model), args.output)
         kind = "torch.export program"
     seconds = time.perf_counter() - start
     image = torch.rand(3, 360, 500, generator=torch.Generator().manual_seed(1))

@@ -1,15 +1,24 @@
-"""torch.export of the eval-mode detector (fpn/export.py): dynamic image height and width, save/load, parity.
+"""torch.export of the eval-mode detector (fpn/export.py): dynamic image height and width, save/load, parity; the
+CLI's output without torch's notices that are not about the model.
 
 A narrow ResNet-18 model (cpu-demo's layout) with seeded random weights, its RPN objectness and class logits
 spread (larger initial weights) so that it returns detections to compare: random-noise images give a few
 detections above its score threshold 0.97, a white image none (its best score is 0.96).
 """
+import logging
+import subprocess
+import sys
+from unittest import mock
+
 import pytest
 import torch
 
 from fpn import FasterRCNNFPN
-from fpn.export import DetectorGraph, export_program
+from fpn.engine.checkpoint import save_checkpoint
 from fpn.engine.presets import cpu_demo
+from fpn.export import (
+    ONNX_REGISTRY_LOGGER, DetectorGraph, _without_torchvision_notice, export_program, save_program,
+)
 
 
 def small_detector(seed: int = 0) -> FasterRCNNFPN:
@@ -31,7 +40,7 @@ def image(height: int, width: int, seed: int = 1) -> torch.Tensor:
 def model_and_program(tmp_path_factory):
     model = small_detector()
     path = tmp_path_factory.mktemp("export") / "detector.pt2"
-    torch.export.save(export_program(model), str(path))
+    save_program(export_program(model), path)
     return model, torch.export.load(str(path))
 
 
@@ -74,3 +83,46 @@ def test_reloaded_program_gives_no_detections_where_eager_has_none(model_and_pro
         assert model([white])[0]["boxes"].shape == (0, 4)
         boxes, scores, labels = program.module()(white)
     assert boxes.shape == (0, 4) and scores.shape == labels.shape == (0,)
+
+
+# `python -m fpn.export` in a venv with the `export` extra but not torchvision (sys.modules[name] = None: an import
+# fails and importlib.util.find_spec says "not installed"), once per format, in one process
+CLI_WITHOUT_TORCHVISION = """
+import runpy, sys
+sys.modules["torchvision"] = None
+weights, *outputs = sys.argv[1:]
+for output in outputs:
+    sys.argv = ["fpn.export", "--weights", weights, "--output", output]
+    try:
+        runpy.run_module("fpn.export", run_name="__main__", alter_sys=True)
+    except SystemExit as stop:
+        if stop.code:
+            raise
+"""
+
+
+def test_cli_prints_no_exporter_notices_that_are_not_about_the_model(tmp_path):
+    checkpoint = save_checkpoint(tmp_path / "small.pt", model=small_detector(), optimizer=None, scheduler=None,
+                                 scaler=None, iteration=0, label_to_category={}, class_names={})
+    outputs = [tmp_path / "small.pt2", tmp_path / "small.onnx"]
+    run = subprocess.run([sys.executable, "-c", CLI_WITHOUT_TORCHVISION, str(checkpoint), *map(str, outputs)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    output = run.stdout + run.stderr
+    assert output.count("export: wrote") == 2 and all(path.is_file() for path in outputs), output
+    assert "torchvision is not installed" not in output and "No complete tensor found" not in output, output
+
+
+def test_only_the_torchvision_notice_is_dropped(caplog):
+    # the ONNX exporter's own call, with torchvision looking absent as above
+    from torch.onnx._internal.exporter import _registration
+
+    logger = logging.getLogger(ONNX_REGISTRY_LOGGER)
+    with caplog.at_level(logging.WARNING, logger=ONNX_REGISTRY_LOGGER):
+        with mock.patch.dict(sys.modules, {"torchvision": None}):
+            with _without_torchvision_notice():
+                assert _registration._get_overload("torchvision::nms") is None
+                logger.warning("another notice")
+            assert _registration._get_overload("torchvision::roi_align") is None  # outside: logged as before
+    assert [record.getMessage() for record in caplog.records] == [
+        "another notice", "torchvision is not installed. Skipping torchvision::roi_align"]
