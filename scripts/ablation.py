@@ -17,12 +17,13 @@ continues it (--resume). When they have finished, the same command with --collec
     python scripts/ablation.py --preset paper --coco-root /data/coco --collect
 
 Each (mode, variant) trains with scripts/train.py into OUTPUT_DIR/<mode>_<variant>/ (mode "rpn": `--rpn-only
-true`, evaluated by proposal AR; "faster": the whole detector, evaluated by COCO AP) with `--resume`, so an
-interrupted ablation continues where it stopped; a run that finished with the same train.py command (recorded
-in its ablation_run.json) is skipped. Flags after `--` go to every train.py run unchanged. Writes
-OUTPUT_DIR/ablation.json (per variant: our AR100, AR1k, AR_s, AR_m, AR_l, AP, AP50, AP_s, AP_m, AP_l in percent,
-the paper's numbers and the wall time of each run), ablation.md (the tables in the paper's layout) and, with
-matplotlib, ablation.png. The paper's numbers and which table each comes from: fpn/paper_results.py.
+true`, evaluated by proposal AR; "faster": the whole detector, evaluated by COCO AP), with `--resume` when that
+folder holds a checkpoint, so an interrupted ablation continues where it stopped; a run that finished with the
+same train.py command (recorded in its ablation_run.json; --resume aside) is skipped. Flags after `--` go to
+every train.py run unchanged. Writes OUTPUT_DIR/ablation.json (per variant: our AR100, AR1k, AR_s, AR_m, AR_l,
+AP, AP50, AP_s, AP_m, AP_l in percent, the paper's numbers and the wall time of each run), ablation.md (the
+tables in the paper's layout) and, with matplotlib, ablation.png. The paper's numbers and which table each
+comes from: fpn/paper_results.py.
 Exit code 0 done, 1 some run failed, 2 usage/input error, 130 interrupted.
 """
 from __future__ import annotations
@@ -44,6 +45,7 @@ from fpn.paper_results import (
     DETECTION_METRICS, ROWS, RPN_METRICS, TABLE1_RPN, VARIANTS, detection_reference, paper_row,
 )
 from fpn.config import FasterRCNNConfig
+from fpn.engine.checkpoint import list_checkpoints
 from fpn.engine.presets import PRESETS, SYNTHETIC_PRESETS, get_preset, synthetic_recipe
 
 MODES = ("rpn", "faster")  # RPN only (Table 1) and Faster R-CNN (Table 3)
@@ -134,10 +136,12 @@ def synthetic_data_recipe(args: argparse.Namespace) -> dict:
     return synthetic_recipe(preset)
 
 
-def run_argv(args: argparse.Namespace, mode: str, variant: str, data: Sequence[str]) -> List[str]:
-    """The train.py command line of one run (without the program name)."""
+def run_argv(args: argparse.Namespace, mode: str, variant: str, data: Sequence[str],
+             resume: bool = True) -> List[str]:
+    """The train.py command line of one run (without the program name); `resume`: with --resume."""
     argv = ["--preset", args.preset, "--variant", variant, "--rpn-only", "true" if mode == "rpn" else "false",
-            "--output-dir", str(run_dir(args, mode, variant)), "--seed", str(args.seed), "--resume", *data]
+            "--output-dir", str(run_dir(args, mode, variant)), "--seed", str(args.seed),
+            *(["--resume"] if resume else []), *data]
     if args.quick:
         argv += [part for name, value in QUICK_FLAGS.items() for part in (f"--{name}", value)]
     if args.iters is not None:
@@ -162,19 +166,28 @@ def read_state(directory: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def same_settings(recorded: Optional[Sequence[str]], argv: Sequence[str]) -> bool:
+    """The recorded train.py command line trains the same run as `argv`: equal but for --resume (which is given
+    only to continue)."""
+    def settings(command: Sequence[str]) -> List[str]:
+        return [part for part in command if part != "--resume"]
+
+    return recorded is not None and settings(recorded) == settings(argv)
+
+
 def finished(directory: Path, argv: Optional[Sequence[str]]) -> bool:
     """final_metrics.json is there and the run was made by `argv` (None: by any command, e.g. a cluster job)."""
     state = read_state(directory)
     if not (directory / "final_metrics.json").is_file():
         return False
-    return argv is None or (state.get("finished", False) and state.get("argv") == list(argv))
+    return argv is None or (state.get("finished", False) and same_settings(state.get("argv"), argv))
 
 
 def train_one(train_main: TrainMain, directory: Path, argv: List[str]) -> int:
     """Run train.py's main on `argv`, adding the wall time to ablation_run.json; the exit code."""
     directory.mkdir(parents=True, exist_ok=True)
     state = read_state(directory)
-    wall = state.get("wall_s", 0.0) if state.get("argv") == argv else 0.0  # other settings: a new count
+    wall = state.get("wall_s", 0.0) if same_settings(state.get("argv"), argv) else 0.0  # other settings: anew
     path, start, code = directory / "ablation_run.json", time.perf_counter(), EXIT_INTERRUPTED
     path.write_text(json.dumps({"argv": argv, "wall_s": wall, "finished": False}, indent=2))
     try:
@@ -215,7 +228,9 @@ def _main(argv: Optional[Sequence[str]], train_main: Optional[TrainMain]) -> int
         data = data_flags(args, generate=True)
         train_main = train_main or load_train_main()
         for number, (mode, variant) in enumerate(runs, start=1):
-            directory, run_args = run_dir(args, mode, variant), run_argv(args, mode, variant, data)
+            directory = run_dir(args, mode, variant)
+            # --resume only to continue: train.py would say of a fresh run that it found no checkpoint
+            run_args = run_argv(args, mode, variant, data, resume=bool(list_checkpoints(directory)))
             if finished(directory, run_args):
                 print(f"[{number}/{len(runs)}] {directory}: finished with these settings, skipped", flush=True)
                 continue

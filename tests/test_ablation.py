@@ -31,7 +31,8 @@ def _flag(argv, name):
 
 
 class FakeTrain:
-    """Stands in for train.py's main: records each command line and writes final_metrics.json like it."""
+    """Stands in for train.py's main: records each command line and writes checkpoint_*.pt and final_metrics.json
+    like it (a run that fails has written the checkpoint of iteration 2 first)."""
 
     def __init__(self, exit_codes=None):
         self.calls = []
@@ -43,9 +44,11 @@ class FakeTrain:
         mode = "rpn" if _flag(argv, "--rpn-only") == "true" else "faster"
         variant, out = _flag(argv, "--variant"), Path(_flag(argv, "--output-dir"))
         code = self.exit_codes.get((mode, variant), 0)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "checkpoint_0000002.pt").write_bytes(b"")  # only the name counts here
         if code:
             return code
-        out.mkdir(parents=True, exist_ok=True)
+        (out / f"checkpoint_{int(_flag(argv, '--iters')):07d}.pt").write_bytes(b"")
         score = 0.1 * (1 + VARIANTS.index(variant)) / 10  # 0.01 .. 0.06, a different number per variant
         if mode == "rpn":
             metrics = {"AR100": score, "AR1k": 2 * score, "AR_s": score, "AR_m": score, "AR_l": 0.5}
@@ -68,10 +71,10 @@ def test_every_variant_and_mode_is_trained_alike_and_reported(tmp_path, capsys):
     code, train = _run(tmp_path)
     assert code == 0 and train.runs() == ALL_RUNS
     for argv, (mode, variant) in zip(train.calls, ALL_RUNS):
-        assert argv[:12] == ["--preset", "ablation-cpu", "--variant", variant, "--rpn-only",
+        assert argv[:11] == ["--preset", "ablation-cpu", "--variant", variant, "--rpn-only",
                              "true" if mode == "rpn" else "false", "--output-dir",
-                             str(tmp_path / "abl" / f"{mode}_{variant}"), "--seed", "0", "--resume", "--coco-root"]
-        assert _flag(argv, "--iters") == "5"
+                             str(tmp_path / "abl" / f"{mode}_{variant}"), "--seed", "0", "--coco-root"]
+        assert _flag(argv, "--iters") == "5" and "--resume" not in argv  # a fresh run: nothing to resume
     document = json.loads((tmp_path / "abl" / "ablation.json").read_text())
     assert list(document["variants"]) == list(VARIANTS)
     assert document["settings"]["iters"] == 5 and document["settings"]["preset"] == "ablation-cpu"
@@ -100,19 +103,25 @@ def test_finished_runs_are_skipped_and_changed_settings_resume(tmp_path, capsys)
     code, again = _run(tmp_path)
     assert code == 0 and again.calls == [] and capsys.readouterr().out.count("with these settings, skipped") == 12
     code, longer = _run(tmp_path, "--variants", "fpn", "--modes", "rpn", iters="8")
-    assert code == 0 and longer.runs() == [("rpn", "fpn")] and "--resume" in longer.calls[0]
+    assert code == 0 and longer.runs() == [("rpn", "fpn")] and "--resume" in longer.calls[0]  # from iteration 5
     state = json.loads((tmp_path / "abl" / "rpn_fpn" / "ablation_run.json").read_text())
     assert state["finished"] and state["argv"] == longer.calls[0]
+    code, again = _run(tmp_path, "--variants", "fpn", "--modes", "rpn", iters="8")
+    assert code == 0 and again.calls == []  # --resume (now given) is no other setting
 
 
 def test_an_interrupted_ablation_continues_where_it_stopped(tmp_path):
     code, train = _run(tmp_path, train=FakeTrain({("rpn", "fpn"): 130}))
     assert code == 130 and train.runs() == ALL_RUNS[:3]  # Ctrl-C stops the whole ablation
     state = json.loads((tmp_path / "abl" / "rpn_fpn" / "ablation_run.json").read_text())
-    assert state["finished"] is False and "--resume" in state["argv"]
+    assert state["finished"] is False and "--resume" not in state["argv"]
     assert json.loads((tmp_path / "abl" / "ablation.json").read_text())["variants"]["c5"]["AR1k"] == 4.0
+    (tmp_path / "abl" / "rpn_fpn" / "ablation_run.json").write_text(json.dumps({**state, "wall_s": 100.0}))
     code, rest = _run(tmp_path)
-    assert code == 0 and rest.runs() == ALL_RUNS[2:]  # the interrupted run again (train.py resumes it), then on
+    assert code == 0 and rest.runs() == ALL_RUNS[2:]  # the interrupted run again, then on
+    assert "--resume" in rest.calls[0] and not any("--resume" in argv for argv in rest.calls[1:])
+    state = json.loads((tmp_path / "abl" / "rpn_fpn" / "ablation_run.json").read_text())
+    assert state["finished"] and state["wall_s"] >= 100.0  # one run: the time of both attempts
 
 
 def test_a_failed_run_does_not_stop_the_others(tmp_path, capsys):
@@ -176,6 +185,7 @@ def test_print_commands_gives_one_job_per_run(tmp_path, capsys):
     assert len(lines) == 12 and all(line.startswith("torchrun --nproc_per_node=8 scripts/train.py --preset paper")
                                     for line in lines)
     assert "--variant no_lateral --rpn-only false" in lines[10] and lines[10].endswith("--backbone-weights r50.pth")
+    assert all(" --resume " in line for line in lines)  # a job rerun on the cluster continues
     assert not (tmp_path / "ablation.json").exists()  # nothing trained, nothing written
     assert script.main(["--output-dir", str(tmp_path), "--print-commands", "--nproc-per-node", "1", "--variants",
                         "fpn"], train_main=FakeTrain()) == 0
@@ -214,9 +224,11 @@ def test_paper_numbers_are_complete_and_labelled():
     assert tuple(config.VARIANTS) == VARIANTS  # the config's names are the rows' names
 
 
-def test_quick_ablation_end_to_end(tmp_path):  # the real train.py, 12 tiny runs (~15 s on 2 cores)
+def test_quick_ablation_end_to_end(tmp_path, capsys):  # the real train.py, 12 tiny runs (~15 s on 2 cores)
     out = tmp_path / "quick"
     assert load_ablation_script().main(["--quick", "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "--resume:" not in printed.out + printed.err  # fresh runs: train.py has nothing to say of resuming
     document = json.loads((out / "ablation.json").read_text())
     for variant, entry in document["variants"].items():
         assert all(isinstance(entry[key], float) for key in ("AR100", "AR1k", "AP", "AP50")), variant
