@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import pytest
 
@@ -17,8 +19,9 @@ def _editable_install_of_this_folder() -> bool:
     for distribution in importlib.metadata.distributions(name="fpn"):
         text = distribution.read_text("direct_url.json")
         if text:
-            url = json.loads(text)
-            if url.get("dir_info", {}).get("editable") and url.get("url") == ROOT.as_uri():
+            url = json.loads(text)  # {"url": "file:///.../clone%20dir/fpn", "dir_info": {"editable": true}}
+            folder = Path(url2pathname(urlparse(url.get("url", "")).path))
+            if url.get("dir_info", {}).get("editable") and folder.resolve() == ROOT:
                 return True
     return False
 
