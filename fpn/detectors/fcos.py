@@ -6,7 +6,9 @@ its object and a centerness that down-weights locations far from the object's ce
         -> shared head (classes, distances, centerness) -> per level top-k -> per-class NMS -> input pixels
 
 The arithmetic follows torchvision's `fcos_resnet50_fpn` (its "anchors" are each location's reference box of
-side = the level's stride), so the same weights give the same detections and losses (tests/test_fcos_parity.py).
+side = the level's stride), so the same weights give the same detections and losses (tests/test_fcos_parity.py),
+with one difference: class 0, the background, is never a detection here, while torchvision's FCOS returns it
+when its logit is high enough (as an untrained model's can be).
 """
 from __future__ import annotations
 
