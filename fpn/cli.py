@@ -36,10 +36,18 @@ class Interrupted(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser whose usage errors are one line (not the usage block of every flag), exit code 2."""
+    """argparse's parser whose usage errors are one line (not the usage block of every flag), exit code 2.
+
+    `tool` is the name the tool's error lines start with (`<tool>: error: ...`, the same as `run_cli`'s `prog`);
+    it defaults to `prog`, which the usage line shows (e.g. "python -m fpn.predict").
+    """
+
+    def __init__(self, *args, tool: Optional[str] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tool = tool or self.prog
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(EXIT_USAGE, f"{self.tool}: error: {message} (see --help)\n")
 
 
 def first_line(error: BaseException) -> str:

@@ -197,7 +197,7 @@ def _difference(found: Tuple[Tensor, Tensor, Tensor], expected: dict) -> str:
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = ArgumentParser(prog="python -m fpn.export", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m fpn.export", tool="export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", required=True, help="our checkpoint or a torchvision detector state dict")
     parser.add_argument("--output", required=True, type=Path, help="model.onnx (ONNX) or model.pt2 (torch.export)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")

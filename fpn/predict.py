@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from fpn.engine.checkpoint import is_training_checkpoint, load_detector
 from fpn.detectors.build import is_rpn_only
-from fpn.cli import InputError, run_cli
+from fpn.cli import ArgumentParser, InputError, run_cli
 from fpn.data.image_io import load_rgb_image, pil_to_tensor01
 from fpn.engine.loop import select_device
 from fpn.inference import optimize_for_inference
@@ -241,7 +241,7 @@ def predict_files(
                 batch.append((path, image_id, load_rgb_image(path)))
             except (OSError, ValueError) as err:
                 run.failures.append((str(path), str(err)))
-                bar.write(f"error: {err}", file=sys.stderr)
+                bar.write(f"predict: error: {err}", file=sys.stderr)
         if batch:
             with torch.no_grad():
                 detections = model([pil_to_tensor01(image).to(device) for _, _, image in batch])
@@ -321,8 +321,8 @@ def label_map_of(weights: object, num_classes: int) -> Optional[Dict[int, int]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m fpn.predict",
+    parser = ArgumentParser(
+        prog="python -m fpn.predict", tool="predict",
         description="Detect objects in images; write detections.json (COCO results) and pictures with boxes.",
         epilog="Exit codes: 0 done, 1 some inputs failed (named at the end), 2 usage or input error (bad flag, "
                "no image, weights that cannot be loaded), 130 interrupted.",
@@ -372,7 +372,7 @@ def predict_command(argv: Optional[Sequence[str]] = None) -> int:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     paths, failures = resolve_inputs(args.inputs)
     for arg, reason in failures:
-        print(f"error: {arg}: {reason}", file=sys.stderr)
+        print(f"predict: error: {arg}: {reason}", file=sys.stderr)
     if not paths:
         raise InputError("no image to process")
     model, class_names = load_detector(args.weights, select_device(args.device))

@@ -238,12 +238,15 @@ def _main(argv: Optional[Sequence[str]], train_main: Optional[TrainMain]) -> int
             code = train_one(train_main, directory, run_args)
             if code in (EXIT_USAGE, EXIT_INTERRUPTED):  # the same flags would fail every run; Ctrl-C stops all
                 write_report(args)
+                if code == EXIT_USAGE:
+                    print(f"ablation.py: error: the run in {directory} stopped on train.py's error above; the same "
+                          "flags would stop every run", file=sys.stderr)
                 return code
             if code != 0:
                 failed.append(f"{directory} (exit code {code})")
     write_report(args)
     if failed:
-        print("failed: " + "; ".join(failed), file=sys.stderr)
+        print("ablation.py: error: failed runs: " + "; ".join(failed), file=sys.stderr)
     return EXIT_FAILED if failed else 0
 
 

@@ -61,7 +61,7 @@ from tqdm import tqdm
 
 from fpn.engine import distributed
 from fpn.engine.checkpoint import is_training_checkpoint, load_detector
-from fpn.cli import InputError, run_cli
+from fpn.cli import ArgumentParser, InputError, run_cli
 from fpn.data.coco import CocoDetection
 from fpn.data.file_check import check_image_files, handle_bad_images
 from fpn.engine.loop import AMP_DTYPES, autocast_factory, select_device
@@ -75,7 +75,7 @@ TORCHVISION_BATCHING = (2, "none")  # (batch size, amp) for files that do not sa
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="scripts/evaluate.py", description=__doc__,
+    parser = ArgumentParser(prog="scripts/evaluate.py", tool="evaluate.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="our training checkpoint or a torchvision detector file")
     parser.add_argument("--coco-root", help="DIR with val2017/ and annotations/instances_val2017.json")
@@ -211,7 +211,7 @@ def drop_bad_images(dataset: CocoDetection) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line; returns the exit code (0 done, 2 usage or input error, 130 interrupted)."""
-    return run_cli(evaluate_command, argv, prog="evaluate")
+    return run_cli(evaluate_command, argv, prog="evaluate.py")
 
 
 def evaluate_command(argv: Optional[Sequence[str]] = None) -> int:
@@ -232,7 +232,7 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> int:
         mapping, warning = label_map(weights, model.num_classes, class_names, dataset, checkpoint=args.checkpoint,
                                      allow_missing=args.allow_missing_categories)
         if warning and distributed.is_main_process():
-            print(f"evaluate: warning: {warning}", file=sys.stderr, flush=True)
+            print(f"evaluate.py: warning: {warning}", file=sys.stderr, flush=True)
         distributed.log(f"evaluating with {batching.described}")
         output_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).resolve().parent
         bar = tqdm(total=len(dataset), desc="evaluate", disable=not distributed.is_main_process())

@@ -119,7 +119,7 @@ def test_input_errors_exit_two_with_one_line(case, val_set, checkpoint, tmp_path
     else:
         data, expected = data + ["--batch-size", "0"], "--batch-size must be >= 1, got 0"
     assert _run([weights, *data], tmp_path) == 2
-    assert expected in one_error_line(capsys, "evaluate")
+    assert expected in one_error_line(capsys, "evaluate.py")
     assert not (tmp_path / "out").exists()  # nothing was evaluated
 
 
@@ -131,7 +131,7 @@ def test_debug_shows_the_exception(val_set, tmp_path):
 def test_checkpoint_with_fewer_classes_than_the_data(val_set, tmp_path, capsys):
     few = _checkpoint(tmp_path / "few.pt", {1: 1, 2: 2}, {0: "__background__", 1: "circle", 2: "square"})
     assert _run([str(few), *_data_flags(val_set)], tmp_path) == 2
-    line = one_error_line(capsys, "evaluate")
+    line = one_error_line(capsys, "evaluate.py")
     assert f"{few} predicts 2 categories, {val_set.annotations_file} has 6" in line
     assert "no output for 4 of the data's categories, ids 3 (triangle), 4 (cross), 5 (ring), 6 (diamond)" in line
     assert "their AP would be 0 (--allow-missing-categories evaluates anyway)" in line
@@ -140,7 +140,7 @@ def test_checkpoint_with_fewer_classes_than_the_data(val_set, tmp_path, capsys):
     assert _run([str(few), *_data_flags(val_set), "--allow-missing-categories"], tmp_path) == 0
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if "warning" in line]
-    assert warnings == [f"evaluate: warning: {few} predicts 2 categories, {val_set.annotations_file} has 6: the "
+    assert warnings == [f"evaluate.py: warning: {few} predicts 2 categories, {val_set.annotations_file} has 6: the "
                         "model has no output for 4 of the data's categories, ids 3 (triangle), 4 (cross), 5 (ring), "
                         "6 (diamond); they are scored as AP 0"]
     results = json.loads((tmp_path / "out" / "evaluate_results.json").read_text())
@@ -151,7 +151,7 @@ def test_checkpoint_with_more_classes_than_the_data(val_set, tmp_path, capsys):
     names = {**val_set.class_names, 7: "pentagon"}
     more = _checkpoint(tmp_path / "more.pt", {**val_set.label_to_category, 7: 77}, names)
     assert _run([str(more), *_data_flags(val_set), "--allow-missing-categories"], tmp_path) == 2
-    line = one_error_line(capsys, "evaluate")
+    line = one_error_line(capsys, "evaluate.py")
     assert f"{more} predicts 7 categories, {val_set.annotations_file} has 6: the data lacks 1 of the model's " \
            "categories, ids 77 (pentagon)" in line
 
@@ -257,7 +257,7 @@ def test_fast_evaluates_the_optimized_model(val_set, checkpoint, tmp_path, capsy
 ])
 def test_fast_flag_errors(flags, expected, val_set, checkpoint, tmp_path, capsys):
     assert _run([str(checkpoint), *_data_flags(val_set), *flags], tmp_path) == 2
-    assert expected in one_error_line(capsys, "evaluate")
+    assert expected in one_error_line(capsys, "evaluate.py")
 
 
 @pytest.fixture
@@ -274,7 +274,7 @@ def test_a_corrupt_image_is_named_with_the_flag_that_skips_it(set_with_a_corrupt
                                                               capsys):
     dataset, bad = set_with_a_corrupt_image
     assert _run([str(checkpoint), *_data_flags(dataset)], tmp_path) == 2
-    line = one_error_line(capsys, "evaluate")
+    line = one_error_line(capsys, "evaluate.py")
     assert f"1 of 3 images in {dataset.images_dir} cannot be read, e.g. {bad.name}" in line
     assert line.endswith("or pass --skip-bad-images to leave them out")  # a flag evaluate.py accepts
     assert not (tmp_path / "out").exists()  # checked before any inference

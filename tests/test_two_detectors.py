@@ -93,7 +93,7 @@ def test_evaluate_and_predict_load_either_kind_without_flags(arch, checkpoints, 
 
 def test_proposals_of_an_fcos_checkpoint_is_a_clear_error(checkpoints, val_set, tmp_path, capsys):  # noqa: F811
     assert run_evaluate([str(checkpoints["fcos"]), *_data_flags(val_set), "--proposals"], tmp_path) == 2
-    assert "holds a fcos detector, which is one-stage" in one_error_line(capsys, "evaluate")
+    assert "holds a fcos detector, which is one-stage" in one_error_line(capsys, "evaluate.py")
 
 
 def test_train_arch_fcos_trains_checkpoints_and_resumes(tmp_path):
