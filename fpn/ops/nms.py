@@ -37,6 +37,7 @@ FIRST_WINDOW = 64  # (a cluster often settles everything in the first window) an
 BLOCK_WINDOW = 1024  # boxes per window in fixed-shape blocks (a (B, B) and a (B, N) pass per window)
 FIRST_ROUNDS = 16  # rounds of greedy in a window; doubled while windows do not settle, halved when they do
 PAIRS_PER_CHUNK = 2**18  # box pairs per chunk of step 3 with tiles: bounds its memory (~16 MiB)
+ONE_TILE_PAIRS = 2**16  # kept boxes x N box pairs up to which tiles stay one tile in visiting order
 PAIRS_PER_BLOCK = 2**21  # box pairs per block of step 3 in fixed shapes (~30 MiB in float32)
 
 
@@ -147,47 +148,47 @@ def _greedy_with_tiles(boxes: Tensor, groups: Optional[Tensor], iou_threshold: f
     n, device = boxes.shape[0], boxes.device
     threshold = threshold_below(iou_threshold, boxes.dtype)
     table = box_table(boxes)  # (N + 1, 5)
+    table_groups = torch.cat((groups, groups.new_zeros(1))) if groups is not None else None  # (N + 1,) like table
     # the first window's kept boxes meet every box if they are few (one tile in visiting order, no sort: one kept box
     # per cluster often ends the job); more kept boxes, and the later windows, use tiles of nearby boxes
-    tiles, later_tiles = Tiles(table[:n], groups, iou_threshold, tile=n), (table[:n], groups)
-    if groups is not None:
-        groups = torch.cat((groups, groups.new_zeros(1)))
-    suppressed = torch.zeros(n, dtype=torch.int32, device=device)  # (N,) how many kept boxes overlap each box
+    tiles, spatial_tiles = Tiles(table[:n], groups, iou_threshold, tile=n), False
+    times_suppressed = torch.zeros(n, dtype=torch.int32, device=device)  # (N,) how many kept boxes overlap each box
     ranks = torch.arange(n, device=device)
     frontier = torch.zeros((), dtype=torch.int64, device=device)  # every rank below it is decided
     size, rounds, earlier = (n if n <= WINDOW else FIRST_WINDOW), FIRST_ROUNDS, None  # few boxes: one window
     while True:
         if earlier is None or earlier.shape[0] != size:  # (B, B) [j, i]: 1.0 where i < j
             earlier = torch.ones(size, size, dtype=boxes.dtype, device=device).tril_(diagonal=-1)
-        window = next_window(table, groups, (suppressed == 0) & (ranks >= frontier), size, earlier, threshold,
-                             rounds, stop_early=True)
+        window = next_window(table, table_groups, (times_suppressed == 0) & (ranks >= frontier), size, earlier,
+                             threshold, rounds, stop_early=True)
         frontier = window.frontier
         # the kept boxes of the window suppress the boxes after them that they overlap, tile by tile
         while True:
-            pairs = tiles.near(window.rows, window.groups) & window.kept[:, None]  # (B, L)
-            still_open = (suppressed == 0) & (ranks >= frontier)
-            unreached = tiles.holding(still_open) & ~pairs.any(dim=0)  # (L,) open boxes that no kept box nears
-            num_pairs, done, more, all_settled = torch.stack((
-                pairs.sum(), frontier >= n, unreached.any(), window.settled >= window.count)).tolist()  # the read
-            if later_tiles is None or num_pairs * n <= PAIRS_PER_CHUNK // 4:
+            near = tiles.near(window.rows, window.groups) & window.kept[:, None]  # (B, L) kept box b may reach tile l
+            still_open = (times_suppressed == 0) & (ranks >= frontier)
+            unreached = tiles.holding(still_open) & ~near.any(dim=0)  # (L,) open boxes that no kept box nears
+            num_near, done, more, all_settled = torch.stack((
+                near.sum(), frontier >= n, unreached.any(), window.settled >= window.count)).tolist()  # the read
+            if spatial_tiles or num_near * n <= ONE_TILE_PAIRS:  # one tile: num_near kept boxes x n boxes
                 break
-            tiles, later_tiles = Tiles(*later_tiles, iou_threshold), None  # many kept boxes: the sorted tiles now
-        for pair in first_true(pairs.view(-1), num_pairs).split(max(1, PAIRS_PER_CHUNK // tiles.members.shape[1])):
-            slot, tile = pair.div(pairs.shape[1], rounding_mode="floor"), pair.remainder(pairs.shape[1])  # (p,)
+            tiles, spatial_tiles = Tiles(table[:n], groups, iou_threshold), True  # many kept boxes: sort tiles now
+        tile_size = tiles.members.shape[1]  # T
+        for chunk in first_true(near.view(-1), num_near).split(max(1, PAIRS_PER_CHUNK // tile_size)):
+            slot, tile = chunk.div(near.shape[1], rounding_mode="floor"), chunk.remainder(near.shape[1])  # (p,)
             members = tiles.members.index_select(0, tile)  # (p, T) ranks
             kept_rows = window.rows.index_select(0, slot).t()[:, :, None]  # (5, p, 1)
             hit = iou(kept_rows, tiles.rows.index_select(0, tile).transpose(0, 1)) > threshold  # (p, T)
-            hit &= members > window.boxes.index_select(0, slot)[:, None]
+            hit &= members > window.ranks.index_select(0, slot)[:, None]
             if groups is not None:
                 hit &= tiles.groups.index_select(0, tile) == window.groups.index_select(0, slot)[:, None]
-            suppressed.index_add_(0, members.view(-1), hit.view(-1).view(torch.uint8).to(torch.int32))
+            times_suppressed.index_add_(0, members.view(-1), hit.view(-1).view(torch.uint8).to(torch.int32))
         # when every open box was near a kept box, all may be suppressed now: ask (a second read)
-        if done or not (more or ((suppressed == 0) & (ranks >= frontier)).any()):
-            return suppressed == 0
+        if done or not (more or ((times_suppressed == 0) & (ranks >= frontier)).any()):
+            return times_suppressed == 0
         size = min(4 * size, WINDOW)
         rounds = max(FIRST_ROUNDS, rounds // 2) if all_settled else min(2 * rounds, WINDOW)
-        if later_tiles is not None:
-            tiles, later_tiles = Tiles(*later_tiles, iou_threshold), None
+        if not spatial_tiles:
+            tiles, spatial_tiles = Tiles(table[:n], groups, iou_threshold), True
 
 
 def _greedy_in_blocks(boxes: Tensor, groups: Optional[Tensor], iou_threshold: float) -> Tensor:
@@ -215,7 +216,7 @@ def _greedy_in_blocks(boxes: Tensor, groups: Optional[Tensor], iou_threshold: fl
         for start in range(decided, n, chunk):  # every kept box against every box after it
             block = slice(start, min(start + chunk, n))
             hit = iou(kept_rows, columns[:, None, block]) > threshold  # (B, C)
-            hit &= window.kept[:, None] & (ranks[None, block] > window.boxes[:, None])
+            hit &= window.kept[:, None] & (ranks[None, block] > window.ranks[:, None])
             if groups is not None:
                 hit &= window.groups[:, None] == groups[None, block]
             alive[block] &= ~hit.any(dim=0)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 
 class Window(NamedTuple):
-    boxes: Tensor  # (B,) int64 ranks of the window's boxes; N pads a short window
+    ranks: Tensor  # (B,) int64 ranks (visiting positions) of the window's boxes; N pads a short window
     rows: Tensor  # (B, 5) their x1, y1, x2, y2, area (NaN for padding: NaN never overlaps)
     groups: Optional[Tensor]  # (B,) their categories, or None
     kept: Tensor  # (B,) bool: kept, within the settled prefix
@@ -43,11 +43,11 @@ def next_window(table: Tensor, groups: Optional[Tensor], open_box: Tensor, size:
         stop_early: stop as soon as a round changes nothing (a host read every other round: for the CPU).
     """
     n = open_box.shape[0]
-    boxes_and_next = first_true(open_box, size + 1)  # (B + 1,) in [0, N]
-    boxes = boxes_and_next[:size]
-    rows = table.index_select(0, boxes)
-    window_groups = groups.index_select(0, boxes) if groups is not None else None
-    valid = boxes < n
+    ranks_and_next = first_true(open_box, size + 1)  # (B + 1,) ranks in [0, N]: the window's and the next open one
+    ranks = ranks_and_next[:size]
+    rows = table.index_select(0, ranks)
+    window_groups = groups.index_select(0, ranks) if groups is not None else None
+    valid = ranks < n
     columns = rows.t().contiguous()  # (5, B)
     overlap = iou(columns[:, :, None], columns[:, None, :]) > threshold  # (B, B) symmetric
     if window_groups is not None:
@@ -61,9 +61,9 @@ def next_window(table: Tensor, groups: Optional[Tensor], open_box: Tensor, size:
             break
     changed = torch.cat((keep != previous, valid.new_ones(1)))  # a change just past the window
     settled = changed.view(torch.uint8).argmax()  # the first change: argmax returns the first maximum
-    kept = keep.bool() & (torch.arange(size, device=boxes.device) < settled)
-    frontier = boxes_and_next.index_select(0, settled.view(1))[0]
-    return Window(boxes, rows, window_groups, kept, settled, valid.sum(), frontier)
+    kept = keep.bool() & (torch.arange(size, device=ranks.device) < settled)
+    frontier = ranks_and_next.index_select(0, settled.view(1))[0]
+    return Window(ranks, rows, window_groups, kept, settled, valid.sum(), frontier)
 
 
 def first_true(mask: Tensor, count: int) -> Tensor:
