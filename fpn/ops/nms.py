@@ -18,7 +18,8 @@ Step 3 has two forms, one algorithm:
   * on accelerators (CUDA, MPS), in fixed-shape blocks: every kept box of the window against every box, which
     needs no host read at all; the host asks whether the work is done after windows 1, 3, 7, 15, ... (windows
     past the end are empty and change nothing).
-Both are exact on every device; the tests run both on the CPU.
+Both are exact on every device; the tests run both on the CPU against fpn/ops/nms_reference.py, the algorithm
+as defined above in a few dozen slow lines.
 
 Shape shorthand: N boxes, B boxes per window, L tiles of T boxes.
 """
@@ -31,13 +32,27 @@ from fpn.ops.boxes import check_boxes
 from fpn.ops.nms_tiles import Tiles
 from fpn.ops.nms_window import box_table, first_true, iou, next_window, threshold_below
 
+# Why these values. Timings: the 9 NMS cases of scripts/bench_ops.py on an "Intel(R) Xeon(R) Processor" (2 cores
+# shared with other jobs), 1 thread, torch 2.14.1, each value against the one here, alternating, min of 7, two runs;
+# ratios > 1 mean the alternative is slower. The same value against itself gave 0.82-1.07: differences below ~20%
+# are noise there. No accelerator was at hand: the block constants state their memory bound and trade-off.
+# Tiles need a host read per window (free on a CPU); blocks on the CPU are 8.5-35x slower (5000 proposals: 470 ms/32 ms)
 SPARSE_DEVICES = ("cpu",)  # devices where step 3 uses tiles and reads a size per window; elsewhere fixed blocks
+# 512: 1.22x / 1.26x slower (geometric mean of the 9 cases; the chain 1.6x / 2.3x); 128: 1.01x / 1.00x (noise)
 WINDOW = 256  # boxes per window (B) with tiles; up to WINDOW boxes make one window, more start with FIRST_WINDOW
+# 16: 1.04x / 1.10x (tight clusters up to 3.4x); 256: 0.97x / 1.06x (noise): a cluster's (B, B) matrix stays small
 FIRST_WINDOW = 64  # (a cluster often settles everything in the first window) and grow 4x per window
+# not measured (no accelerator): B = 1024 makes a (B, B) fixed point of 4 MiB in float32; larger windows mean fewer
+# host reads but more rounds for a chain, smaller ones more windows
 BLOCK_WINDOW = 1024  # boxes per window in fixed-shape blocks (a (B, B) and a (B, N) pass per window)
+# 8: 1.04x / 0.97x, 32: 1.19x / 1.03x (noise): trades rounds spent on a settled window for windows left unsettled
 FIRST_ROUNDS = 16  # rounds of greedy in a window; doubled while windows do not settle, halved when they do
+# memory bound: ~60 bytes of temporaries per pair -> <= 16 MiB; time 2**16: 0.95x / 0.91x, 2**20: 0.86x / 0.91x (noise)
 PAIRS_PER_CHUNK = 2**18  # box pairs per chunk of step 3 with tiles: bounds its memory (~16 MiB)
+# 0 (always sorted tiles): 1.05x / 0.94x, 2**14: 0.94x / 1.13x, 2**18: 0.81x / 1.00x (noise): sorting N boxes into
+# tiles against comparing the few kept boxes of a clustered input with all N
 ONE_TILE_PAIRS = 2**16  # kept boxes x N box pairs up to which tiles stay one tile in visiting order
+# memory bound, not measured (no accelerator): ~15 bytes of temporaries per pair -> ~30 MiB; larger: fewer launches
 PAIRS_PER_BLOCK = 2**21  # box pairs per block of step 3 in fixed shapes (~30 MiB in float32)
 
 
