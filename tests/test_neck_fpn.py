@@ -1,4 +1,6 @@
-"""FPN neck: parity with torchvision's FeaturePyramidNetwork, shapes/specs, P6, init, errors."""
+"""FPN neck: parity with torchvision's FeaturePyramidNetwork, shapes/specs, P6 and other extra levels, init, errors.
+
+The paper's ablations of the FPN (subclasses in fpn/detectors/variants.py) are tested in tests/test_variant_necks.py."""
 import math
 
 import pytest
@@ -8,7 +10,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from fpn.backbones import ResNet
-from fpn.necks import FPN
+from fpn.necks import FPN, LastLevelMaxPool as MaxPoolP6
 from fpn.spec import FeatureSpec
 
 NAMES = ("c2", "c3", "c4", "c5")
@@ -23,9 +25,9 @@ def _random_features(channels, sizes, seed=0) -> dict:
     return {name: torch.randn(2, c, *hw, generator=generator) for name, c, hw in zip(NAMES, channels, sizes)}
 
 
-def _identity_neck(**switches) -> FPN:
+def _identity_neck(cls=FPN, **kwargs) -> FPN:
     """One channel, laterals x1 and 3x3 outputs passing the centre pixel: each P_i shows its merged map exactly."""
-    neck = FPN(_specs((1, 1, 1, 1)), out_channels=1, **switches)
+    neck = cls(_specs((1, 1, 1, 1)), out_channels=1, **kwargs)
     with torch.no_grad():
         for conv in neck.lateral_convs:
             conv.weight.fill_(1.0)
@@ -51,7 +53,7 @@ def test_parity_with_torchvision_on_odd_sizes():
     torch.manual_seed(0)
     channels, sizes = (16, 32, 64, 128), ((25, 38), (13, 19), (7, 10), (4, 5))
     theirs = FeaturePyramidNetwork(list(channels), 256, extra_blocks=LastLevelMaxPool())
-    ours = FPN(_specs(channels), out_channels=256)
+    ours = FPN(_specs(channels), out_channels=256, extra_levels=MaxPoolP6())
     ours.load_state_dict(_torchvision_fpn_state(theirs.state_dict()), strict=True)
     features = _random_features(channels, sizes)
     with torch.no_grad():
@@ -77,7 +79,7 @@ def test_parity_with_torchvision_resnet18_fpn_backbone():
     state = theirs.state_dict()
     backbone = ResNet(depth=18, norm="frozen_bn", trainable_stages=5).eval()
     backbone.load_state_dict({k[len("body."):]: v for k, v in state.items() if k.startswith("body.")}, strict=True)
-    neck = FPN(backbone.out_specs, out_channels=theirs.out_channels)
+    neck = FPN(backbone.out_specs, out_channels=theirs.out_channels, extra_levels=MaxPoolP6())
     neck.load_state_dict(_torchvision_fpn_state(state, prefix="fpn."), strict=True)
 
     image = torch.randn(2, 3, 100, 150, generator=generator)
@@ -90,7 +92,7 @@ def test_parity_with_torchvision_resnet18_fpn_backbone():
 
 def test_specs_and_channels_follow_the_backbone():
     backbone = ResNet(depth=18, width=32)
-    neck = FPN(backbone.out_specs, out_channels=64)
+    neck = FPN(backbone.out_specs, out_channels=64, extra_levels=MaxPoolP6())
     assert [conv.in_channels for conv in neck.lateral_convs] == [32, 64, 128, 256]
     assert all(conv.out_channels == 64 and conv.kernel_size == (1, 1) for conv in neck.lateral_convs)
     assert all(conv.kernel_size == (3, 3) and conv.padding == (1, 1) for conv in neck.output_convs)
@@ -103,7 +105,7 @@ def test_specs_and_channels_follow_the_backbone():
 
 def test_p6_subsamples_p5_and_handles_one_pixel_maps():
     channels = (4, 4, 4, 4)
-    neck = FPN(_specs(channels), out_channels=8)
+    neck = FPN(_specs(channels), out_channels=8, extra_levels=MaxPoolP6())
     pyramid = neck(_random_features(channels, ((8, 7), (4, 4), (2, 2), (1, 1))))
     assert pyramid["p5"].shape == (2, 8, 1, 1) and pyramid["p6"].shape == (2, 8, 1, 1)
     assert torch.equal(pyramid["p6"], pyramid["p5"])
@@ -113,7 +115,7 @@ def test_p6_subsamples_p5_and_handles_one_pixel_maps():
 
 def test_top_down_uses_nearest_upsampling_without_nonlinearity():
     """One channel, identity laterals and outputs: P_i = C_i + nearest-upsampled P_(i+1), exactly."""
-    neck = _identity_neck()
+    neck = _identity_neck(extra_levels=MaxPoolP6())
     c5 = torch.tensor([[[[-1.0, 2.0]]]])  # (1, 1, 1, 2)
     c4 = torch.tensor([[[[10.0, 20.0, 30.0]]]])  # (1, 1, 1, 3): odd width
     features = {"c2": torch.zeros(1, 1, 3, 10), "c3": torch.zeros(1, 1, 2, 5), "c4": c4, "c5": c5}
@@ -145,7 +147,7 @@ def test_gradients_reach_every_parameter():
 
 def test_subset_of_levels():
     specs = {"c3": FeatureSpec(8, 8), "c4": FeatureSpec(16, 16), "c5": FeatureSpec(32, 32)}
-    neck = FPN(specs, out_channels=4)
+    neck = FPN(specs, out_channels=4, extra_levels=MaxPoolP6())
     assert neck.out_specs == {"p3": FeatureSpec(4, 8), "p4": FeatureSpec(4, 16), "p5": FeatureSpec(4, 32),
                               "p6": FeatureSpec(4, 64)}
     assert len(neck.lateral_convs) == 3
@@ -175,57 +177,47 @@ def test_invalid_features():
         neck(features)
 
 
-def _one_channel_features():
-    return {"c2": torch.full((1, 1, 4, 6), 1000.0), "c3": torch.full((1, 1, 2, 3), 100.0),
-            "c4": torch.tensor([[[[10.0, 20.0]]]]), "c5": torch.tensor([[[[-1.0]]]])}
+def test_without_extra_levels_the_pyramid_is_p2_to_p5():
+    channels = (4, 8, 8, 16)
+    neck = FPN(_specs(channels), out_channels=8)
+    assert neck.extra_convs is None and list(neck.out_specs) == ["p2", "p3", "p4", "p5"]
+    with_p6 = FPN(_specs(channels), out_channels=8, extra_levels=MaxPoolP6())
+    with_p6.load_state_dict(neck.state_dict(), strict=True)  # P6 adds no parameters
+    features = _random_features(channels, ((8, 8), (4, 4), (2, 2), (1, 1)))
+    got, full = neck(features), with_p6(features)
+    assert list(got) == ["p2", "p3", "p4", "p5"] and list(full) == [*got, "p6"]
+    for name in got:
+        torch.testing.assert_close(got[name], full[name], rtol=0, atol=0)
 
 
-def test_without_top_down_each_level_is_its_own_lateral():
-    """Paper Table 1(d): a bottom-up pyramid, P_i = 3x3(1x1(C_i)); P6 still subsamples P5."""
-    neck = _identity_neck(top_down=False)
-    features = _one_channel_features()
+class _TwoMaxPools(torch.nn.Module):
+    """A researcher's extra levels: P6 and P7 by repeated subsampling (the README's example)."""
+
+    num_levels = 2
+
+    def forward(self, top):
+        p6 = torch.nn.functional.max_pool2d(top, kernel_size=1, stride=2)
+        return [p6, torch.nn.functional.max_pool2d(p6, kernel_size=1, stride=2)]
+
+
+def test_any_module_can_make_the_extra_levels():
+    channels = (4, 4, 4, 4)
+    neck = FPN(_specs(channels), out_channels=8, extra_levels=_TwoMaxPools())
+    assert {name: spec.stride for name, spec in neck.out_specs.items()} == dict(p2=4, p3=8, p4=16, p5=32, p6=64,
+                                                                                p7=128)
+    pyramid = neck(_random_features(channels, ((20, 28), (10, 14), (5, 7), (3, 5))))
+    assert [tuple(p.shape[-2:]) for p in pyramid.values()] == [(20, 28), (10, 14), (5, 7), (3, 5), (2, 3), (1, 2)]
+    assert torch.equal(pyramid["p7"], pyramid["p5"][..., ::4, ::4])
+
+
+def test_two_levels_of_one_stride_as_mobilenet_v3s():
+    """C4 and C5 both of stride 32 (MobileNetV3): the top-down map is added at its own size; P6 at stride 64."""
+    specs = {"c4": FeatureSpec(6, 32), "c5": FeatureSpec(10, 32)}
+    neck = FPN(specs, out_channels=4, extra_levels=MaxPoolP6())
+    assert {name: spec.stride for name, spec in neck.out_specs.items()} == {"p4": 32, "p5": 32, "p6": 64}
+    features = {"c4": torch.randn(1, 6, 3, 5), "c5": torch.randn(1, 10, 3, 5)}
     pyramid = neck(features)
-    assert list(pyramid) == ["p2", "p3", "p4", "p5", "p6"]
-    for level in (2, 3, 4, 5):
-        assert torch.equal(pyramid[f"p{level}"], features[f"c{level}"])
-    assert torch.equal(pyramid["p6"], pyramid["p5"])
-
-
-def test_without_laterals_finer_levels_are_the_upsampled_coarsest_map():
-    """Paper Table 1(e): only C5 has a 1x1 lateral; each finer merged map is the upsampled coarser one alone."""
-    neck = _identity_neck(laterals=False)
-    assert len(neck.lateral_convs) == 1 and neck.lateral_convs[0].in_channels == 1
-    assert len(neck.output_convs) == 4
-    pyramid = neck(_one_channel_features())
-    for level, size in zip((2, 3, 4, 5), ((4, 6), (2, 3), (1, 2), (1, 1))):
-        assert torch.equal(pyramid[f"p{level}"], torch.full((1, 1, *size), -1.0)), level
-
-
-def test_finest_only_outputs_the_full_pyramids_p2_alone():
-    """Paper Table 1(f): P2 of the full top-down pathway; no 3x3 convs of P3..P5, no P6."""
-    channels = (8, 16, 32, 64)
-    torch.manual_seed(0)
-    full = FPN(_specs(channels), out_channels=8)
-    finest = FPN(_specs(channels), out_channels=8, finest_only=True)
-    assert finest.out_specs == {"p2": FeatureSpec(8, 4)}
-    assert len(finest.lateral_convs) == 4 and len(finest.output_convs) == 1
-    finest.load_state_dict({k: v for k, v in full.state_dict().items() if k in finest.state_dict()}, strict=True)
-    features = _random_features(channels, ((9, 11), (5, 6), (3, 3), (2, 2)))
-    got = finest(features)
-    assert list(got) == ["p2"]
-    torch.testing.assert_close(got["p2"], full(features)["p2"], rtol=0, atol=0)
-
-
-def test_ablation_switches_keep_every_parameter_in_use():
-    """Nothing is built that the output does not use (DistributedDataParallel requires it)."""
-    channels = (8, 16, 32, 64)
-    for switches in ({"top_down": False}, {"laterals": False}, {"finest_only": True}):
-        neck = FPN(_specs(channels), out_channels=8, **switches)
-        pyramid = neck(_random_features(channels, ((9, 11), (5, 6), (3, 3), (2, 2))))
-        sum(p.square().mean() for p in pyramid.values()).backward()
-        assert all(p.grad is not None for p in neck.parameters()), switches
-
-
-def test_no_top_down_and_no_laterals_together_is_an_error():
-    with pytest.raises(ValueError, match="top_down=False with laterals=False"):
-        FPN(_specs((8, 8, 8, 8)), out_channels=8, top_down=False, laterals=False)
+    with torch.no_grad():
+        merged = neck.lateral_convs[0](features["c4"]) + neck.lateral_convs[1](features["c5"])
+        torch.testing.assert_close(pyramid["p4"], neck.output_convs[0](merged))
+    assert pyramid["p6"].shape == (1, 4, 2, 3)

@@ -1,14 +1,14 @@
-"""The FPN's `extra_levels="p6p7"` (FCOS, RetinaNet): P3..P5 from C3..C5, then P6 = 3x3 stride-2 conv of P5 and
-P7 = 3x3 stride-2 conv of ReLU(P6); the same outputs as torchvision's FeaturePyramidNetwork with
-LastLevelP6P7(d, d), its initialisation, and the default "max_pool" left as it was."""
+"""The FPN with `extra_levels=LastLevelP6P7(d)` (FCOS, RetinaNet): P3..P5 from C3..C5, then P6 = 3x3 stride-2 conv
+of P5 and P7 = 3x3 stride-2 conv of ReLU(P6); the same outputs as torchvision's FeaturePyramidNetwork with
+LastLevelP6P7(d, d), its initialisation, its checkpoint key names, and the paper's P6 (`LastLevelMaxPool`) beside it."""
 import math
 
 import pytest
 import torch
 from torchvision.ops import FeaturePyramidNetwork
-from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7 as TorchvisionP6P7
 
-from fpn.necks import FPN
+from fpn.necks import FPN, LastLevelMaxPool, LastLevelP6P7
 from fpn.spec import FeatureSpec
 
 CHANNELS = {"c3": 12, "c4": 20, "c5": 24}
@@ -34,8 +34,8 @@ def _torchvision_state(neck: FPN) -> dict:
 @pytest.mark.parametrize("size", [(40, 48), (27, 33)])  # even, and odd sizes down the pyramid
 def test_p6p7_matches_torchvision(size):
     torch.manual_seed(0)
-    neck = FPN(_specs(), out_channels=16, extra_levels="p6p7")
-    reference = FeaturePyramidNetwork(list(CHANNELS.values()), 16, extra_blocks=LastLevelP6P7(16, 16))
+    neck = FPN(_specs(), out_channels=16, extra_levels=LastLevelP6P7(16))
+    reference = FeaturePyramidNetwork(list(CHANNELS.values()), 16, extra_blocks=TorchvisionP6P7(16, 16))
     reference.load_state_dict(_torchvision_state(neck))
     generator = torch.Generator().manual_seed(1)
     height, width = size
@@ -54,7 +54,7 @@ def test_p6p7_matches_torchvision(size):
 
 def test_p7_sees_the_relu_of_p6():
     torch.manual_seed(0)
-    neck = FPN(_specs(), out_channels=16, extra_levels="p6p7")
+    neck = FPN(_specs(), out_channels=16, extra_levels=LastLevelP6P7(16))
     features = {name: torch.randn(1, c, 16 // 2**i, 16 // 2**i) for i, (name, c) in enumerate(CHANNELS.items())}
     out = neck(features)
     assert (out["p6"] < 0).any()  # so the ReLU matters
@@ -65,16 +65,35 @@ def test_p7_sees_the_relu_of_p6():
 
 def test_p6p7_initialisation_is_torchvisions():
     torch.manual_seed(0)
-    neck = FPN(_specs(), out_channels=64, extra_levels="p6p7")
+    neck = FPN(_specs(), out_channels=64, extra_levels=LastLevelP6P7(64))
     for conv in neck.extra_convs:
         bound = math.sqrt(3.0 / (64 * 9))  # kaiming_uniform_(a=1): sqrt(6 / ((1 + a^2) fan_in))
         assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.95 * bound
         assert conv.bias.abs().max() == 0
 
 
-def test_max_pool_default_and_bad_extra_levels():
-    default = FPN(_specs(), out_channels=16)
-    assert list(default.out_specs) == ["p3", "p4", "p5", "p6"] and len(default.extra_convs) == 0
-    assert len(FPN(_specs(), out_channels=16, extra_levels="p6p7").extra_convs) == 2
-    with pytest.raises(ValueError, match="extra_levels must be 'max_pool' or 'p6p7', got 'p6'"):
-        FPN(_specs(), out_channels=16, extra_levels="p6")
+def test_max_pool_p6_and_the_checkpoint_keys_of_p6p7():
+    max_pool = FPN(_specs(), out_channels=16, extra_levels=LastLevelMaxPool())
+    assert list(max_pool.out_specs) == ["p3", "p4", "p5", "p6"] and list(max_pool.extra_convs.state_dict()) == []
+    p6p7 = FPN(_specs(), out_channels=16, extra_levels=LastLevelP6P7(16))
+    assert len(p6p7.extra_convs) == 2
+    # the names saved checkpoints and fpn/convert.py use for torchvision's extra_blocks.{p6,p7}
+    assert [key for key in p6p7.state_dict() if key.startswith("extra_convs")] == [
+        "extra_convs.0.weight", "extra_convs.0.bias", "extra_convs.1.weight", "extra_convs.1.bias"]
+
+
+def test_seeded_p6p7_neck_is_initialised_as_before():
+    """The P6/P7 convs are built before the FPN's own (an argument), yet every conv gets the values it got when the
+    FPN built them itself: the FPN draws all kaiming inits after every conv exists, in the order laterals,
+    outputs, extra levels."""
+    torch.manual_seed(0)
+    neck = FPN(_specs(), out_channels=16, extra_levels=LastLevelP6P7(16))
+    torch.manual_seed(0)
+    convs = [torch.nn.Conv2d(c, 16, 1) for c in CHANNELS.values()]
+    convs += [torch.nn.Conv2d(16, 16, 3, padding=1) for _ in CHANNELS]
+    convs += [torch.nn.Conv2d(16, 16, 3, stride=2, padding=1) for _ in range(2)]
+    for conv in convs:
+        torch.nn.init.kaiming_uniform_(conv.weight, a=1)
+    ours = [*neck.lateral_convs, *neck.output_convs, *neck.extra_convs]
+    for mine, expected in zip(ours, convs):
+        assert torch.equal(mine.weight, expected.weight)

@@ -19,10 +19,9 @@ from fpn.heads.box_head import TwoMLPHead
 from fpn.heads.res5_head import Res5Head
 from fpn.heads.roi_heads import RoIHeads
 from fpn.heads.rpn import RegionProposalNetwork
-from fpn.necks import FPN
 from fpn.transform import ImageBatch
 from fpn.detectors.base import Detector
-from fpn.detectors.variants import variant_layout
+from fpn.detectors.variants import build_neck, variant_layout
 
 # The extra level made by subsampling P5 feeds the RPN only; RoIs are pooled from P2..P5 (paper, Sec. 4.1-4.2).
 RPN_ONLY_LEVELS = ("p6",)
@@ -78,12 +77,9 @@ class FasterRCNNFPN(Detector):
         self.backbone = build_backbone(cfg.backbone)
         res5_channels = self.backbone.out_specs["c5"].channels
         res5 = self.backbone.split_off_last_stage() if layout.trunk_to_c4 else None
-        self.neck = (
-            FPN(self.backbone.out_specs, cfg.fpn.out_channels, top_down=layout.top_down, laterals=layout.laterals,
-                finest_only=layout.finest_only)
-            if layout.neck else nn.Identity()  # single-scale baselines: the heads read C4 or C5 itself
-        )
-        specs = self.neck.out_specs if layout.neck else self.backbone.out_specs
+        # the FPN with P6 (paper Sec. 4.1), its ablations, or the backbone's maps (single-scale baselines)
+        self.neck = build_neck(cfg.variant, self.backbone.out_specs, cfg.fpn.out_channels)
+        specs = self.neck.out_specs
         self.rpn_maps = list(layout.rpn_maps or specs)
         self.rpn = RegionProposalNetwork(
             specs[self.rpn_maps[0]].channels, _rpn_config(cfg, self.rpn_maps), cfg.anchors,

@@ -22,7 +22,7 @@ from fpn.config import FCOSConfig
 from fpn.detectors.base import Detector
 from fpn.heads.fcos_head import FCOSHead
 from fpn.heads.fcos_targets import fcos_losses
-from fpn.necks import FPN
+from fpn.necks import FPN, LastLevelP6P7
 from fpn.ops.anchors import AnchorGenerator
 from fpn.ops.box_coder import DistanceBoxCoder
 from fpn.ops.boxes import clip_boxes_to_image
@@ -59,7 +59,7 @@ class FCOSFPN(Detector):
         cfg = self.config
         self.backbone = build_backbone(cfg.backbone)
         in_specs = {name: self.backbone.out_specs[name] for name in PYRAMID_INPUTS}
-        self.neck = FPN(in_specs, cfg.fpn.out_channels, extra_levels="p6p7")
+        self.neck = FPN(in_specs, cfg.fpn.out_channels, extra_levels=LastLevelP6P7(cfg.fpn.out_channels))
         strides = [spec.stride for spec in self.neck.out_specs.values()]  # 8, 16, 32, 64, 128
         head = cfg.head
         self.head = FCOSHead(cfg.fpn.out_channels, num_classes, head.num_convs, head.gn_groups,
