@@ -1,6 +1,7 @@
-"""FCOSFPN (fpn/detectors/fcos.py) beyond the end-to-end parity of tests/test_fcos_parity.py: its config, its
-layout and initialisation, a training step, the batched post-processing and the losses' gradients against
-torchvision's own functions, inputs without detections or boxes, the input errors, and `from_torchvision`.
+"""FCOSFPN (fpn/detectors/fcos.py) and its head (fpn/heads/fcos_head.py) beyond the end-to-end parity of
+tests/test_fcos_parity.py: its config, its layout and initialisation, its state-dict keys, the head as a stage of
+its own, a training step, the batched post-processing and the losses' gradients against torchvision's own
+functions, inputs without detections or boxes, the input errors, and `from_torchvision`.
 
 Tiny models (ResNet-18 of width 16, 32 pyramid channels, GroupNorm of 8 groups, 64 px images) keep it fast.
 """
@@ -79,6 +80,44 @@ def test_layout_and_initialisation():
             assert conv.bias.abs().max() == 0, conv
 
 
+def test_state_dict_keys_are_torchvisions_renamed():
+    """Exactly the keys of torchvision's fcos_resnet50_fpn renamed (what from_torchvision and checkpoints load)."""
+    from fpn.convert import convert_torchvision_fcos_state_dict
+
+    theirs = torchvision.models.detection.fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+    expected = list(convert_torchvision_fcos_state_dict(theirs.state_dict()))
+    ours = [key for key in FCOSFPN(91).state_dict() if not key.endswith(".num_batches_tracked")]
+    assert sorted(ours) == sorted(expected)
+
+
+def test_the_head_is_a_stage_of_its_own():
+    """`model.head(batch, features, targets)` gives the detector's losses and detections from the pyramid: the
+    detector itself is transform -> backbone -> FPN -> head."""
+    from fpn.transform import preprocess
+
+    torch.manual_seed(0)
+    model = FCOSFPN(3, tiny_config())
+    with torch.no_grad():
+        model.head.classification_head.cls_logits.bias.zero_()  # probability 0.5: detections to compare
+    images = [torch.rand(3, 64, 80), torch.rand(3, 70, 64)]
+    batch, targets = preprocess(images, _targets(), model.config.input, False)
+    with torch.no_grad():
+        features = model.eval().features(batch)
+        detections, losses = model.head(batch, features)
+        assert losses == {} and len(detections) == 2 and detections[0]["boxes"].shape[0] > 0
+        for mine, whole in zip(detections, model.forward_batch(batch)):
+            for name in ("boxes", "scores", "labels"):
+                assert torch.equal(mine[name], whole[name]), name
+        model.train()  # trainable BatchNorm: the training-mode pyramid differs
+        features = model.features(batch)
+        detections, losses = model.head(batch, features, targets)
+        assert detections == [] and set(losses) == {"classification", "bbox_regression", "bbox_ctrness"}
+        whole = model.forward_batch(batch, targets)
+        assert all(torch.equal(losses[name], whole[name]) for name in losses)
+        with pytest.raises(ValueError, match="targets are required in training mode"):
+            model.head(batch, features)
+
+
 def _targets():
     return [
         {"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0], [30.0, 10.0, 60.0, 30.0]]), "labels": torch.tensor([1, 2])},
@@ -128,7 +167,7 @@ def test_eval_without_detections_returns_empty_tensors():
 
 
 def test_batched_detect_is_torchvisions_per_image_postprocessing():
-    """`FCOSFPN.detect` on the whole batch against torchvision's `postprocess_detections` image by image, with a
+    """`FCOSHead.detect` on the whole batch against torchvision's `postprocess_detections` image by image, with a
     small top-k so that it cuts (P3, P4), a per-image cap that cuts, an image with no candidate at all, and boxes
     that need clipping. On these inputs NMS at 0.5 would keep fewer than the cap: the threshold matters. Class 0
     scores low everywhere: torchvision would return it as a label, `detect` never does
@@ -146,7 +185,7 @@ def test_batched_detect_is_torchvisions_per_image_postprocessing():
     distances = torch.rand(3, anchors.shape[0], 4, generator=generator) * 3  # (N, L, 4), up to 3 strides
     centerness = torch.randn(3, anchors.shape[0], generator=generator)  # (N, L)
     image_sizes = [(60, 90), (64, 96), (40, 96)]
-    found = model.detect(logits, distances, centerness, anchors, counts, image_sizes)
+    found = model.head.detect(logits, distances, centerness, anchors, counts, image_sizes)
 
     head = model.config.head
     reference = SimpleNamespace(score_thresh=head.score_thresh, topk_candidates=head.topk_candidates,
@@ -181,8 +220,8 @@ def test_detect_never_returns_the_background():
     favoured[..., 0] = 20.0  # sigmoid = 1: above every real class at every location
     hidden[..., 0] = -float("inf")
     sizes = [(64, 96), (50, 80)]
-    found = model.detect(favoured, distances, centerness, anchors, counts, sizes)
-    expected = model.detect(hidden, distances, centerness, anchors, counts, sizes)
+    found = model.head.detect(favoured, distances, centerness, anchors, counts, sizes)
+    expected = model.head.detect(hidden, distances, centerness, anchors, counts, sizes)
     for e, f in zip(expected, found):
         assert f["labels"].shape[0] > 30 and (f["labels"] > 0).all()
         for name in ("boxes", "scores", "labels"):
@@ -190,7 +229,7 @@ def test_detect_never_returns_the_background():
     # a model with only the background class beside one real class, the background everywhere first
     model = FCOSFPN(2, tiny_config())
     two = torch.stack([torch.full_like(logits[..., 0], 20.0), logits[..., 1]], dim=-1)  # (N, L, 2)
-    found = model.detect(two, distances, centerness, anchors, counts, sizes)
+    found = model.head.detect(two, distances, centerness, anchors, counts, sizes)
     assert all(f["labels"].numel() > 0 and (f["labels"] == 1).all() for f in found)
 
 
