@@ -15,27 +15,34 @@ from typing import Any, Optional, Tuple
 
 # The models of the paper's ablations (Lin et al., 2017, Tables 1-3), rows (a)-(f); see fpn/detectors/variants.py.
 VARIANTS = ("c4", "c5", "fpn", "no_top_down", "no_lateral", "p2_only")
+# Stages of a trunk other than ResNet's and RegNetX's five (trainable_stages of this many trains all of it).
+TRUNK_STAGES = {"mobilenet_v3_large": 6}
+# Trunks whose torchvision detector puts every anchor size on each level (its two stride-32 maps and their P6).
+EVERY_SIZE_ON_EVERY_LEVEL = ("mobilenet_v3_large",)
 
 
 @dataclass
 class BackboneConfig:
-    """The trunk (ResNet or RegNetX). `norm` and `trainable_stages` left at None are chosen from `weights`, as torchvision
-    chooses them from whether any weights are given (`resolved()` applies the rule):
+    """The trunk (ResNet, RegNetX or MobileNetV3-Large). `norm` and `trainable_stages` left at None are chosen from
+    `weights`, as torchvision chooses them from whether any weights are given (`resolved()` applies the rule):
 
         weights given:  norm "frozen_bn", trainable_stages 3 (fine-tuning: ImageNet statistics, stem and C2 kept)
         no weights:     norm "bn",        trainable_stages 5 (from scratch: every layer learns, BN included)
+
+    MobileNetV3-Large counts six stages, as torchvision's `trainable_backbone_layers` does for it (0..6), so from
+    scratch its trainable_stages is 6.
 
     Without loaded weights frozen BN is the identity and a frozen stage keeps its random initialisation, so
     "frozen_bn" or trainable_stages < 5 is only right when weights are loaded after construction (a detector
     checkpoint); the model warns when it trains such a backbone with nothing loaded.
     """
 
-    name: str = "resnet"  # the trunk: "resnet" (of `depth` and `width`) or a RegNetX size, e.g. "regnet_x_400mf"
+    name: str = "resnet"  # the trunk: "resnet" (`depth`, `width`), a RegNetX ("regnet_x_400mf"..), "mobilenet_v3_large"
     depth: int = 50  # ResNet depth: 18, 34 (basic blocks), 50, 101 (bottlenecks); unused by RegNetX
     norm: Optional[str] = None  # "frozen_bn", "bn" or "gn" (small batches); none: frozen_bn with weights, else bn
     gn_groups: int = 32  # groups of GroupNorm when norm == "gn"
     width: int = 64  # ResNet: channels of the stem / first stage; 64 is ResNet, smaller gives a narrower variant
-    trainable_stages: Optional[int] = None  # stages trained, from C5 down (5: all); none: 3 with weights, else 5
+    trainable_stages: Optional[int] = None  # stages trained, top down; none: 3 with weights, else all (5, MobileNet 6)
     zero_init_residual: bool = True  # ResNet from scratch: blocks start as the identity (Goyal et al.); false: open
     weights: Optional[str] = None  # local path of an ImageNet checkpoint in torchvision's key layout
 
@@ -43,7 +50,8 @@ class BackboneConfig:
         """A copy with `norm` and `trainable_stages` explicit: the values given, or the rule above."""
         pretrained = bool(self.weights)
         norm = self.norm if self.norm is not None else ("frozen_bn" if pretrained else "bn")
-        stages = self.trainable_stages if self.trainable_stages is not None else (3 if pretrained else 5)
+        every_stage = TRUNK_STAGES.get(self.name, 5)
+        stages = self.trainable_stages if self.trainable_stages is not None else (3 if pretrained else every_stage)
         return replace(self, norm=norm, trainable_stages=stages)
 
 
@@ -56,6 +64,10 @@ class FPNConfig:
 class AnchorConfig:
     sizes: Tuple[int, ...] = (32, 64, 128, 256, 512)  # one per level, P2..P6 (Sec. 4.1); c4/c5/p2_only: all on one map
     aspect_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)  # height / width ratios at every level
+    every_size_on_every_level: Optional[bool] = (
+        None  # all `sizes` on each RPN level, not one per level: torchvision's MobileNetV3 FPN (3 levels, 15
+        # anchors a location); none: true with a MobileNetV3 trunk, else false
+    )
 
 
 @dataclass
@@ -150,6 +162,13 @@ class FasterRCNNConfig(DetectorConfig):
 
     def check(self) -> None:
         check_variant(self.variant)
+
+    def resolved(self) -> "FasterRCNNConfig":
+        """As `DetectorConfig.resolved`, and `anchors.every_size_on_every_level` from the trunk when None."""
+        config = super().resolved()
+        if config.anchors.every_size_on_every_level is None:
+            config.anchors.every_size_on_every_level = config.backbone.name in EVERY_SIZE_ON_EVERY_LEVEL
+        return config
 
 
 def check_variant(variant: Any) -> None:

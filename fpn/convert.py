@@ -1,10 +1,11 @@
-"""Loading torchvision `fasterrcnn_resnet50_fpn` (v1) checkpoints into `FasterRCNNFPN`, and `fcos_resnet50_fpn`
-checkpoints into `FCOSFPN`.
+"""Loading torchvision `fasterrcnn_resnet50_fpn` (v1), `fasterrcnn_mobilenet_v3_large_fpn` and
+`fasterrcnn_mobilenet_v3_large_320_fpn` checkpoints into `FasterRCNNFPN`, and `fcos_resnet50_fpn` checkpoints into
+`FCOSFPN`.
 
 Only parameter names differ between the two models (the architecture and the maths are the same):
 
     torchvision                                   fpn
-    backbone.body.*                            -> backbone.*
+    backbone.body.*                            -> backbone.* (MobileNetV3: backbone.features.*)
     backbone.fpn.inner_blocks.{i}[.0].*        -> neck.lateral_convs.{i}.*
     backbone.fpn.layer_blocks.{i}[.0].*        -> neck.output_convs.{i}.*
     rpn.head.conv[.0.0].*                      -> rpn.head.conv.*
@@ -35,6 +36,12 @@ _RULES = [
 ]
 _KEPT_AS_IS = re.compile(r"^(rpn\.head\.(cls_logits|bbox_pred)|roi_heads\.box_head\.fc[67])\.")
 PREDICTOR_PREFIX = "roi_heads.predictor."
+# torchvision's MobileNetV3 detectors keep the trunk's `features` children under backbone.body
+_MOBILENET_RULES = [(re.compile(r"^backbone\.body\."), "backbone.features."), *_RULES[1:]]
+MOBILENET_KEY = "backbone.body.16.0.weight"  # the last 1x1 conv of MobileNetV3-Large, in no ResNet file
+# torchvision's fasterrcnn_mobilenet_v3_large_320_fpn: the same weights' layout, run on smaller inputs with fewer
+# proposals; its files are named fasterrcnn_mobilenet_v3_large_320_fpn-*.pth
+LOW_RESOLUTION_NAME = "_320_"
 
 
 _FCOS_RULES = [
@@ -53,11 +60,14 @@ def convert_torchvision_fcos_state_dict(state_dict: Dict[str, Tensor]) -> Dict[s
 
 
 def convert_torchvision_state_dict(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
-    """Rename a torchvision Faster R-CNN state dict into fpn's names; unknown keys raise a ValueError.
+    """Rename a torchvision Faster R-CNN state dict (ResNet-50 or MobileNetV3-Large FPN) into fpn's names; unknown
+    keys raise a ValueError.
 
-    torchvision builds the ResNet with BatchNorm2d when constructed without pretrained weights and with
+    torchvision builds the trunk with BatchNorm2d when constructed without pretrained weights and with
     FrozenBatchNorm2d otherwise; both have the same four buffers, which load into fpn's frozen BN.
     """
+    if MOBILENET_KEY in state_dict:
+        return _convert(state_dict, _MOBILENET_RULES, _KEPT_AS_IS, "fasterrcnn_mobilenet_v3_large_fpn")
     return _convert(state_dict, _RULES, _KEPT_AS_IS, "fasterrcnn_resnet50_fpn")
 
 
@@ -109,26 +119,51 @@ def torchvision_detector_config(config_class=FasterRCNNConfig):
     return config
 
 
-def load_torchvision_detector(cls, path_or_state_dict, num_classes: Optional[int] = None):
-    """Build `cls` (FasterRCNNFPN) with `torchvision_detector_config()` and load torchvision weights into it."""
-    state = convert_torchvision_state_dict(read_torchvision_checkpoint(path_or_state_dict))
-    return _build_and_load(cls, FasterRCNNConfig, state, PREDICTOR_PREFIX, "cls_score.weight", num_classes)
+def torchvision_mobilenet_config(low_resolution: bool = False) -> FasterRCNNConfig:
+    """torchvision's `fasterrcnn_mobilenet_v3_large_fpn` (or with `low_resolution`, `..._320_fpn`) as it builds
+    them with weights: MobileNetV3-Large with frozen BN and 3 trained stages, the FPN on its two stride-32 maps
+    and P6, every anchor size 32..512 on each of the three levels, proposals of objectness below 0.05 dropped;
+    the 320 model resizes to 320 / 640 px and keeps 150 proposals per level before NMS and per image after it."""
+    config = torchvision_detector_config()
+    config.backbone.name = "mobilenet_v3_large"
+    config.anchors.every_size_on_every_level = True
+    config.rpn.score_thresh = 0.05
+    if low_resolution:
+        config.input.min_size, config.input.max_size, config.input.train_min_sizes = 320, 640, (320,)
+        config.rpn.pre_nms_top_n_test = config.rpn.post_nms_top_n_test = 150
+    return config
+
+
+def load_torchvision_detector(cls, path_or_state_dict, num_classes: Optional[int] = None,
+                              low_resolution: Optional[bool] = None):
+    """Build `cls` (FasterRCNNFPN) as torchvision builds the file's detector (`torchvision_detector_config()`, or
+    `torchvision_mobilenet_config(low_resolution)` for a MobileNetV3 file) and load its weights. A MobileNetV3
+    file holds no trace of 320 or not: `low_resolution` None takes it from a file name holding "_320_"."""
+    state = read_torchvision_checkpoint(path_or_state_dict)
+    config = torchvision_detector_config()
+    if MOBILENET_KEY in state:
+        if low_resolution is None:
+            low_resolution = not isinstance(path_or_state_dict, dict) and \
+                LOW_RESOLUTION_NAME in os.path.basename(os.fspath(path_or_state_dict))
+        config = torchvision_mobilenet_config(low_resolution)
+    state = convert_torchvision_state_dict(state)
+    return _build_and_load(cls, config, state, PREDICTOR_PREFIX, "cls_score.weight", num_classes)
 
 
 def load_torchvision_fcos(cls, path_or_state_dict, num_classes: Optional[int] = None):
     """Build `cls` (FCOSFPN) as torchvision builds `fcos_resnet50_fpn` with weights and load its weights."""
     state = read_torchvision_checkpoint(path_or_state_dict, FCOS_LOGITS + "weight", "fcos_resnet50_fpn")
     state = convert_torchvision_fcos_state_dict(state)
-    return _build_and_load(cls, FCOSConfig, state, FCOS_LOGITS, "weight", num_classes)
+    return _build_and_load(cls, torchvision_detector_config(FCOSConfig), state, FCOS_LOGITS, "weight", num_classes)
 
 
-def _build_and_load(cls, config_class, state: Dict[str, Tensor], class_prefix: str, class_key: str,
+def _build_and_load(cls, config, state: Dict[str, Tensor], class_prefix: str, class_key: str,
                     num_classes: Optional[int]):
     """The model with every converted tensor loaded. With a `num_classes` other than the file's, the tensors
     under `class_prefix` (the class-specific outputs) keep their fresh initialisation (fine-tuning)."""
     file_classes = state[class_prefix + class_key].shape[0]
     num_classes = file_classes if num_classes is None else num_classes
-    model = cls(num_classes=num_classes, config=torchvision_detector_config(config_class))
+    model = cls(num_classes=num_classes, config=config)
     fresh = num_classes != file_classes
     if fresh:
         state = {k: v for k, v in state.items() if not k.startswith(class_prefix)}

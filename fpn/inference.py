@@ -9,8 +9,9 @@ What changes, and why it keeps the detections:
   map `x * scale + shift` per channel, so `norm(conv(x)) = conv'(x)` with `conv'.weight = weight * scale` (per
   output channel) and `conv'.bias = bias * scale + shift`. The constants are computed in float64 and rounded
   once, so fp32 detections match the eager model's to float rounding (boxes within 1e-3 px, scores within 1e-5,
-  tests/test_inference.py, test_inference_regnet.py). The pairs are found structurally (the known conv/norm
-  attributes of the ResNet and RegNetX modules, see `conv_norm_pairs`), not by tracing; a folded norm becomes `nn.Identity`. GroupNorm depends on its input's
+  tests/test_inference.py, test_inference_regnet.py, test_model_parity_mobilenet.py). The pairs are found
+  structurally (the known conv/norm attributes of the ResNet, RegNetX and MobileNetV3 modules, see
+  `conv_norm_pairs`), not by tracing; a folded norm becomes `nn.Identity`. GroupNorm depends on its input's
   statistics and cannot be folded: it is left in place.
 - **Channels-last.** oneDNN (CPU) and cuDNN run NHWC convolutions without layout conversions.
 - **dtype.** Convolution and linear weights are stored in `dtype` and the forward runs under
@@ -33,6 +34,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from fpn.backbones.mobilenet_v3 import ConvNormActivation
 from fpn.backbones.norm import FrozenBatchNorm2d
 from fpn.backbones.regnet import RegNetX, XBlock
 from fpn.backbones.resnet import BasicBlock, Bottleneck, ResNet
@@ -51,7 +53,7 @@ def conv_norm_pairs(model: nn.Module) -> Iterator[Tuple[nn.Module, str, str]]:
     """Every (parent, conv attribute, norm attribute) whose norm follows the conv directly: the stem and the
     residual blocks of each ResNet in `model` (the trunk, and the conv5 box head of the C4 variant), and the
     projection shortcuts (`downsample`, an nn.Sequential(conv, norm)); the stem and the X blocks (convs and
-    projections) of a RegNetX."""
+    projections) of a RegNetX; every conv -> norm [-> activation] of a MobileNetV3."""
     for module in list(model.modules()):
         for kind, attributes in _CONV_NORM_ATTRIBUTES.items():
             if isinstance(module, kind):
@@ -65,6 +67,8 @@ def conv_norm_pairs(model: nn.Module) -> Iterator[Tuple[nn.Module, str, str]]:
         if isinstance(module, XBlock):
             for part in (module.f.a, module.f.b, module.f.c, *([module.proj] if module.proj is not None else [])):
                 yield part, "0", "1"
+        if isinstance(module, ConvNormActivation):  # MobileNetV3: every conv but the squeeze-excitation's
+            yield module, "0", "1"
 
 
 def norm_as_affine(norm: nn.Module) -> Optional[Tuple[Tensor, Tensor]]:
@@ -101,7 +105,7 @@ def fold_norm_into_conv(conv: nn.Conv2d, norm: nn.Module) -> bool:
 
 
 def fold_norms(model: nn.Module) -> int:
-    """Fold every foldable norm of `model`'s ResNets and RegNetXs into the preceding conv, in place; the norm
+    """Fold every foldable norm of `model`'s ResNets, RegNetXs and MobileNetV3s into the preceding conv, in place; the norm
     becomes nn.Identity. Returns how many were folded (GroupNorm and training-mode BatchNorm are left, uncounted)."""
     folded = 0
     for parent, conv_name, norm_name in conv_norm_pairs(model):

@@ -142,8 +142,8 @@ def test_norm_kinds_and_bad_arguments():
     with pytest.raises(ValueError, match="expected input of shape"):
         RegNetX("regnet_x_400mf")(torch.zeros(1, 1, 32, 32))
     torchvisions = [name for name in torchvision.models.list_models(torchvision.models) if name.startswith("regnet_x")]
-    assert sorted(BACKBONES) == sorted(["resnet", *torchvisions]) and len(torchvisions) == 7
-    with pytest.raises(ValueError, match="backbone.name must be one of resnet, regnet_x_400mf.*got 'regnet_y_400mf'"):
+    assert sorted(BACKBONES) == sorted(["resnet", *torchvisions, "mobilenet_v3_large"]) and len(torchvisions) == 7
+    with pytest.raises(ValueError, match="must be one of resnet, regnet_x_400mf.*; got 'regnet_y_400mf'"):
         build_backbone(BackboneConfig(name="regnet_y_400mf"))
 
 

@@ -1,5 +1,5 @@
-"""Loading ImageNet-pretrained ResNet or RegNetX weights saved in torchvision's key layout (e.g. resnet50-*.pth,
-regnet_x_400mf-*.pth)."""
+"""Loading ImageNet-pretrained ResNet, RegNetX or MobileNetV3 weights saved in torchvision's key layout (e.g.
+resnet50-*.pth, regnet_x_400mf-*.pth, mobilenet_v3_large-*.pth)."""
 from __future__ import annotations
 
 import os
@@ -11,17 +11,20 @@ from torch import nn
 from fpn.weights_file import read_weights
 
 _MAX_LISTED = 10  # keys shown per category in an error message
+CLASSIFIER_PREFIXES = ("fc.", "classifier.")  # ResNet's and RegNet's classifier, MobileNetV3's
 
 
 def load_imagenet_weights(model: nn.Module, path: str) -> None:
-    """Copy an ImageNet classification checkpoint (torchvision's layout) into a ResNet or RegNetX backbone, in place.
+    """Copy an ImageNet classification checkpoint (torchvision's layout) into a ResNet, RegNetX or MobileNetV3
+    backbone, in place.
 
-    The classifier (`fc.*`) and BatchNorm step counters (`*.num_batches_tracked`) are ignored. When the model
-    uses GroupNorm, the checkpoint's BatchNorm statistics (`running_mean`/`running_var`) have nowhere to go
-    and are ignored too; the affine `weight`/`bias` still load, since GroupNorm keeps the `bn*` names.
+    The classifier (`fc.*`, MobileNetV3's `classifier.*`) and BatchNorm step counters (`*.num_batches_tracked`)
+    are ignored. When the model uses GroupNorm, the checkpoint's BatchNorm statistics (`running_mean`/
+    `running_var`) have nowhere to go and are ignored too; the affine `weight`/`bias` still load, since GroupNorm
+    keeps the norms' names.
 
     Args:
-        model: a fpn.backbones.ResNet or RegNetX (any norm kind).
+        model: a fpn.backbones.ResNet, RegNetX or MobileNetV3 (any norm kind).
         path: local file written by torch.save: a state dict, or a dict holding one under "state_dict"
             or "model". Loaded with map_location="cpu", weights_only=True.
 
@@ -80,7 +83,8 @@ def _drop_ignored_keys(state: Dict[str, torch.Tensor], groupnorm_names: List[str
     return {
         k: v
         for k, v in state.items()
-        if not k.startswith("fc.") and not k.endswith("num_batches_tracked") and k not in stats_without_home
+        if not k.startswith(CLASSIFIER_PREFIXES) and not k.endswith("num_batches_tracked")
+        and k not in stats_without_home
     }
 
 

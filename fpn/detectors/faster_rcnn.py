@@ -19,6 +19,7 @@ from fpn.heads.box_head import TwoMLPHead
 from fpn.heads.res5_head import Res5Head
 from fpn.heads.roi_heads import RoIHeads
 from fpn.heads.rpn import RegionProposalNetwork
+from fpn.spec import FeatureSpec
 from fpn.transform import ImageBatch
 from fpn.detectors.base import Detector
 from fpn.detectors.variants import build_neck, variant_layout
@@ -85,7 +86,7 @@ class FasterRCNNFPN(Detector):
             specs[self.rpn_maps[0]].channels, _rpn_config(cfg, self.rpn_maps), cfg.anchors,
             sizes_per_level=_anchor_sizes(cfg, self.rpn_maps),
         )
-        self.pooled_levels = list(layout.pooled_maps or [name for name in specs if name not in RPN_ONLY_LEVELS])
+        self.pooled_levels = list(layout.pooled_maps or _pooled_levels(specs))
         self.roi_heads = None  # the RPN alone (config.rpn_only, paper Table 1)
         if not cfg.rpn_only:
             box_head, box_features, resolution = _box_head(cfg, specs[self.pooled_levels[0]].channels, res5,
@@ -116,17 +117,22 @@ class FasterRCNNFPN(Detector):
 
     @classmethod
     def from_torchvision(
-        cls, path_or_state_dict: Union[str, Dict[str, Tensor]], num_classes: Optional[int] = None
+        cls, path_or_state_dict: Union[str, Dict[str, Tensor]], num_classes: Optional[int] = None, *,
+        low_resolution: Optional[bool] = None,
     ) -> "FasterRCNNFPN":
-        """Build the model from a torchvision `fasterrcnn_resnet50_fpn` (v1) checkpoint file or state dict.
+        """Build the model from a torchvision `fasterrcnn_resnet50_fpn` (v1), `fasterrcnn_mobilenet_v3_large_fpn`
+        or `fasterrcnn_mobilenet_v3_large_320_fpn` checkpoint file or state dict.
 
         With `num_classes` different from the checkpoint's, the class-specific predictor is freshly initialised
         (fine-tuning); everything else is loaded. The file is read with `torch.load(weights_only=True)`. The
-        backbone is laid out as torchvision builds this detector with weights: frozen BN, stem and C2 frozen.
+        backbone is laid out as torchvision builds this detector with weights: frozen BN, stem and C2 frozen
+        (MobileNetV3: its last 3 stages trained). The two MobileNetV3 files have the same tensors: the 320
+        model's settings (320 / 640 px inputs, 150 proposals) apply when `low_resolution` is True, or when it is
+        None and the file name holds "_320_" as torchvision's does (`fpn.convert.torchvision_mobilenet_config`).
         """
         from fpn.convert import load_torchvision_detector
 
-        return load_torchvision_detector(cls, path_or_state_dict, num_classes)
+        return load_torchvision_detector(cls, path_or_state_dict, num_classes, low_resolution)
 
 
 def _rpn_config(cfg: FasterRCNNConfig, rpn_maps: List[str]) -> RPNConfig:
@@ -140,12 +146,25 @@ def _rpn_config(cfg: FasterRCNNConfig, rpn_maps: List[str]) -> RPNConfig:
                    pre_nms_top_n_test=cfg.rpn.pre_nms_top_n_test * scale)
 
 
+def _pooled_levels(specs: Dict[str, FeatureSpec]) -> List[str]:
+    """The pyramid levels RoIs are pooled from: all but P6 (the RPN's alone, paper Sec. 4.1-4.2), one per stride.
+    Where two levels share a stride (MobileNetV3's P4 and P5, both 32), torchvision's pooler sends every RoI to
+    the first, so the second feeds the RPN alone."""
+    levels, strides = [], set()
+    for name, spec in specs.items():
+        if name not in RPN_ONLY_LEVELS and spec.stride not in strides:
+            levels.append(name)
+            strides.add(spec.stride)
+    return levels
+
+
 def _anchor_sizes(cfg: FasterRCNNConfig, rpn_maps: List[str]):
     """One tuple of anchor sizes per RPN map: one size per pyramid level (paper Sec. 4.1), or every size on a
-    single map (the single-scale baselines and P2 alone, Sec. 5.1.1)."""
+    single map (the single-scale baselines and P2 alone, Sec. 5.1.1) or on each map
+    (`anchors.every_size_on_every_level`, torchvision's MobileNetV3 FPN)."""
     sizes = tuple(cfg.anchors.sizes)
-    if len(rpn_maps) == 1:
-        return (sizes,)
+    if len(rpn_maps) == 1 or cfg.anchors.every_size_on_every_level:
+        return (sizes,) * len(rpn_maps)
     if len(sizes) != len(rpn_maps):
         raise ValueError(
             f"config.anchors.sizes has {len(sizes)} sizes but the pyramid has {len(rpn_maps)} levels {rpn_maps}: "
