@@ -12,23 +12,20 @@ Exit codes (the same for every script):
 
 A usage/input error is any `InputError` and any `ValueError` or `OSError` that reaches the top: the library
 raises those for bad inputs with a message naming the bad value or file. With `--debug` on the command line
-the exception propagates with its full traceback instead.
+the exception propagates with its full traceback instead. This module is the tools' alone: the library raises
+its errors from `fpn.errors` and never decides an exit code.
 """
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-from contextlib import contextmanager
-from typing import Callable, Iterator, NoReturn, Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
+
+from fpn.errors import InputError, error_line, first_line  # noqa: F401 (re-exported for the tools)
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-class InputError(ValueError):
-    """A bad flag, file or value, found before (or instead of) doing the work; its message says what to do."""
 
 
 class Interrupted(Exception):
@@ -48,30 +45,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.tool}: error: {message} (see --help)\n")
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message, or its type's name when the message is empty."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def error_line(error: BaseException) -> str:
-    """The one-line message of `error`.
-
-    An exception re-raised by a DataLoader from a worker process carries the worker's whole traceback in its
-    message ("Caught ValueError in DataLoader worker process 0. Original Traceback ..."); its last line is the
-    original message, which is what the user needs.
-    """
-    text = str(error).strip() or type(error).__name__
-    if "Original Traceback" in text:
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        name, _, message = last.partition(": ")
-        text = message if message and name.replace(".", "").replace("_", "").isalnum() else last
-    if isinstance(error, OSError) and not isinstance(error, InputError) and error.filename and \
-            str(error.filename) not in text:
-        text = f"{error.filename}: {text}"
-    return text
 
 
 def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None, *,
@@ -107,47 +80,3 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Seque
     except (ValueError, OSError) as error:
         say(f"{prefix}error: {error_line(error)}")
         return EXIT_USAGE
-
-
-_HELD = {"depth": 0, "pending": None}  # interrupts_deferred's state: nesting depth, the interrupt held back
-
-
-@contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Within `sigterm_as_interrupt`, hold back Ctrl-C and SIGTERM until the block is done, then raise them.
-
-    For work that must not stop half-way: an interrupt inside torch.save leaves its zip writer failing on close
-    with an error that hides the interrupt, so a checkpoint write is completed first.
-    """
-    _HELD["depth"] += 1
-    try:
-        yield
-    finally:
-        _HELD["depth"] -= 1
-        if _HELD["depth"] == 0 and _HELD["pending"] is not None:
-            reason, _HELD["pending"] = _HELD["pending"], None
-            raise KeyboardInterrupt(reason)
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM (what torchrun and SLURM send to stop a job) raises KeyboardInterrupt("SIGTERM"),
-    so the tool stops as on Ctrl-C: `finally` blocks run and it can say where to resume from. Both are held back
-    inside `interrupts_deferred` (a checkpoint being written). Outside the main thread the signals are left alone."""
-    def stop(signum, frame):
-        reason = "SIGTERM" if signum == signal.SIGTERM else ""
-        if _HELD["depth"]:
-            _HELD["pending"] = reason
-            return
-        raise KeyboardInterrupt(reason)
-
-    try:
-        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -39,7 +39,8 @@ from typing import Iterator, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from fpn.cli import ArgumentParser, InputError, run_cli
+from fpn.cli import ArgumentParser, run_cli
+from fpn.errors import InputError
 from fpn.ops.resize import written_out_resize
 from fpn.transform import postprocess, preprocess
 

@@ -12,7 +12,7 @@ from typing import Any, Union
 
 import torch
 
-from fpn.cli import InputError, first_line
+from fpn.errors import InputError, first_line
 
 
 def read_weights(path: Union[str, Path], what: str = "weights file", *, mmap: bool = False) -> Any:

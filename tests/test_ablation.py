@@ -1,8 +1,6 @@
 """scripts/ablation.py with a fake train.py (runs chosen, skipped, resumed; the json/md report; bad flags) and
 fpn/paper_results.py; one real --quick run end to end."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,12 +16,10 @@ ALL_RUNS = [(mode, variant) for mode in ("rpn", "faster") for variant in VARIANT
 
 
 def load_ablation_script():
-    if "fpn_ablation_script" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("fpn_ablation_script", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["fpn_ablation_script"] = module
-    return sys.modules["fpn_ablation_script"]
+    """The ablation tool, fpn.tools.ablation (scripts/ablation.py is its door)."""
+    from fpn.tools import ablation
+
+    return ablation
 
 
 def _flag(argv, name):

@@ -9,7 +9,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d as TVFrozenBatchNorm2d
 
 from fpn.backbones import FrozenBatchNorm2d, ResNet, build_resnet, load_imagenet_weights, make_norm
-from fpn.cli import InputError
+from fpn.errors import InputError
 from fpn.config import BackboneConfig
 from fpn.spec import FeatureSpec
 

@@ -186,7 +186,7 @@ def test_sigterm_during_the_write_is_held_back_until_the_checkpoint_is_complete(
 
     import torch.serialization as serialization
 
-    from fpn.cli import sigterm_as_interrupt
+    from fpn.engine.interrupts import sigterm_as_interrupt
 
     real_save = serialization._save
 

@@ -1,7 +1,7 @@
 """Every command-line tool starts each of its error lines with its own name, `<tool>: error: ...`, whether argparse
 found the error (a bad flag) or the tool did (a missing file, an input that failed): train.py, evaluate.py,
 ablation.py, predict (python -m fpn.predict and scripts/predict.py) and export (python -m fpn.export)."""
-import importlib.util
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _script(name):
-    key = f"fpn_cli_prefix_{name}"
-    if key not in sys.modules:  # registered before it runs: its dataclasses look their module up there
-        spec = importlib.util.spec_from_file_location(key, REPO / "scripts" / f"{name}.py")
-        sys.modules[key] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[key])
-    return sys.modules[key]
+    return importlib.import_module(f"fpn.tools.{name}")
 
 
 def _error_lines(capsys, call):

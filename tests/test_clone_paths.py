@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _editable_install_of_this_folder() -> bool:
-    # pip writes direct_url.json for an install from a folder; the project's own fpn.egg-info (on sys.path when
+    # pip writes direct_url.json for an install from a folder; the project's own fpn.egg-info (importable when
     # pytest runs from here) has none, so look at every distribution called fpn.
     for distribution in importlib.metadata.distributions(name="fpn"):
         text = distribution.read_text("direct_url.json")
@@ -34,9 +34,9 @@ def test_a_script_beside_a_clone_called_fpn_imports_the_package(tmp_path):
     (parent / "fpn").symlink_to(ROOT, target_is_directory=True)  # a clone called fpn: no __init__.py at its top
     script = parent / "detect.py"
     script.write_text("from fpn import FasterRCNNFPN\nimport fpn\nprint(fpn.__file__)\n")
-    # the script's folder comes first on sys.path, as for any `python detect.py`
+    # the script's folder comes first on the import path, as for any `python detect.py`
     run = subprocess.run([sys.executable, str(script)], cwd=parent, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, (
-        f"{run.stderr}\nThe editable install must put {ROOT} on sys.path (setup.py's package_dir); an install "
+        f"{run.stderr}\nThe editable install must put {ROOT} on the import path (setup.py's package_dir); an install "
         f"made before that uses an import hook: rerun `pip install -e .` in {ROOT}")
     assert Path(run.stdout.strip()).resolve() == ROOT / "fpn" / "__init__.py"

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fpn.cli import InputError
+from fpn.errors import InputError
 from fpn.data.coco import CocoDetection, collate
 from fpn.data.samplers import GroupedBatchSampler, TrainingSampler
 

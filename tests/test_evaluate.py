@@ -12,7 +12,7 @@ from torch import nn
 
 from fpn.data.coco import CocoDetection
 from fpn.data.synthetic import generate_synthetic_coco
-from fpn.cli import InputError
+from fpn.errors import InputError
 from fpn.engine.evaluation import (
     METRIC_NAMES, check_categories, coco_evaluate, coco_scale, detections_to_coco, evaluate_coco, flatten_results,
     format_metrics, run_inference,

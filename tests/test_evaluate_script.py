@@ -1,16 +1,13 @@
 """scripts/evaluate.py: the training's batching by default (same AP as the training's final evaluation),
 categories checked against the data before inference, one-line input errors with exit code 2."""
-import importlib.util
 import json
-import sys
 from argparse import Namespace
-from pathlib import Path
 
 import pytest
 import torch
 
 from fpn.engine.checkpoint import save_checkpoint
-from fpn.cli import InputError
+from fpn.errors import InputError
 from fpn.data.coco import CocoDetection
 from fpn.data.coco_names import COCO_CLASS_NAMES
 from fpn.data.synthetic import generate_synthetic_coco
@@ -23,14 +20,10 @@ from test_train_script import load_train_script, tiny_args
 
 
 def load_evaluate_script():
-    """scripts/evaluate.py as a module (registered, so its dataclass can find its module)."""
-    if "fpn_evaluate_script" not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
-        spec = importlib.util.spec_from_file_location("fpn_evaluate_script", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["fpn_evaluate_script"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["fpn_evaluate_script"]
+    """The evaluation tool, fpn.tools.evaluate (scripts/evaluate.py is its door)."""
+    from fpn.tools import evaluate
+
+    return evaluate
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Faults injected into training runs: a process killed while writing a checkpoint, a corrupt latest checkpoint,
 an unwritable output directory, Ctrl-C and SIGTERM, a diverging LR, flags changed on --resume, and checkpoint
 retention. (Missing and corrupt images: tests/test_train_errors.py; a 2-process resume: test_resume_ddp.py.)"""
+import os
 import re
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fpn.engine import trainer
 from fpn.engine.checkpoint import list_checkpoints, load_checkpoint
 from fpn.data.synthetic import generate_synthetic_coco
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
@@ -25,6 +27,12 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     generate_synthetic_coco(root, 6, num_val=2, seed=1, min_size=64, max_size=80, progress=False)
     return root
+
+
+def helpers_env():
+    """The environment of a test's subprocess that imports the tests' helpers (tests/ on PYTHONPATH)."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "tests"),
+                                                                      os.environ.get("PYTHONPATH")])))
 
 
 def _args(run, data, *extra, iters=4):
@@ -130,13 +138,12 @@ def test_sigterm_stops_like_ctrl_c(tmp_path, data):
     run = tmp_path / "run"
     code = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(REPO / 'tests')!r})
         from test_train_script import load_train_script, tiny_args
         sys.exit(load_train_script().main(tiny_args({str(run)!r}, "--coco-root", {str(data)!r},
                                                     "--checkpoint-every", "1", iters=100000)))
         """)
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, cwd=REPO)
+                               text=True, cwd=REPO, env=helpers_env())
     deadline = time.time() + 120
     while not (run / "checkpoint_0000001.pt").exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -207,13 +214,13 @@ def test_keep_checkpoints_keeps_the_newest_and_the_final(tmp_path, data):
 def test_process_group_timeout_flag_reaches_the_session(monkeypatch, tmp_path, data):
     train = load_train_script()
     seen = {}
-    real_session = train.distributed.distributed_session
+    real_session = trainer.distributed.distributed_session
 
     def session(device, timeout_minutes=30.0):
         seen["timeout"] = timeout_minutes
         return real_session(device, timeout_minutes)
 
-    monkeypatch.setattr(train.distributed, "distributed_session", session)
+    monkeypatch.setattr(trainer.distributed, "distributed_session", session)
     assert train.main(_args(tmp_path / "run", data, "--dist-timeout-min", "3.5", iters=1)) == 0
     assert seen["timeout"] == 3.5
 
@@ -252,14 +259,14 @@ def test_a_bad_image_stops_the_run_before_the_first_iteration(tmp_path, data, ca
 def test_an_image_lost_during_training_is_one_line_from_the_loader_worker(tmp_path, data, capsys, monkeypatch):
     root = _copy(data, tmp_path)
     train = load_train_script()
-    real_loader = train.training_loader
+    real_loader = trainer.training_loader
 
-    def loader_then_delete(dataset, args, start_iter):
+    def loader_then_delete(dataset, **kwargs):
         for path in (root / "train2017").iterdir():  # after the start-up check: the files go away
             path.unlink()
-        return real_loader(dataset, args, start_iter)
+        return real_loader(dataset, **kwargs)
 
-    monkeypatch.setattr(train, "training_loader", loader_then_delete)
+    monkeypatch.setattr(trainer, "training_loader", loader_then_delete)
     argv = _args(tmp_path / "run", root)
     argv[argv.index("--workers") + 1] = "1"
     assert train.main(argv) == 2

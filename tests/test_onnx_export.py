@@ -81,7 +81,7 @@ def test_missing_weights_file_is_one_line_and_exit_code_2(tmp_path):
 
 
 def test_missing_onnx_packages_name_the_install_command(monkeypatch):
-    from fpn.cli import InputError
+    from fpn.errors import InputError
     from fpn.export import require_onnx
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError

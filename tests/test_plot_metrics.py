@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import subprocess
 import sys
@@ -8,10 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fpn.engine import plots as plot_metrics_module
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "plot_metrics.py"
-_spec = importlib.util.spec_from_file_location("plot_metrics", SCRIPT)
-plot_metrics_module = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(plot_metrics_module)
 
 
 def _train_line(it, loss):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fpn.predict
-from fpn.cli import InputError
+from fpn.errors import InputError
 from fpn.predict import RESULTS_FILE, build_parser, main, read_label_map
 from test_predict import LABEL_TO_CATEGORY, _write_image, checkpoint  # noqa: F401 (a fixture)
 

@@ -9,16 +9,16 @@ import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
 from fpn.engine import checkpoint as checkpoint_module
+from fpn.engine import loop, trainer
 from fpn.engine.checkpoint import atomic_save, list_checkpoints, load_checkpoint
 from test_train_script import load_train_script, tiny_args
 
-from test_faults import REPO, _args, data  # noqa: F401 (data: the 6-image synthetic set fixture)
+from test_faults import REPO, _args, data, helpers_env  # noqa: F401 (data: the 6-image synthetic set fixture)
 
 
 def _error_lines(err):
@@ -102,13 +102,13 @@ def test_a_file_too_large_for_the_os_limit_is_a_real_os_error_in_a_subprocess(tm
     run = tmp_path / "run"
     script = textwrap.dedent(f"""
         import resource, signal, sys
-        sys.path.insert(0, {str(REPO / 'tests')!r})
         from test_train_script import load_train_script, tiny_args
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
         sys.exit(load_train_script().main(tiny_args({str(run)!r}, "--coco-root", {str(data)!r}, iters=2)))
         """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300,
+                            env=helpers_env())
     assert result.returncode == 1, result.stderr
     lines = _error_lines(result.stderr)
     assert lines == [f"train.py: error: {run / 'checkpoint_0000002.pt'}: File too large [Errno 27]; training "
@@ -121,14 +121,14 @@ def test_a_file_too_large_for_the_os_limit_is_a_real_os_error_in_a_subprocess(tm
 
 def test_a_read_only_disk_mid_run_exits_1_naming_the_file_and_the_checkpoint(tmp_path, data, monkeypatch, capsys):
     train = load_train_script()
-    real_write = train.MetricsLog.write
+    real_write = trainer.MetricsLog.write
 
     def write(self, record):
         if record.get("iter") == 3 and "loss" in record:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self.path))
         return real_write(self, record)
 
-    monkeypatch.setattr(train.MetricsLog, "write", write)
+    monkeypatch.setattr(trainer.MetricsLog, "write", write)
     run = tmp_path / "run"
     assert train.main(_args(run, data, "--checkpoint-every", "2")) == 1
     line = _one_error_line(capsys)
@@ -226,7 +226,7 @@ def test_resume_with_fewer_iters_than_the_checkpoint_is_one_line_before_any_work
 
 def test_a_signal_during_a_checkpoint_write_names_the_new_checkpoint_and_prunes(tmp_path, data, monkeypatch, capsys):
     train = load_train_script()
-    real_save = train.save_checkpoint
+    real_save = trainer.save_checkpoint
 
     def save(path, **kwargs):
         result = real_save(path, **kwargs)
@@ -234,7 +234,7 @@ def test_a_signal_during_a_checkpoint_write_names_the_new_checkpoint_and_prunes(
             signal.raise_signal(signal.SIGTERM)
         return result
 
-    monkeypatch.setattr(train, "save_checkpoint", save)
+    monkeypatch.setattr(trainer, "save_checkpoint", save)
     run = tmp_path / "run"
     argv = _args(run, data, "--checkpoint-every", "1", "--keep-checkpoints", "2", iters=6)
     assert train.main(argv) == 130
@@ -248,7 +248,7 @@ def test_metrics_of_iterations_redone_after_a_resume_are_logged_once(tmp_path, d
     train = load_train_script()
     run = tmp_path / "run"
     real_forward_calls = {"n": 0}
-    real_step = train.train_iterations.__globals__["train_step"]
+    real_step = loop.__dict__["train_step"]
 
     def step(*args, **kwargs):
         real_forward_calls["n"] += 1
@@ -256,7 +256,7 @@ def test_metrics_of_iterations_redone_after_a_resume_are_logged_once(tmp_path, d
             raise KeyboardInterrupt()
         return real_step(*args, **kwargs)
 
-    monkeypatch.setitem(train.train_iterations.__globals__, "train_step", step)
+    monkeypatch.setitem(loop.__dict__, "train_step", step)
     assert train.main(_args(run, data, "--checkpoint-every", "2", iters=4)) == 130
     logged = [json.loads(line)["iter"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert logged == [1, 2, 3]
@@ -283,17 +283,17 @@ def test_a_stopped_rank_ends_the_run_with_one_line_naming_it(tmp_path, data):
     # each rank runs train.py's main; rank 1 stops itself (SIGSTOP, as a hung or paused process) in iteration 3
     worker = textwrap.dedent(f"""
         import os, signal, sys
-        sys.path.insert(0, {str(REPO / 'tests')!r})
         import torch
         torch.set_num_threads(1)
         from test_train_script import load_train_script, tiny_args
+        from fpn.engine import loop
         train = load_train_script()
-        real_step = train.train_iterations.__globals__["train_step"]
+        real_step = loop.__dict__["train_step"]
         def step(*args, iteration, **kwargs):
             if os.environ["RANK"] == "1" and iteration == 3:
                 os.kill(os.getpid(), signal.SIGSTOP)
             return real_step(*args, iteration=iteration, **kwargs)
-        train.train_iterations.__globals__["train_step"] = step
+        loop.__dict__["train_step"] = step
         argv = tiny_args({str(run)!r}, "--coco-root", {str(data)!r}, "--checkpoint-every", "2",
                          "--dist-timeout-min", "0.1", iters=4)
         code = train.main(argv)
@@ -303,7 +303,7 @@ def test_a_stopped_rank_ends_the_run_with_one_line_naming_it(tmp_path, data):
     port = _free_port()
     ranks = []
     for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+        env = dict(helpers_env(), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(port))
         ranks.append(subprocess.Popen([sys.executable, "-c", worker], env=env, cwd=REPO, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))

@@ -1,22 +1,31 @@
 """Tests of scripts/train.py (flags, data paths) and the helpers the other training tests share."""
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+from fpn.engine.presets import synthetic_recipe
+from fpn.engine.training_data import dataset_paths
+
 
 
 def load_train_script():
-    """scripts/train.py as a module (it is a script, not part of the package)."""
-    if "fpn_train_script" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("fpn_train_script", SCRIPTS / "train.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["fpn_train_script"] = module
-    return sys.modules["fpn_train_script"]
+    """The training tool, fpn.tools.train (scripts/train.py is its door): parse_args, training_job, main."""
+    from fpn.tools import train
+
+    return train
+
+
+def job_of(argv):
+    """The TrainingJob of a command line."""
+    train = load_train_script()
+    return train.training_job(train.parse_args(argv))
+
+
+def paths_of(job):
+    """The data paths of a job (the synthetic set generated when it has no data)."""
+    return dataset_paths(job.data, Path(job.output_dir), synthetic_recipe(job.preset))
 
 
 TINY_MODEL = [
@@ -40,15 +49,16 @@ def tiny_args(output_dir, *extra, iters=4):
 
 
 def test_preset_values_are_defaults_and_flags_override_them():
-    train = load_train_script()
-    args = train.parse_args(["--preset", "1x", "--coco-root", "/data/coco"])
-    assert (args.iters, args.lr, args.steps, args.batch_size, args.amp) == (90_000, 0.02, (60_000, 80_000), 2, "none")
-    assert args.model_config.input.train_min_sizes == (640, 672, 704, 736, 768, 800)
-    args = train.parse_args(["--preset", "1x", "--coco-root", "/data/coco", "--iters", "100", "--steps", "50,80", "--amp", "bf16",
-                             "--backbone.depth", "101", "--backbone-weights", "r101.pth", "--channels-last", "false"])
-    assert (args.iters, args.steps, args.amp, args.model_config.channels_last) == (100, (50, 80), "bf16", False)
-    assert args.model_config.backbone.depth == 101 and args.model_config.backbone.weights == "r101.pth"
-    assert args.model_config.input.min_size == 800  # untouched: the preset's
+    job = job_of(["--preset", "1x", "--coco-root", "/data/coco"])
+    preset = job.preset
+    assert (preset.iters, preset.lr, preset.steps, preset.batch_size, preset.amp) == (90_000, 0.02, (60_000, 80_000), 2, "none")
+    assert preset.model.input.train_min_sizes == (640, 672, 704, 736, 768, 800)
+    assert job.preset_name == "1x" and job.data.coco_root == "/data/coco"
+    preset = job_of(["--preset", "1x", "--coco-root", "/data/coco", "--iters", "100", "--steps", "50,80", "--amp", "bf16",
+                     "--backbone.depth", "101", "--backbone-weights", "r101.pth", "--channels-last", "false"]).preset
+    assert (preset.iters, preset.steps, preset.amp, preset.model.channels_last) == (100, (50, 80), "bf16", False)
+    assert preset.model.backbone.depth == 101 and preset.model.backbone.weights == "r101.pth"
+    assert preset.model.input.min_size == 800  # untouched: the preset's
 
 
 def test_bad_flag_values_exit_with_a_message(capsys):
@@ -62,7 +72,8 @@ def test_bad_flag_values_exit_with_a_message(capsys):
 
 
 def test_block_ends_stop_at_checkpoints_evaluations_and_the_end():
-    block_ends = load_train_script().block_ends
+    from fpn.engine.trainer import block_ends
+
     assert block_ends(0, 10, (4, 0)) == [4, 8, 10]
     assert block_ends(0, 12, (4, 6)) == [4, 6, 8, 12]
     assert block_ends(5, 12, (4, 6)) == [6, 8, 12]
@@ -70,24 +81,22 @@ def test_block_ends_stop_at_checkpoints_evaluations_and_the_end():
 
 
 def test_partial_data_flags_are_an_error(tmp_path):
-    train = load_train_script()
-    args = train.parse_args(["--preset", "cpu-demo", "--output-dir", str(tmp_path), "--train-images", "x"])
+    job = job_of(["--preset", "cpu-demo", "--output-dir", str(tmp_path), "--train-images", "x"])
     with pytest.raises(ValueError, match="give all of --train-images"):
-        train.dataset_paths(args)
-    args = train.parse_args(["--preset", "1x", "--coco-root", "/data/coco"])
-    assert train.dataset_paths(args)["val_annotations"] == Path("/data/coco/annotations/instances_val2017.json")
+        paths_of(job)
+    job = job_of(["--preset", "1x", "--coco-root", "/data/coco"])
+    assert paths_of(job)["val_annotations"] == Path("/data/coco/annotations/instances_val2017.json")
 
 
 def test_synthetic_set_is_generated_once_per_recipe(tmp_path):
-    train = load_train_script()
-    args = train.parse_args(tiny_args(tmp_path))
-    paths = train.dataset_paths(args)
+    job = job_of(tiny_args(tmp_path))
+    paths = paths_of(job)
     assert paths["train_images"] == tmp_path / "synthetic" / "train2017"
     assert len(list(paths["train_images"].iterdir())) == 6 and len(list(paths["val_images"].iterdir())) == 2
     stamp = paths["train_annotations"].stat().st_mtime_ns
-    train.dataset_paths(args)
+    paths_of(job)
     assert paths["train_annotations"].stat().st_mtime_ns == stamp  # same recipe: reused
-    train.dataset_paths(train.parse_args(tiny_args(tmp_path, "--synthetic-val-images", "3")))
+    paths_of(job_of(tiny_args(tmp_path, "--synthetic-val-images", "3")))
     assert len(list(paths["val_images"].iterdir())) == 3
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fpn import FasterRCNNFPN, FCOSFPN
-from fpn.cli import InputError
+from fpn.errors import InputError
 from fpn.config import FCOSConfig
 from fpn.detectors.build import arch_of, build_detector, convert_config
 from fpn.engine.checkpoint import load_checkpoint, load_detector, load_pretrained_weights, save_checkpoint
@@ -117,9 +117,10 @@ def test_train_arch_fcos_trains_checkpoints_and_resumes(tmp_path):
 
 def test_train_help_shows_the_fcos_config_flags(capsys):
     train = load_train_script()
-    args = train.parse_args(["--preset", "cpu-demo", "--arch", "fcos", "--head.score-thresh", "0.1"])
-    assert isinstance(args.model_config, FCOSConfig) and args.model_config.head.score_thresh == 0.1
-    assert args.model_config.backbone.depth == 18  # cpu-demo's trunk
+    model = train.training_job(train.parse_args(["--preset", "cpu-demo", "--arch", "fcos", "--head.score-thresh",
+                                                 "0.1"])).preset.model
+    assert isinstance(model, FCOSConfig) and model.head.score_thresh == 0.1
+    assert model.backbone.depth == 18  # cpu-demo's trunk
     with pytest.raises(SystemExit):
         train.parse_args(["--preset", "cpu-demo", "--arch", "fcos", "--rpn.nms-thresh", "0.5"])  # no RPN in FCOS
 

@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from fpn.cli import InputError
+from fpn.errors import InputError
 from fpn.weights_file import read_weights
 
 

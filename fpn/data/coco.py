@@ -26,7 +26,7 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from fpn.cli import InputError
+from fpn.errors import InputError
 from fpn.data.image_io import load_rgb_image, pil_to_tensor01
 from fpn.data.transforms import Compose, RandomHorizontalFlip
 

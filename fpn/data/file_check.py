@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 from PIL import ExifTags, Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from fpn.cli import InputError
+from fpn.errors import InputError
 from fpn.data.image_io import load_rgb_image, pillow_error_reason
 
 BadImage = Tuple[Path, str]  # (file, why it is bad)

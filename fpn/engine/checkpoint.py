@@ -31,7 +31,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from fpn.cli import InputError, first_line, interrupts_deferred
+from fpn.engine.interrupts import interrupts_deferred
+from fpn.errors import InputError, first_line
 from fpn.data.coco_names import COCO_CLASS_NAMES
 from fpn.detectors.build import DEFAULT_ARCH, arch_of, build_detector, check_arch, config_from_dict
 from fpn.detectors.faster_rcnn import FasterRCNNFPN

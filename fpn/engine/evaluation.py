@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from fpn.engine import distributed
-from fpn.cli import InputError
+from fpn.errors import InputError
 from fpn.data.coco import collate
 from fpn.data.samplers import InferenceSampler
 

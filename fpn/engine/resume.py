@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from fpn.engine.checkpoint import check_same_arch, checkpoint_arch, list_checkpoints, load_checkpoint
-from fpn.cli import InputError, first_line
+from fpn.errors import InputError, first_line
 from fpn.engine.rng_state import restore_rng_state
 
 # Training arguments whose change on --resume says nothing about the run (where it runs, how it logs).

@@ -1,0 +1,166 @@
+"""Plot a training run's metrics.jsonl: loss terms, learning rate and evaluation APs against the iteration.
+
+The command line is `python scripts/plot_metrics.py runs/demo/metrics.jsonl [--output-dir plots/]`
+(fpn/tools/plot_metrics.py).
+
+metrics.jsonl has one JSON object per line, of two kinds, in any order:
+- training lines: `iter`, `lr` and the losses `loss_objectness`, `loss_rpn_box_reg`, `loss_classifier`,
+  `loss_box_reg` (Faster R-CNN) or `classification`, `bbox_regression`, `bbox_ctrness` (FCOS), `loss` (their
+  sum); any other key starting with `loss` is plotted too;
+- evaluation lines: `iter` and COCO's `AP`, `AP50`, `AP75`, `APs`, `APm`, `APl` (in [0, 1] or in %), or the
+  proposal recall of an RPN-only run, `AR100`, `AR1k`, `AR_s`, `AR_m`, `AR_l` (ar.png).
+Lines without `iter` (e.g. a run summary) are ignored. Writes `losses.png`, `lr.png` and `ap.png` (each only when
+the file has that data). Needs matplotlib: `pip install -e ".[viz]"`. From Python (e.g. at the end of training):
+
+    from fpn.engine.plots import plot_metrics
+    paths = plot_metrics("runs/demo/metrics.jsonl", "runs/demo")
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+LOSS_KEYS = ("loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg",  # Faster R-CNN
+             "classification", "bbox_regression", "bbox_ctrness")  # FCOS
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+AR_KEYS = ("AR100", "AR1k", "AR_s", "AR_m", "AR_l")  # proposal recall of an RPN-only run
+Series = Dict[str, Tuple[List[float], List[float]]]  # key -> (iterations, values), sorted by iteration
+
+
+def read_metrics(metrics_file) -> List[dict]:
+    """The JSON objects of a metrics.jsonl that have an `iter`; blank lines and lines without `iter` are skipped.
+
+    Raises:
+        FileNotFoundError: naming the file.
+        ValueError: a line that is not a JSON object, or an `iter` that is not a number (naming file and line).
+    """
+    path = Path(metrics_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics file not found: {path}")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}): {line[:80]!r}") from err
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        if "iter" not in row:
+            continue
+        if not isinstance(row["iter"], (int, float)) or isinstance(row["iter"], bool):
+            raise ValueError(f"{path}:{number}: 'iter' must be a number, got {row['iter']!r}")
+        rows.append(row)
+    return rows
+
+
+def collect_series(rows: Sequence[dict], keys: Sequence[str]) -> Series:
+    """Per key, the (iterations, values) of the rows having that key with a number, sorted by iteration.
+
+    Keys no row has are left out; the order of `keys` is kept. Non-finite values (a diverged loss) are kept as
+    they are (matplotlib leaves a gap at NaN).
+    """
+    series: Series = {}
+    for key in keys:
+        points = sorted(
+            (float(row["iter"]), float(row[key]))
+            for row in rows
+            if isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)
+        )
+        if points:
+            series[key] = ([p[0] for p in points], [p[1] for p in points])
+    return series
+
+
+def loss_keys(rows: Sequence[dict]) -> List[str]:
+    """The loss keys to plot: the known ones in their order, then any other `loss*` key, sorted."""
+    others = sorted({k for row in rows for k in row if k.startswith("loss") and k not in LOSS_KEYS})
+    return list(LOSS_KEYS) + others
+
+
+def plot_metrics(metrics_file, output_dir) -> List[Path]:
+    """Write losses.png, lr.png and ap.png (those with data) for a metrics.jsonl.
+
+    Args:
+        metrics_file: path of the run's metrics.jsonl.
+        output_dir: folder for the PNGs, created if needed.
+
+    Returns:
+        The paths written, in the order losses, lr, ap.
+
+    Raises:
+        ImportError: matplotlib is not installed (the message says how to install it).
+        ValueError: a malformed line, or no line with anything to plot.
+    """
+    rows = read_metrics(metrics_file)
+    figure_class = _figure_class()
+    output = Path(output_dir)
+    plots = (
+        ("losses.png", "Training losses", "loss", collect_series(rows, loss_keys(rows)), "-"),
+        ("lr.png", "Learning rate", "learning rate", collect_series(rows, ("lr",)), "-"),
+        ("ap.png", "Evaluation (COCO AP)", "AP", collect_series(rows, AP_KEYS), "o-"),
+        ("ar.png", "Proposal recall (COCO AR)", "AR", collect_series(rows, AR_KEYS), "o-"),
+    )
+    if not any(series for _, _, _, series, _ in plots):
+        raise ValueError(f"{metrics_file}: no training (loss*, lr) or evaluation (AP*, AR*) values with an 'iter'")
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, title, ylabel, series, style in plots:
+        if series:
+            written.append(_save_plot(figure_class, output / name, title, ylabel, series, style))
+    return written
+
+
+def _save_plot(figure_class, path: Path, title: str, ylabel: str, series: Series, style: str) -> Path:
+    make_plot(figure_class(figsize=(8, 4.5), dpi=100), title, ylabel, series, style).savefig(path)
+    return path
+
+
+def make_plot(figure, title: str, ylabel: str, series: Series, style: str):
+    """Draw `series` against the iteration on `figure` (a matplotlib Figure) and return it.
+
+    `style` is a matplotlib format: "-" for lines (training lines, logged every few iterations), "o-" for lines
+    with a marker on every point (evaluations, a few per run: even a run evaluated once shows its dot). A plot
+    with markers or more than one series has a legend, and the last "AP" point is labelled with its value.
+    The iteration axis starts at 0, so a single evaluation sits where it happened in the run.
+    """
+    axes = figure.add_subplot()
+    for key, (iters, values) in series.items():
+        # The total loss and the AP stand out; the other terms are thinner.
+        width = 2.0 if key in ("loss", "AP") else 1.2
+        headline = key == "AP"  # drawn larger and on top
+        axes.plot(iters, values, style, label=key, linewidth=width, markersize=6 if headline else 4,
+                  zorder=3 if headline else 2)
+    finite = [v for _, values in series.values() for v in values if math.isfinite(v)]
+    if ylabel == "loss" and finite and min(finite) > 0 and max(finite) / min(finite) > 100:
+        axes.set_yscale("log")  # losses spanning decades read better on a log axis
+    if "AP" in series and math.isfinite(series["AP"][1][-1]):
+        last_iter, last_ap = series["AP"][0][-1], series["AP"][1][-1]
+        axes.annotate(f"AP {last_ap:.3f}", (last_iter, last_ap), textcoords="offset points", xytext=(-8, 8),
+                      ha="right")
+    last = max(iters[-1] for iters, _ in series.values())
+    axes.set_xlim(0, last * 1.05 if last > 0 else 1)
+    axes.set(title=title, xlabel="iteration", ylabel=ylabel)
+    axes.grid(True, alpha=0.3)
+    if len(series) > 1 or "o" in style:
+        axes.legend(loc="best")
+    figure.tight_layout()
+    return figure
+
+
+def _figure_class():
+    """matplotlib's Figure, imported only when plotting (matplotlib is the optional "viz" extra).
+
+    The object-oriented Figure renders with Agg by itself, so no pyplot state or backend switch is involved.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError(
+            'plotting metrics needs matplotlib, which is not installed: pip install -e ".[viz]" '
+            "(or pip install matplotlib)"
+        ) from err
+    return Figure

@@ -1,0 +1,275 @@
+"""Evaluate a detector checkpoint on a COCO-format set: COCO box AP table, results JSON and metrics JSON; with
+--proposals, the average recall of its region proposals instead.
+
+One device:
+
+    python scripts/evaluate.py runs/demo/checkpoint_0000800.pt --coco-root runs/demo/synthetic \\
+        --output-dir runs/demo/eval
+    python scripts/evaluate.py fasterrcnn_resnet50_fpn_coco-258fb6c6.pth --coco-root /data/coco
+
+Several GPUs (the images are split over the processes, the detections gathered on rank 0):
+
+    torchrun --nproc_per_node=8 scripts/evaluate.py CHECKPOINT --coco-root /data/coco
+
+CHECKPOINT is one of our training checkpoints or a torchvision `fasterrcnn_resnet50_fpn` file (whose labels are
+the COCO category ids). Writes OUTPUT_DIR/{PREFIX}_results.json (COCO results format) and {PREFIX}_metrics.json.
+
+Batching: the images of a batch are zero-padded to a common size, and the padding enters the GroupNorm
+statistics, so the batch composition changes the detections a little (on a CPU the thread count does too).
+--batch-size, --amp and --threads therefore default to the training's own evaluation settings, stored in our
+checkpoints (its --eval-batch-size, --amp and --threads): the same checkpoint on the same validation set, with as
+many processes as the training, gives exactly the AP of the training's final evaluation. The line "evaluating
+with ..." says which were used. A torchvision file gets batch size 2, no mixed precision, torch's threads.
+
+Categories: before any inference the model's categories are compared with the annotation file's. A model
+predicting categories the file lacks (another label set) is an error; so is a file with categories the model has
+no output for (their AP would be 0, lowering the mean silently) unless --allow-missing-categories is given.
+
+Proposals (--proposals): the class-agnostic COCO average recall of the RPN's proposals, Table 1 of Lin et al.
+(2017): AR100, AR1k and AR1k of small, medium and large boxes (`fpn.engine.proposal_eval`). An RPN-only checkpoint is
+evaluated as it is; of a full detector (ours or torchvision's) the same model is built with rpn_only = True and
+given its backbone, FPN and RPN weights, so the proposals are the ones its RoI heads would see. The categories are
+not compared (proposals have none). Writes OUTPUT_DIR/{PREFIX}_metrics.json, PREFIX "proposals" by default; AR1k
+counts the model's config.rpn.post_nms_top_n_test proposals per image when that is fewer than 1000.
+
+    python scripts/evaluate.py runs/demo/checkpoint_0000800.pt --coco-root runs/demo/synthetic --proposals
+
+Inference-optimized model (--fast): evaluate `fpn.inference.optimize_for_inference`'s copy of the detector, as
+`python -m fpn.predict --fast` runs it (normalisations folded, channels-last; `--fast-dtype bf16` or fp16 for the
+convolutions and linear layers), to see what it costs in AP. --fast-dtype replaces --amp.
+
+    python scripts/evaluate.py runs/demo/checkpoint_0000800.pt --coco-root runs/demo/synthetic --fast --fast-dtype bf16
+
+Unreadable images: every image file is checked (its header, and its size against the annotations) before any
+inference. A bad file is an error naming it, unless --skip-bad-images is given: then the bad files are left out
+of the evaluation (the AP is that of the other images), with a warning naming a few and counting them all; a file
+whose pixel data turns out corrupt only when decoded is skipped too, and counted as not evaluated.
+
+Exit codes: 0 done; 2 a usage or input error (bad flag, missing or unreadable checkpoint or annotation file,
+categories that do not match), one line on stderr (--debug shows the traceback); 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+from tqdm import tqdm
+
+from fpn.engine import distributed
+from fpn.engine.checkpoint import is_training_checkpoint, load_detector
+from fpn.cli import ArgumentParser, run_cli
+from fpn.errors import InputError
+from fpn.data.coco import CocoDetection
+from fpn.data.file_check import check_image_files, handle_bad_images
+from fpn.engine.loop import AMP_DTYPES, autocast_factory, select_device
+from fpn.engine.evaluation import check_categories, evaluate_coco, format_metrics
+from fpn.predict import FAST_DTYPES, fast_model, label_map_of
+from fpn.detectors.build import arch_of
+from fpn.engine.proposal_eval import evaluate_proposals, format_recall, rpn_only_model
+from fpn.weights_file import read_weights
+
+TORCHVISION_BATCHING = (2, "none")  # (batch size, amp) for files that do not say how they were evaluated
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = ArgumentParser(prog="scripts/evaluate.py", tool="evaluate.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="our training checkpoint or a torchvision detector file")
+    parser.add_argument("--coco-root", help="DIR with val2017/ and annotations/instances_val2017.json")
+    parser.add_argument("--images", help="images folder")
+    parser.add_argument("--annotations", help="COCO json of those images")
+    parser.add_argument("--output-dir", default=None, help="where the JSON files go (default: the checkpoint's dir)")
+    parser.add_argument("--prefix", default=None,
+                        help="file name prefix of the JSON files (default: evaluate; proposals with --proposals)")
+    parser.add_argument("--proposals", action="store_true",
+                        help="evaluate the average recall of the RPN's proposals instead of the box AP")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per forward pass (default: the training's --eval-batch-size, stored in our "
+                             "checkpoints, so the padding and the AP are the training's; 2 for a torchvision file)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--amp", default=None, choices=sorted(AMP_DTYPES),
+                        help="mixed precision (default: the training's --amp; none for a torchvision file)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: the training's --threads when it set one, else torch's default; "
+                             "on a CPU the thread count changes the arithmetic's order, and the scores a little)")
+    parser.add_argument("--fast", action="store_true",
+                        help="evaluate the inference-optimized copy of the model (fpn.inference.optimize_for_inference)")
+    parser.add_argument("--fast-dtype", choices=sorted(FAST_DTYPES), default="fp32",
+                        help="with --fast: the dtype of the convolutions and linear layers (default fp32)")
+    parser.add_argument("--allow-missing-categories", action="store_true",
+                        help="evaluate even when the data has categories the model cannot predict (AP 0 for them)")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="leave unreadable image files out of the evaluation, with a warning counting them "
+                             "(default: a bad file is an error naming it)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    args = parser.parse_args(argv)
+    args.prefix = args.prefix or ("proposals" if args.proposals else "evaluate")
+    if args.coco_root:
+        args.images = args.images or str(Path(args.coco_root) / "val2017")
+        args.annotations = args.annotations or str(Path(args.coco_root) / "annotations/instances_val2017.json")
+    if not (args.images and args.annotations):
+        raise InputError("give --coco-root, or both --images and --annotations")
+    if not Path(args.images).is_dir():
+        raise InputError(f"images folder {args.images}: no such directory")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 0:
+        raise InputError(f"--threads must be >= 0, got {args.threads}")
+    if args.workers < 0:
+        raise InputError(f"--workers must be >= 0, got {args.workers}")
+    if args.fast_dtype != "fp32" and not args.fast:
+        raise InputError(f"--fast-dtype {args.fast_dtype} needs --fast")
+    if args.fast and args.amp not in (None, "none"):
+        raise InputError(f"--amp {args.amp} and --fast: give the precision of the optimized model as --fast-dtype")
+    return args
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How the images go through the model: what decides the padding and the arithmetic, hence the scores."""
+
+    batch_size: int  # images per forward pass
+    amp: str  # mixed precision: none, bf16 or fp16
+    threads: int  # CPU threads; 0: torch's default
+    described: str  # "batch size 4 (the training's --eval-batch-size), amp none (...), threads 1 (...)"
+
+
+def evaluation_batching(weights: Any, args: argparse.Namespace) -> Batching:
+    """The flags' values, or where they were not given the training's own (stored in our checkpoints' `args`).
+
+    Args:
+        weights: the loaded contents of the checkpoint file.
+        args: the parsed command line (`batch_size`, `amp`, `threads`; None where not given).
+    Returns:
+        the batching; a file without training arguments (torchvision's) gets `TORCHVISION_BATCHING`.
+    """
+    trained = weights.get("args") if is_training_checkpoint(weights) else None
+    trained = trained if isinstance(trained, dict) else {}
+    chosen = {}
+    for name, stored, fallback, valid in (
+        ("batch_size", "eval_batch_size", TORCHVISION_BATCHING[0], lambda v: isinstance(v, int) and v >= 1),
+        ("amp", "amp", TORCHVISION_BATCHING[1], lambda v: v in AMP_DTYPES),
+        ("threads", "threads", 0, lambda v: isinstance(v, int) and v >= 0),
+    ):
+        flag = "--" + name.replace("_", "-")
+        if name == "amp" and getattr(args, "fast", False):
+            chosen[name] = ("none", f"--fast-dtype {args.fast_dtype} instead")
+        elif getattr(args, name) is not None:
+            chosen[name] = (getattr(args, name), flag)
+        elif valid(trained.get(stored)):
+            chosen[name] = (trained[stored], f"the training's --{stored.replace('_', '-')}")
+        else:
+            chosen[name] = (fallback, "the checkpoint does not say")
+    described = ", ".join(f"{name.replace('_', ' ')} {value} ({source})" for name, (value, source) in chosen.items())
+    return Batching(**{name: value for name, (value, _) in chosen.items()}, described=described)
+
+
+def label_map(weights: Any, num_classes: int, class_names: Mapping[int, str], dataset: CocoDetection, *,
+              checkpoint: str, allow_missing: bool = False) -> Tuple[Dict[int, int], Optional[str]]:
+    """The model's {label: COCO category id}, checked against the data set's categories (`check_categories`).
+
+    Args:
+        weights: the loaded contents of the checkpoint file: our checkpoints store the map; a torchvision
+            detector's labels are the COCO category ids themselves (the identity; its unused "N/A" ids are not
+            counted as categories it predicts).
+        num_classes: the model's outputs, background included.
+        class_names: the model's {label: name}.
+        dataset: the evaluation set.
+        checkpoint: the file's path, for the messages.
+        allow_missing: see `check_categories`.
+    Returns:
+        (the map without the background, a warning line when `allow_missing` let missing categories through).
+    """
+    mapping = label_map_of(weights, num_classes)
+    if not mapping:
+        raise InputError(f"checkpoint {checkpoint} has no label_to_category map: its labels cannot be matched "
+                         f"to the categories of {dataset.annotations_file}")
+    mapping = {label: category for label, category in mapping.items() if label != 0}
+    predicted = {category: class_names.get(label, str(category)) for label, category in mapping.items()
+                 if class_names.get(label) != "N/A"}
+    data = {category: dataset.class_names[label] for label, category in dataset.label_to_category.items()}
+    warning = check_categories(predicted, data, model_name=str(checkpoint), data_name=str(dataset.annotations_file),
+                               allow_missing=allow_missing)
+    return mapping, warning
+
+
+def drop_bad_images(dataset: CocoDetection) -> str:
+    """Check every image file's header and size (rank 0 reads them) and apply the data set's policy: an
+    InputError naming the bad files, or with `skip_bad_images` drop them with one warning.
+
+    Returns:
+        "" when every file is fine, else ", <N> unreadable left out" for the summary line.
+    """
+    bad = distributed.run_on_main(lambda: check_image_files(dataset))
+    handle_bad_images(dataset, bad)  # raises unless dataset.skip_bad_images; the same on every rank
+    return f", {len(bad)} unreadable left out" if bad else ""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line; returns the exit code (0 done, 2 usage or input error, 130 interrupted)."""
+    return run_cli(evaluate_command, argv, prog="evaluate.py")
+
+
+def evaluate_command(argv: Optional[Sequence[str]] = None) -> int:
+    """`main` without the error handling: input errors propagate as `InputError`/`OSError`."""
+    args = parse_args(argv)
+    weights = read_weights(args.checkpoint, "checkpoint", mmap=True)  # memory-mapped: the label map and args
+    dataset = CocoDetection(args.images, args.annotations, train=False, skip_bad_images=args.skip_bad_images)
+    batching = evaluation_batching(weights, args)
+    if batching.threads:
+        torch.set_num_threads(batching.threads)
+    with distributed.distributed_session(select_device(args.device)) as device:
+        skipped = drop_bad_images(dataset)
+        model, class_names = load_detector(args.checkpoint, device)
+        if args.proposals:
+            return proposals_command(model, dataset, batching, device, args)
+        if args.fast:
+            model = fast_model(model, FAST_DTYPES[args.fast_dtype])
+        mapping, warning = label_map(weights, model.num_classes, class_names, dataset, checkpoint=args.checkpoint,
+                                     allow_missing=args.allow_missing_categories)
+        if warning and distributed.is_main_process():
+            print(f"evaluate.py: warning: {warning}", file=sys.stderr, flush=True)
+        distributed.log(f"evaluating with {batching.described}")
+        output_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).resolve().parent
+        bar = tqdm(total=len(dataset), desc="evaluate", disable=not distributed.is_main_process())
+        metrics = evaluate_coco(
+            model, dataset, device=device, output_dir=output_dir, prefix=args.prefix, label_to_category=mapping,
+            batch_size=batching.batch_size, num_workers=args.workers, autocast=autocast_factory(device, batching.amp),
+            progress=lambda n: bar.update(n * distributed.get_world_size()),
+        )
+        bar.close()
+        distributed.log(f"{args.checkpoint} on {args.annotations} ({len(dataset)} images{skipped}):\n"
+                        f"{format_metrics(metrics)}")
+        distributed.log(f"results: {output_dir / (args.prefix + '_results.json')}")
+    return 0
+
+
+def proposals_command(model: torch.nn.Module, dataset: CocoDetection, batching: Batching, device: torch.device,
+                      args: argparse.Namespace) -> int:
+    """--proposals: the average recall of the proposals of `model`'s RPN (its RPN-only twin for a full detector)."""
+    if arch_of(model) != "faster_rcnn":
+        raise InputError(f"--proposals: {args.checkpoint} holds a {arch_of(model)} detector, which is one-stage: "
+                         "it has no region proposals to score (evaluate its boxes without --proposals)")
+    proposer = rpn_only_model(model)
+    if args.fast:
+        proposer = fast_model(proposer, FAST_DTYPES[args.fast_dtype])
+    per_image = proposer.config.rpn.post_nms_top_n_test
+    distributed.log(f"evaluating proposals ({per_image} per image at most) with {batching.described}")
+    output_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).resolve().parent
+    bar = tqdm(total=len(dataset), desc="proposals", disable=not distributed.is_main_process())
+    metrics = evaluate_proposals(
+        proposer, dataset, device=device, output_dir=output_dir, prefix=args.prefix,
+        batch_size=batching.batch_size, num_workers=args.workers, autocast=autocast_factory(device, batching.amp),
+        progress=lambda n: bar.update(n * distributed.get_world_size()),
+    )
+    bar.close()
+    distributed.log(f"{args.checkpoint} proposals on {args.annotations} ({len(dataset)} images):\n"
+                    f"{format_recall(metrics)}")
+    distributed.log(f"metrics: {output_dir / (args.prefix + '_metrics.json')}")
+    return 0
+
