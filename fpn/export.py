@@ -41,7 +41,6 @@ from torch import Tensor, nn
 
 from fpn.cli import ArgumentParser, run_cli
 from fpn.errors import InputError
-from fpn.ops.resize import written_out_resize
 from fpn.transform import postprocess, preprocess
 
 EXAMPLE_SIZE = (480, 640)  # (H, W) of the example image traced: large enough for a 2 x 2 P6 after resizing
@@ -59,23 +58,27 @@ class DetectorGraph(nn.Module):
     `model([image])[0]`.
 
     It calls preprocess, the model's `forward_batch` and postprocess, without the input checks of
-    `Detector.forward`, whose value-range warning reads the image on the host.
+    `Detector.forward`, whose value-range warning reads the image on the host. `written_out_resize`: resize with
+    `fpn.ops.resize.bilinear_resize` (the ONNX export: PyTorch's bilinear arithmetic, not ONNX Resize's).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, written_out_resize: bool = False):
         super().__init__()
         self.model = model
+        self.written_out_resize = written_out_resize
 
     def forward(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         model = self.model
         original_size = (image.shape[-2], image.shape[-1])  # symbolic under torch.export
-        batch, _ = preprocess([image], None, model.config.input, False)
+        batch, _ = preprocess([image], None, model.config.input, False, written_out_resize=self.written_out_resize)
         detections = model.forward_batch(batch)  # the detector's own eval path, ImageBatch frame
         det = postprocess(detections, batch.image_sizes, [original_size])[0]
         return det["boxes"], det["scores"], det["labels"]
 
 
-def _traceable(model: nn.Module) -> Tuple[DetectorGraph, Tuple[Tensor], Tuple[dict]]:
+def _traceable(
+    model: nn.Module, *, written_out_resize: bool = False
+) -> Tuple[DetectorGraph, Tuple[Tensor], Tuple[dict]]:
     """The graph module, an example input and its dynamic shapes (H and W of the image)."""
     if model.training:
         raise ValueError("export the model in eval mode (model.eval()): training returns losses, not detections")
@@ -83,7 +86,8 @@ def _traceable(model: nn.Module) -> Tuple[DetectorGraph, Tuple[Tensor], Tuple[di
     example = torch.rand(3, *EXAMPLE_SIZE, generator=torch.Generator().manual_seed(0)).to(device)
     height = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)
     width = torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)
-    return DetectorGraph(model).eval(), (example,), ({1: height, 2: width},)
+    graph = DetectorGraph(model, written_out_resize=written_out_resize).eval()
+    return graph, (example,), ({1: height, 2: width},)
 
 
 def export_program(model: nn.Module) -> torch.export.ExportedProgram:
@@ -118,9 +122,9 @@ def export_onnx(model: nn.Module, path: Path) -> None:
     require_onnx()
     from fpn.onnx_ops import OPSET, translation_table
 
-    graph, example, dynamic_shapes = _traceable(model)
     # written_out_resize: PyTorch's bilinear arithmetic, not ONNX Resize's
-    with torch.no_grad(), written_out_resize(), _without_torchvision_notice():
+    graph, example, dynamic_shapes = _traceable(model, written_out_resize=True)
+    with torch.no_grad(), _without_torchvision_notice():
         program = torch.onnx.export(
             graph, example, dynamo=True, dynamic_shapes=dynamic_shapes, opset_version=OPSET,
             custom_translation_table=translation_table(), input_names=["image"],

@@ -1,5 +1,9 @@
-"""The contract between a feature producer and its consumers: what each output map is."""
+"""The contracts every floor shares: what each feature map is (`FeatureSpec`), and the padded image batch the
+detector's input side hands to its parts (`ImageBatch`)."""
 from dataclasses import dataclass
+from typing import List, Tuple
+
+from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -8,3 +12,13 @@ class FeatureSpec:
 
     channels: int
     stride: int
+
+
+@dataclass
+class ImageBatch:
+    """A padded batch: `tensor` (N, 3, Hp, Wp) normalised and zero-padded at the bottom/right, and each image's
+    size (h, w) after resizing, before padding (the frame that proposals and detections live in). Made by
+    `fpn.transform.preprocess`; read by the heads (anchors, clipping) without knowing how it was made."""
+
+    tensor: Tensor
+    image_sizes: List[Tuple[int, int]]

@@ -6,7 +6,6 @@ Boxes everywhere are (x1, y1, x2, y2) in absolute pixels of the frame named in t
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -15,31 +14,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fpn.config import InputConfig
-from fpn.ops.resize import bilinear_resize, resize_written_out
+from fpn.ops.resize import bilinear_resize
+from fpn.spec import ImageBatch  # the contract lives on the ground floor; the detectors import it from here too
 
 
-@dataclass
-class ImageBatch:
-    """A padded batch: `tensor` (N, 3, Hp, Wp) normalised and zero-padded at the bottom/right, and each image's
-    size (h, w) after resizing, before padding (the frame that proposals and detections live in)."""
-
-    tensor: Tensor
-    image_sizes: List[Tuple[int, int]]
-
-
-def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
+def resize_image(image: Tensor, min_size: int, max_size: int, *, written_out: bool = False) -> Tensor:
     """Resize (3, H, W) so the shorter side is `min_size` unless the longer would exceed `max_size` (bilinear).
 
     The new size is floor(H * scale), as torchvision's detection transform gets it (`recompute_scale_factor=True`:
     same weights -> same detections), computed here and passed as the size: the same interpolation, written with
     `torch.sym_min` so that under `torch.export` a symbolic H and W stay symbolic (Python's `min` would fix them).
-    Exported to ONNX, the interpolation is `bilinear_resize` (fpn/ops/resize.py): PyTorch's sampling points in ops
-    that ONNX runtimes compute alike, where ONNX's own Resize samples a last bit elsewhere.
+    With `written_out` (the ONNX export asks for it) the interpolation is `bilinear_resize` (fpn/ops/resize.py):
+    PyTorch's sampling points in ops that ONNX runtimes compute alike, where ONNX's own Resize samples a last bit
+    elsewhere. `torch.export` does not need it: its program calls the same kernel as eager.
     """
     h, w = image.shape[-2:]
     scale = torch.sym_min(min_size / torch.sym_min(h, w), max_size / torch.sym_max(h, w))
     size = (torch.sym_int(h * scale), torch.sym_int(w * scale))  # what F.interpolate's recompute_scale_factor does
-    if resize_written_out():
+    if written_out:
         return bilinear_resize(image, size)
     return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
@@ -93,12 +85,15 @@ def preprocess(
     targets: Optional[Sequence[Dict[str, Tensor]]],
     cfg: InputConfig,
     training: bool,
+    *,
+    written_out_resize: bool = False,
 ) -> Tuple[ImageBatch, Optional[List[Dict[str, Tensor]]]]:
     """Normalise with the ImageNet mean/std, resize, and pad `images` (each (3, H, W) in [0, 1]).
 
     In training the shorter side is drawn uniformly from `cfg.train_min_sizes` (torch's global RNG, one draw
     per image); at inference it is `cfg.min_size`. Target boxes are scaled into the resized frame (copies; the
-    caller's dicts are not modified).
+    caller's dicts are not modified). `written_out_resize`: resize with `bilinear_resize` (see `resize_image`),
+    for the ONNX export.
     """
     resized, sizes, new_targets = [], [], [] if targets is not None else None
     for i, image in enumerate(images):
@@ -108,7 +103,8 @@ def preprocess(
             min_size = cfg.train_min_sizes[pick]
         else:
             min_size = cfg.min_size
-        out = resize_image(normalize(image, cfg.image_mean, cfg.image_std), min_size, cfg.max_size)
+        out = resize_image(normalize(image, cfg.image_mean, cfg.image_std), min_size, cfg.max_size,
+                           written_out=written_out_resize)
         resized.append(out)
         sizes.append((out.shape[-2], out.shape[-1]))  # ints (symbolic under torch.export: no int() to fix them)
         if targets is not None:

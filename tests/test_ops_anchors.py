@@ -8,7 +8,7 @@ import fpn.ops.anchors as anchors_module
 from fpn.config import AnchorConfig, RPNConfig
 from fpn.heads.rpn import RegionProposalNetwork
 from fpn.ops import AnchorGenerator
-from fpn.transform import ImageBatch
+from fpn.spec import ImageBatch
 
 SIZES = (32, 64, 128, 256, 512)
 RATIOS = (0.5, 1.0, 2.0)

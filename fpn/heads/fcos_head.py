@@ -24,7 +24,7 @@ from fpn.ops.anchors import AnchorGenerator
 from fpn.ops.box_coder import DistanceBoxCoder
 from fpn.ops.boxes import clip_boxes_to_image
 from fpn.ops.nms_per_image import nms_per_image
-from fpn.transform import ImageBatch
+from fpn.spec import ImageBatch
 
 
 def _tower(channels: int, num_convs: int, gn_groups: int) -> nn.Sequential:

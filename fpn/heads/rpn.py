@@ -27,7 +27,7 @@ from fpn.ops import (
 )
 from fpn.ops.boxes import large_enough
 from fpn.ops.nms_per_image import nms_per_image
-from fpn.transform import ImageBatch
+from fpn.spec import ImageBatch
 
 
 class RPNHead(nn.Module):

@@ -9,33 +9,12 @@ blends as fused multiply-adds (x86-64 with FMA); here a fused multiply-add of fl
 float64, where the product of two float32 is exact, and rounded once to float32: that kernel's values bit for bit
 (but for the rare sum that float64 rounds onto a float32 tie). Its single-threaded path blends in another order,
 1-2 ulps away; the sampling points, which are what matter, are the same (tests/test_ops_resize.py).
+The ONNX export asks for it: `fpn.transform.preprocess(..., written_out_resize=True)`.
 """
-import contextlib
-from typing import Iterator, Tuple
+from typing import Tuple
 
 import torch
 from torch import SymInt, Tensor
-
-_written_out = False  # set by `written_out_resize()` (ONNX export)
-
-
-@contextlib.contextmanager
-def written_out_resize() -> Iterator[None]:
-    """Within this block, `fpn.transform.resize_image` resizes with `bilinear_resize` instead of
-    `F.interpolate`. The ONNX export traces in it; `torch.export` does not need it (its program calls the same
-    PyTorch kernel as eager, so stays equal to eager at any thread count)."""
-    global _written_out
-    previous, _written_out = _written_out, True
-    try:
-        yield
-    finally:
-        _written_out = previous
-
-
-def resize_written_out() -> bool:
-    """Whether a `written_out_resize()` block is active."""
-    return _written_out
-
 
 def bilinear_resize(image: Tensor, size: Tuple[int, int]) -> Tensor:
     """(C, H, W) float32 -> (C, h, w), the values of `F.interpolate(image[None], size, mode="bilinear",
