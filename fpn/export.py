@@ -215,7 +215,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from fpn.engine.checkpoint import load_detector
+    from fpn.io.loading import load_detector
 
     args = parse_args(argv)
     if args.output.suffix == ".onnx":

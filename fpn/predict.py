@@ -52,12 +52,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fpn.engine.checkpoint import is_training_checkpoint, load_detector
 from fpn.detectors.build import is_rpn_only
+from fpn.device import select_device
+from fpn.io.loading import is_training_checkpoint, load_detector
 from fpn.cli import ArgumentParser, run_cli
 from fpn.errors import InputError
 from fpn.data.image_io import load_rgb_image, pil_to_tensor01
-from fpn.engine.loop import select_device
 from fpn.inference import optimize_for_inference
 from fpn.visualize import draw_detections
 from fpn.weights_file import read_weights

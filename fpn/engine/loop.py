@@ -18,23 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from fpn.engine import distributed
+from fpn.device import select_device  # noqa: F401 (re-exported: its old home)
 from fpn.engine.nonfinite import FiniteWatch, check_losses
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; any other value is passed to torch.device (ValueError if bad)."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from error
 
 
 def autocast_factory(device: torch.device, amp: str) -> Callable[[], ContextManager]:

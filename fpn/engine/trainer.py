@@ -24,13 +24,14 @@ from tqdm import tqdm
 from fpn.backbones.build import build_backbone
 from fpn.data.coco import CocoDetection
 from fpn.detectors.build import arch_of, build_detector, is_rpn_only
+from fpn.device import select_device
 from fpn.engine import distributed
 from fpn.engine.checkpoint import (
     checkpoint_path, load_pretrained_weights, prepare_output_dir, prune_checkpoints, save_checkpoint, to_plain,
 )
 from fpn.engine.evaluation import evaluate_coco, format_metrics
 from fpn.engine.interrupts import interrupts_deferred, sigterm_as_interrupt
-from fpn.engine.loop import MetricsLog, autocast_factory, build_grad_scaler, select_device, train_iterations
+from fpn.engine.loop import MetricsLog, autocast_factory, build_grad_scaler, train_iterations
 from fpn.engine.nonfinite import FiniteWatch, NonFiniteError
 from fpn.engine.plots import plot_metrics
 from fpn.engine.presets import TrainingPreset, synthetic_recipe

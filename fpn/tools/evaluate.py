@@ -60,12 +60,13 @@ import torch
 from tqdm import tqdm
 
 from fpn.engine import distributed
-from fpn.engine.checkpoint import is_training_checkpoint, load_detector
+from fpn.io.loading import is_training_checkpoint, load_detector
 from fpn.cli import ArgumentParser, run_cli
 from fpn.errors import InputError
 from fpn.data.coco import CocoDetection
 from fpn.data.file_check import check_image_files, handle_bad_images
-from fpn.engine.loop import AMP_DTYPES, autocast_factory, select_device
+from fpn.device import select_device
+from fpn.engine.loop import AMP_DTYPES, autocast_factory
 from fpn.engine.evaluation import check_categories, evaluate_coco, format_metrics
 from fpn.predict import FAST_DTYPES, fast_model, label_map_of
 from fpn.detectors.build import arch_of
