@@ -9,9 +9,10 @@ What changes, and why it keeps the detections:
   map `x * scale + shift` per channel, so `norm(conv(x)) = conv'(x)` with `conv'.weight = weight * scale` (per
   output channel) and `conv'.bias = bias * scale + shift`. The constants are computed in float64 and rounded
   once, so fp32 detections match the eager model's to float rounding (boxes within 1e-3 px, scores within 1e-5,
-  tests/test_inference.py, test_inference_regnet.py, test_model_parity_mobilenet.py). The pairs are found
-  structurally (the known conv/norm attributes of the ResNet, RegNetX and MobileNetV3 modules, see
-  `conv_norm_pairs`), not by tracing; a folded norm becomes `nn.Identity`. GroupNorm depends on its input's
+  tests/test_inference.py, test_inference_regnet.py, test_model_parity_mobilenet.py). The pairs are the modules'
+  own answer: a trunk or block knows which of its norms follow a conv directly and says so in its
+  `conv_norm_pairs()` method (ResNet, RegNetX, MobileNetV3 and their blocks; see `conv_norm_pairs`), nothing
+  is traced; a folded norm becomes `nn.Identity`. GroupNorm depends on its input's
   statistics and cannot be folded: it is left in place.
 - **Channels-last.** oneDNN (CPU) and cuDNN run NHWC convolutions without layout conversions.
 - **dtype.** Convolution and linear weights are stored in `dtype` and the forward runs under
@@ -34,41 +35,17 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from fpn.backbones.mobilenet_v3 import ConvNormActivation
-from fpn.backbones.norm import FrozenBatchNorm2d
-from fpn.backbones.regnet import RegNetX, XBlock
-from fpn.backbones.resnet import BasicBlock, Bottleneck, ResNet
+from fpn.backbones.norm import ConvNormPair, FrozenBatchNorm2d, conv_norm_pairs_within
 
-# The conv -> norm pairs of each ResNet module, by attribute name (torchvision's resnet layout); RegNetX's are
-# found in `conv_norm_pairs`.
-_CONV_NORM_ATTRIBUTES = {
-    ResNet: (("conv1", "bn1"),),  # the stem
-    BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
-    Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
-}
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def conv_norm_pairs(model: nn.Module) -> Iterator[Tuple[nn.Module, str, str]]:
-    """Every (parent, conv attribute, norm attribute) whose norm follows the conv directly: the stem and the
-    residual blocks of each ResNet in `model` (the trunk, and the conv5 box head of the C4 variant), and the
-    projection shortcuts (`downsample`, an nn.Sequential(conv, norm)); the stem and the X blocks (convs and
-    projections) of a RegNetX; every conv -> norm [-> activation] of a MobileNetV3."""
-    for module in list(model.modules()):
-        for kind, attributes in _CONV_NORM_ATTRIBUTES.items():
-            if isinstance(module, kind):
-                for conv_name, norm_name in attributes:
-                    yield module, conv_name, norm_name
-        if isinstance(module, (BasicBlock, Bottleneck)) and module.downsample is not None:
-            yield module.downsample, "0", "1"
-        # RegNetX: each conv is an nn.Sequential(conv, norm[, ReLU]), "0" and "1"
-        if isinstance(module, RegNetX):
-            yield module.stem, "0", "1"
-        if isinstance(module, XBlock):
-            for part in (module.f.a, module.f.b, module.f.c, *([module.proj] if module.proj is not None else [])):
-                yield part, "0", "1"
-        if isinstance(module, ConvNormActivation):  # MobileNetV3: every conv but the squeeze-excitation's
-            yield module, "0", "1"
+def conv_norm_pairs(model: nn.Module) -> Iterator[ConvNormPair]:
+    """Every (parent, conv attribute, norm attribute) whose norm follows the conv directly, as the modules of
+    `model` answer them (`conv_norm_pairs()` of the ResNet, RegNetX and MobileNetV3 trunks and of their blocks,
+    so that the conv5 box head of the C4 variant, blocks split off a trunk, is found too)."""
+    answer = getattr(model, "conv_norm_pairs", None)
+    yield from answer() if callable(answer) else conv_norm_pairs_within(model)
 
 
 def norm_as_affine(norm: nn.Module) -> Optional[Tuple[Tensor, Tensor]]:

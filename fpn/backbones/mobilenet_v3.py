@@ -22,13 +22,13 @@ Shape shorthand: N images, H x W input size.
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Sequence
+from typing import Dict, Iterator, List, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
 from fpn.backbones.imagenet import load_imagenet_weights
-from fpn.backbones.norm import make_norm
+from fpn.backbones.norm import ConvNormPair, conv_norm_pairs_within, make_norm
 from fpn.backbones.untrained import describe_untrainable
 from fpn.spec import FeatureSpec
 
@@ -89,6 +89,10 @@ class ConvNormActivation(nn.Sequential):
         if activation is not None:
             layers.append(activation(inplace=True))
         super().__init__(*layers)
+
+    def conv_norm_pairs(self) -> Iterator[ConvNormPair]:
+        """Its conv -> norm, "0" and "1"."""
+        yield self, "0", "1"
 
 
 class SqueezeExcitation(nn.Module):
@@ -207,6 +211,10 @@ class MobileNetV3(nn.Module):
         names = [f"features.{start}" if end - start == 1 else f"features.{start}-{end - 1}"
                  for start, end in zip(self.stage_starts, ends)]
         return names[::-1]
+
+    def conv_norm_pairs(self) -> Iterator[ConvNormPair]:
+        """Every conv -> norm [-> activation] (each ConvNormActivation); the squeeze-excitation convs have no norm."""
+        yield from conv_norm_pairs_within(self)
 
     def untrainable_parts(self) -> List[str]:
         """What training cannot fix while no weights are loaded (see ResNet.untrainable_parts)."""

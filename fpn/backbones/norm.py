@@ -6,10 +6,15 @@ are too noisy to learn, so the ImageNet statistics and affine parameters become 
 """
 from __future__ import annotations
 
+from typing import Iterator, Tuple
+
 import torch
 from torch import nn
 
 NORM_KINDS = ("frozen_bn", "bn", "gn")
+# (parent module, conv attribute, norm attribute): a norm that follows the conv directly, as
+# `getattr(parent, conv)` and `getattr(parent, norm)` (fpn.inference folds such norms into the conv).
+ConvNormPair = Tuple[nn.Module, str, str]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -85,3 +90,15 @@ def make_norm(kind: str, channels: int, gn_groups: int = 32) -> nn.Module:
             )
         return nn.GroupNorm(gn_groups, channels)
     raise ValueError(f"unknown norm kind {kind!r}; expected one of {NORM_KINDS}")
+
+
+def conv_norm_pairs_within(module: nn.Module) -> Iterator[ConvNormPair]:
+    """The conv -> norm pairs inside `module`, as its parts answer them: a descendant with a `conv_norm_pairs()`
+    method (the trunks and their blocks) gives its answer and is not searched further; any other is searched
+    inside. `module`'s own answer is not asked (a trunk calls this for its blocks)."""
+    for child in module.children():
+        answer = getattr(child, "conv_norm_pairs", None)
+        if callable(answer):
+            yield from answer()
+        else:
+            yield from conv_norm_pairs_within(child)

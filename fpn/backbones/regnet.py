@@ -19,13 +19,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections import OrderedDict
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 from torch import nn
 
 from fpn.backbones.imagenet import load_imagenet_weights
-from fpn.backbones.norm import make_norm
+from fpn.backbones.norm import ConvNormPair, conv_norm_pairs_within, make_norm
 from fpn.backbones.untrained import describe_untrainable
 from fpn.spec import FeatureSpec
 
@@ -107,6 +107,11 @@ class XBlock(nn.Module):
         ]))
         self.activation = nn.ReLU(inplace=True)
 
+    def conv_norm_pairs(self) -> Iterator[ConvNormPair]:
+        """Each conv -> norm of f (a, b, c) and of the projection: nn.Sequential(conv, norm[, ReLU]), "0" and "1"."""
+        for part in (self.f.a, self.f.b, self.f.c, *([self.proj] if self.proj is not None else [])):
+            yield part, "0", "1"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.proj is None else self.proj(x)
         return self.activation(shortcut + self.f(x))
@@ -176,6 +181,11 @@ class RegNetX(nn.Module):
         if any(key.startswith(prefix) for key in state_dict):
             self.loaded_weights = True
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def conv_norm_pairs(self) -> Iterator[ConvNormPair]:
+        """Every conv -> norm that follows it directly: the stem's, then each X block's."""
+        yield self.stem, "0", "1"
+        yield from conv_norm_pairs_within(self)
 
     def untrainable_parts(self) -> List[str]:
         """What training cannot fix while no weights are loaded (see ResNet.untrainable_parts)."""

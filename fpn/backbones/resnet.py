@@ -9,13 +9,13 @@ downsample.1; there is no fc), so an ImageNet checkpoint in torchvision's layout
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
 
 from fpn.backbones.imagenet import load_imagenet_weights
-from fpn.backbones.norm import make_norm
+from fpn.backbones.norm import ConvNormPair, conv_norm_pairs_within, make_norm
 from fpn.backbones.untrained import describe_untrainable
 from fpn.spec import FeatureSpec
 
@@ -62,6 +62,12 @@ class BasicBlock(nn.Module):
     def last_norm(self) -> nn.Module:
         return self.bn2
 
+    def conv_norm_pairs(self) -> Iterator[ConvNormPair]:
+        """conv1 -> bn1, conv2 -> bn2, and the projection shortcut's conv -> norm."""
+        yield from ((self, "conv1", "bn1"), (self, "conv2", "bn2"))
+        if self.downsample is not None:
+            yield self.downsample, "0", "1"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
@@ -91,6 +97,12 @@ class Bottleneck(nn.Module):
 
     def last_norm(self) -> nn.Module:
         return self.bn3
+
+    def conv_norm_pairs(self) -> Iterator[ConvNormPair]:
+        """conv1 -> bn1, conv2 -> bn2, conv3 -> bn3, and the projection shortcut's conv -> norm."""
+        yield from ((self, "conv1", "bn1"), (self, "conv2", "bn2"), (self, "conv3", "bn3"))
+        if self.downsample is not None:
+            yield self.downsample, "0", "1"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -197,6 +209,11 @@ class ResNet(nn.Module):
         if any(key.startswith(prefix) for key in state_dict):
             self.loaded_weights = True
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def conv_norm_pairs(self) -> Iterator[ConvNormPair]:
+        """Every conv -> norm that follows it directly: the stem's conv1 -> bn1, then each block's."""
+        yield self, "conv1", "bn1"
+        yield from conv_norm_pairs_within(self)
 
     def untrainable_parts(self) -> List[str]:
         """What training cannot fix while no weights are loaded: [] when `loaded_weights`, else the frozen BN
