@@ -8,16 +8,21 @@
                               ImageBatch frame (what `fpn.export` traces)
     predict(images)           uint8 / float tensors or PIL images, eval mode, optional score threshold
     optimize_for_inference()  the faster inference copy (fpn/inference.py)
+
+Modules handed to a detector in place of the configured ones (`FasterRCNNFPN(..., backbone=MyTrunk())`) are
+checked here against the contract they declare (`check_backbone`, `check_neck`): a backbone or neck says what
+each output map is with `out_specs` ({name: FeatureSpec(channels, stride)}), as ResNet and the FPN do.
 """
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fpn.spec import FeatureSpec
 from fpn.transform import ImageBatch, postprocess, preprocess
 from fpn.validation import check_images, check_targets, check_value_range
 
@@ -70,7 +75,9 @@ class Detector(nn.Module):
         if self._backbone_checked_for_training:
             return
         self._backbone_checked_for_training = True
-        parts = self.backbone.untrainable_parts()
+        # a backbone handed to the detector need not say (its weights are its author's to load)
+        untrainable_parts = getattr(self.backbone, "untrainable_parts", None)
+        parts = untrainable_parts() if callable(untrainable_parts) else []
         if parts:
             warnings.warn(
                 "training a backbone with no pretrained weights (config.backbone.weights is None and no state dict "
@@ -126,3 +133,69 @@ def _to_float_tensor(image, index: int) -> Tensor:
         array = np.asarray(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
         return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
     raise ValueError(f"images[{index}] must be a tensor or a PIL image, got {type(image).__name__}")
+
+
+def check_out_specs(module: nn.Module, role: str) -> Dict[str, FeatureSpec]:
+    """The `out_specs` a backbone or neck declares: a non-empty {name: FeatureSpec(channels, stride)}; a
+    ValueError naming `role` and what is wrong otherwise."""
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"{role} must be an nn.Module, got {type(module).__name__}")
+    specs = getattr(module, "out_specs", None)
+    name = type(module).__name__
+    if not isinstance(specs, Mapping) or not specs:
+        raise ValueError(
+            f"{role} {name} must declare `out_specs`, a non-empty dict {{map name: FeatureSpec(channels, stride)}} "
+            f"describing its output maps (e.g. {{'c2': FeatureSpec(256, 4), ..., 'c5': FeatureSpec(2048, 32)}}); "
+            f"got {specs!r}"
+        )
+    bad = {key: spec for key, spec in specs.items() if not (isinstance(key, str) and isinstance(spec, FeatureSpec))}
+    if bad:
+        raise ValueError(f"{role} {name}.out_specs must map str names to fpn.spec.FeatureSpec, got {bad!r}")
+    return dict(specs)
+
+
+def check_backbone(backbone: nn.Module, config) -> Dict[str, FeatureSpec]:
+    """A backbone handed to a detector: an nn.Module (N, 3, H, W) -> {name: map} declaring `out_specs`. Its
+    weights are the caller's to load, so `config.backbone.weights` must not be set too."""
+    specs = check_out_specs(backbone, "backbone")
+    if config.backbone.weights:
+        raise ValueError(
+            f"config.backbone.weights is {config.backbone.weights!r} but a backbone module was given: load its "
+            "weights into the module before handing it over, and leave config.backbone.weights at None"
+        )
+    return specs
+
+
+def check_neck(neck: nn.Module, backbone_specs: Mapping[str, FeatureSpec]) -> Dict[str, FeatureSpec]:
+    """A neck handed to a detector: an nn.Module {name: map} -> {name: map} declaring `out_specs`. One that
+    also declares `in_specs` (as the FPN does) must read maps the backbone has, with their channels."""
+    specs = check_out_specs(neck, "neck")
+    in_specs = getattr(neck, "in_specs", None)
+    if isinstance(in_specs, Mapping):
+        wrong = [
+            f"{key} ({spec.channels} channels, stride {spec.stride}): the backbone's is "
+            + (f"{backbone_specs[key].channels} channels, stride {backbone_specs[key].stride}"
+               if key in backbone_specs else "absent")
+            for key, spec in in_specs.items() if backbone_specs.get(key) != spec
+        ]
+        if wrong:
+            raise ValueError(
+                f"neck {type(neck).__name__} cannot read the backbone's maps {dict(backbone_specs)}: it expects "
+                + "; ".join(wrong)
+            )
+    return specs
+
+
+def common_channels(specs: Mapping[str, FeatureSpec], names: Sequence[str], reader: str) -> int:
+    """The channel count shared by the maps `names` (a head shared over levels needs one); ValueError naming
+    them otherwise, or naming those the neck does not declare."""
+    missing = [name for name in names if name not in specs]
+    if not names or missing:
+        raise ValueError(f"{reader} reads the maps {list(names)}, but the neck declares only {list(specs)}: "
+                         f"missing {missing}")
+    channels = {specs[name].channels for name in names}
+    if len(channels) != 1:
+        shown = {name: specs[name].channels for name in names}
+        raise ValueError(f"{reader} is shared by the maps {list(names)} and needs one channel count; the neck "
+                         f"declares {shown}")
+    return channels.pop()

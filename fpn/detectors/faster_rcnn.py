@@ -18,11 +18,11 @@ from fpn.config import FasterRCNNConfig, RPNConfig
 from fpn.heads.box_head import TwoMLPHead
 from fpn.heads.res5_head import Res5Head
 from fpn.heads.roi_heads import RoIHeads
-from fpn.heads.rpn import RegionProposalNetwork
+from fpn.heads.rpn import RegionProposalNetwork, RPNHead
 from fpn.spec import FeatureSpec
 from fpn.transform import ImageBatch
-from fpn.detectors.base import Detector
-from fpn.detectors.variants import build_neck, variant_layout
+from fpn.detectors.base import Detector, check_backbone, check_neck, common_channels
+from fpn.detectors.variants import VariantLayout, build_neck, variant_layout
 
 # The extra level made by subsampling P5 feeds the RPN only; RoIs are pooled from P2..P5 (paper, Sec. 4.1-4.2).
 RPN_ONLY_LEVELS = ("p6",)
@@ -35,6 +35,20 @@ class FasterRCNNFPN(Detector):
         num_classes: number of classes INCLUDING the background (label 0); 91 for torchvision's COCO models.
         config: a `FasterRCNNConfig`; the default is torchvision's `fasterrcnn_resnet50_fpn` (v1). It is not
             modified: the model keeps `config.resolved()` as `model.config` (what checkpoints store).
+
+    Keyword-only, each a module you wrote used in place of the one the config builds (None: built as configured;
+    checked at construction, a ValueError naming what does not fit):
+        backbone: (N, 3, H, W) -> {"c2": ..., "c5": ...} with `out_specs` {name: FeatureSpec(channels, stride)}
+            (see ResNet); the FPN reads consecutive "c<level>" maps whose strides double. Its weights are yours
+            to load (config.backbone is then unused and its `weights` must be None).
+        neck: {name: map} -> {name: map} with `out_specs`, e.g. an FPN subclass; the RPN runs on every map it
+            declares, RoIs are pooled from all but "p6" (one map per stride). Only with `config.variant` "fpn".
+        rpn_head: list of maps -> (objectness logits per map (N, A, H, W), box deltas (N, A*4, H, W)), declaring
+            `num_anchors` = A, the anchors per location of config.anchors (3 by default); see RPNHead.
+        box_head: pooled RoIs (R, C, S, S) (C the pooled maps' channels, S = config.roi_heads.pooler_resolution)
+            -> (R, F), declaring `out_features` = F; the class and box predictors are built for that width.
+    A checkpoint's config cannot rebuild a module it did not build: build the model with the same modules and
+    `model.load_state_dict(checkpoint["model"])` (README, "Extending fpn"). `model.given_modules` names them.
 
     Backbone without weights: as in torchvision, `config.backbone.norm` and `trainable_stages` left at None follow
     `config.backbone.weights`. With ImageNet weights the backbone gets frozen BatchNorm and a frozen stem and C2
@@ -71,26 +85,40 @@ class FasterRCNNFPN(Detector):
         ['boxes', 'labels', 'scores']
     """
 
-    def __init__(self, num_classes: int = 91, config: Optional[FasterRCNNConfig] = None):
+    def __init__(
+        self, num_classes: int = 91, config: Optional[FasterRCNNConfig] = None, *,
+        backbone: Optional[nn.Module] = None, neck: Optional[nn.Module] = None,
+        rpn_head: Optional[nn.Module] = None, box_head: Optional[nn.Module] = None,
+    ):
         super().__init__(num_classes, config if config is not None else FasterRCNNConfig())
         cfg = self.config
         layout = variant_layout(cfg.variant)  # which of the paper's ablation models (Tables 1-3)
-        self.backbone = build_backbone(cfg.backbone)
-        res5_channels = self.backbone.out_specs["c5"].channels
-        res5 = self.backbone.split_off_last_stage() if layout.trunk_to_c4 else None
+        given = {"backbone": backbone, "neck": neck, "rpn_head": rpn_head, "box_head": box_head}
+        self.given_modules = tuple(name for name, module in given.items() if module is not None)
+        _check_variant_takes(cfg, layout, self.given_modules)
+        if backbone is not None:
+            check_backbone(backbone, cfg)
+        self.backbone = backbone if backbone is not None else build_backbone(cfg.backbone)
+        res5, res5_channels = _split_off_res5(self.backbone) if layout.trunk_to_c4 else (None, 0)
         # the FPN with P6 (paper Sec. 4.1), its ablations, or the backbone's maps (single-scale baselines)
-        self.neck = build_neck(cfg.variant, self.backbone.out_specs, cfg.fpn.out_channels)
+        if neck is not None:
+            check_neck(neck, self.backbone.out_specs)
+        self.neck = neck if neck is not None else build_neck(cfg.variant, self.backbone.out_specs,
+                                                             cfg.fpn.out_channels)
         specs = self.neck.out_specs
         self.rpn_maps = list(layout.rpn_maps or specs)
         self.rpn = RegionProposalNetwork(
-            specs[self.rpn_maps[0]].channels, _rpn_config(cfg, self.rpn_maps), cfg.anchors,
+            common_channels(specs, self.rpn_maps, "the RPN head"), _rpn_config(cfg, self.rpn_maps), cfg.anchors,
             sizes_per_level=_anchor_sizes(cfg, self.rpn_maps),
         )
+        if rpn_head is not None:
+            _check_rpn_head(rpn_head, self.rpn.anchor_generator.num_anchors_per_location()[0])
+            self.rpn.head = rpn_head
         self.pooled_levels = list(layout.pooled_maps or _pooled_levels(specs))
         self.roi_heads = None  # the RPN alone (config.rpn_only, paper Table 1)
         if not cfg.rpn_only:
-            box_head, box_features, resolution = _box_head(cfg, specs[self.pooled_levels[0]].channels, res5,
-                                                           res5_channels)
+            pooled_channels = common_channels(specs, self.pooled_levels, "the box head")
+            box_head, box_features, resolution = _box_head(cfg, pooled_channels, res5, res5_channels, box_head)
             self.roi_heads = RoIHeads(
                 cfg.roi_heads,
                 featmap_names=self.pooled_levels,
@@ -173,15 +201,64 @@ def _anchor_sizes(cfg: FasterRCNNConfig, rpn_maps: List[str]):
     return tuple((size,) for size in sizes)
 
 
+def _check_variant_takes(cfg: FasterRCNNConfig, layout: VariantLayout, given: Tuple[str, ...]) -> None:
+    """A ValueError when a given module has no place in the configured model: the variant chooses the neck, and
+    the C4 baseline's box head (the trunk's conv5 stage) or an RPN alone leave no place for a box head."""
+    if "neck" in given and cfg.variant != "fpn":
+        raise ValueError(f"config.variant {cfg.variant!r} chooses the neck, and a neck module was given too: "
+                         "leave config.variant at 'fpn' to use your neck")
+    if "box_head" in given and (cfg.rpn_only or layout.trunk_to_c4):
+        why = "config.rpn_only has no RoI heads" if cfg.rpn_only else "variant 'c4' uses the trunk's conv5 stage"
+        raise ValueError(f"a box_head module was given, but {why}: it would never run")
+
+
+def _split_off_res5(backbone: nn.Module) -> Tuple[nn.Module, int]:
+    """The trunk's conv5 stage and its channels, split off for the C4 baseline's box head (the trunk then
+    stops at C4)."""
+    if not callable(getattr(backbone, "split_off_last_stage", None)) or "c5" not in backbone.out_specs:
+        raise ValueError(f"config.variant 'c4' needs a backbone with a 'c5' map and split_off_last_stage() "
+                         f"(as ResNet has); {type(backbone).__name__} has not")
+    channels = backbone.out_specs["c5"].channels
+    return backbone.split_off_last_stage(), channels
+
+
+def _check_rpn_head(head: nn.Module, num_anchors: int) -> None:
+    """A given RPN head must predict for as many anchors per location as the config's anchors make."""
+    if not isinstance(head, nn.Module):
+        raise ValueError(f"rpn_head must be an nn.Module, got {type(head).__name__}")
+    declared = head.cls_logits.out_channels if isinstance(head, RPNHead) else getattr(head, "num_anchors", None)
+    if declared != num_anchors:
+        raise ValueError(
+            f"rpn_head {type(head).__name__} must declare `num_anchors`, the anchors per location it predicts for: "
+            f"the config's anchors make {num_anchors} (aspect ratios x sizes per map); got {declared!r}"
+        )
+
+
+def _declared_width(box_head: nn.Module) -> int:
+    """The width F of a given box head's output (R, F): its declared `out_features`."""
+    if not isinstance(box_head, nn.Module):
+        raise ValueError(f"box_head must be an nn.Module, got {type(box_head).__name__}")
+    width = box_head.fc7.out_features if isinstance(box_head, TwoMLPHead) else getattr(box_head, "out_features", None)
+    if not isinstance(width, int) or width <= 0:
+        raise ValueError(
+            f"box_head {type(box_head).__name__} must declare `out_features`, the width F of its output (R, F), "
+            f"for the class and box predictors; got {width!r}"
+        )
+    return width
+
+
 def _box_head(
-    cfg: FasterRCNNConfig, channels: int, res5: Optional[nn.Module], res5_channels: int
+    cfg: FasterRCNNConfig, channels: int, res5: Optional[nn.Module], res5_channels: int,
+    given: Optional[nn.Module] = None,
 ) -> Tuple[nn.Module, int, int]:
     """The box head, its output width and the RoIAlign size it takes: the conv5 stage on 2S x 2S RoIs (the C4
-    baseline, He et al.; its strided first block halves them to the S x S the 2-fc head sees), or the FPN paper's
-    two 1024-d fc layers (Sec. 4.2) on `channels` x S x S RoIs."""
+    baseline, He et al.; its strided first block halves them to the S x S the 2-fc head sees), a given head on
+    S x S RoIs, or the FPN paper's two 1024-d fc layers (Sec. 4.2) on `channels` x S x S RoIs."""
     resolution = cfg.roi_heads.pooler_resolution
     if res5 is not None:
         return Res5Head(res5, res5_channels), res5_channels, 2 * resolution
+    if given is not None:
+        return given, _declared_width(given), resolution
     size = cfg.roi_heads.representation_size
     return TwoMLPHead(channels * resolution**2, size), size, resolution
 

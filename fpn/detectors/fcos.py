@@ -18,16 +18,17 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fpn.backbones import build_backbone
 from fpn.config import FCOSConfig
-from fpn.detectors.base import Detector
+from fpn.detectors.base import Detector, check_backbone, check_neck, common_channels
 from fpn.heads.fcos_head import FCOSHead
 from fpn.necks import FPN, LastLevelP6P7
+from fpn.spec import FeatureSpec
 from fpn.transform import ImageBatch
 
-PYRAMID_INPUTS = ("c3", "c4", "c5")  # FCOS's pyramid starts at stride 8
+PYRAMID_INPUTS = {"c3": 8, "c4": 16, "c5": 32}  # the maps and strides FCOS's pyramid P3..P7 is built on
 
 
 class FCOSFPN(Detector):
@@ -39,6 +40,17 @@ class FCOSFPN(Detector):
             (torchvision's FCOS can return it; an untrained model's class-0 logit may be the largest).
         config: an `FCOSConfig`; the default is torchvision's `fcos_resnet50_fpn`. The model keeps
             `config.resolved()` as `model.config`.
+
+    Keyword-only, each a module you wrote used in place of the one the config builds (None: built as configured;
+    checked at construction, a ValueError naming what does not fit):
+        backbone: (N, 3, H, W) -> {name: map} with `out_specs` {name: FeatureSpec(channels, stride)} (see
+            ResNet); the configured neck reads "c3", "c4", "c5" at strides 8, 16, 32. Its weights are yours to
+            load (config.backbone is then unused and its `weights` must be None).
+        neck: {name: map} -> {name: map} with `out_specs`; the configured head runs on every map it declares
+            (one channel count, the head's convs being shared), with reference boxes of each map's stride.
+        head: (batch, features, targets) -> (per-image detections, losses), as `FCOSHead`.
+    A checkpoint's config cannot rebuild a module it did not build: build the model with the same modules and
+    `model.load_state_dict(checkpoint["model"])` (README, "Extending fpn"). `model.given_modules` names them.
 
     Training: `model(images, targets)` returns {"classification", "bbox_regression", "bbox_ctrness"}, each
     divided by the number of positive locations (fpn/heads/fcos_targets.py). Inference: per image `boxes`
@@ -52,15 +64,32 @@ class FCOSFPN(Detector):
         ['boxes', 'labels', 'scores']
     """
 
-    def __init__(self, num_classes: int = 91, config: Optional[FCOSConfig] = None):
+    def __init__(
+        self, num_classes: int = 91, config: Optional[FCOSConfig] = None, *,
+        backbone: Optional[nn.Module] = None, neck: Optional[nn.Module] = None, head: Optional[nn.Module] = None,
+    ):
         super().__init__(num_classes, config if config is not None else FCOSConfig())
         cfg = self.config
-        self.backbone = build_backbone(cfg.backbone)
-        in_specs = {name: self.backbone.out_specs[name] for name in PYRAMID_INPUTS}
-        d = cfg.fpn.out_channels
-        self.neck = FPN(in_specs, d, extra_levels=LastLevelP6P7(d))  # P3..P5, then P6 and P7 from P5
-        strides = [spec.stride for spec in self.neck.out_specs.values()]  # 8, 16, 32, 64, 128
-        self.head = FCOSHead(d, num_classes, strides, cfg.head)
+        given = {"backbone": backbone, "neck": neck, "head": head}
+        self.given_modules = tuple(name for name, module in given.items() if module is not None)
+        if backbone is not None:
+            check_backbone(backbone, cfg)
+        self.backbone = backbone if backbone is not None else build_backbone(cfg.backbone)
+        if neck is not None:
+            check_neck(neck, self.backbone.out_specs)
+        else:
+            d = cfg.fpn.out_channels
+            trunk = type(backbone).__name__ if backbone is not None else f"config.backbone.name {cfg.backbone.name!r}"
+            in_specs = _pyramid_inputs(self.backbone.out_specs, trunk)
+            neck = FPN(in_specs, d, extra_levels=LastLevelP6P7(d))  # P3..P5, then P6 and P7 from P5
+        self.neck = neck
+        if head is None:
+            specs = self.neck.out_specs
+            strides = [spec.stride for spec in specs.values()]  # 8, 16, 32, 64, 128
+            head = FCOSHead(common_channels(specs, list(specs), "FCOS's head"), num_classes, strides, cfg.head)
+        elif not isinstance(head, nn.Module):
+            raise ValueError(f"head must be an nn.Module, got {type(head).__name__}")
+        self.head = head
         if cfg.channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -80,3 +109,18 @@ class FCOSFPN(Detector):
         from fpn.convert import load_torchvision_fcos
 
         return load_torchvision_fcos(cls, path_or_state_dict, num_classes)
+
+
+def _pyramid_inputs(specs: Dict[str, FeatureSpec], trunk: str) -> Dict[str, FeatureSpec]:
+    """The backbone maps FCOS's FPN reads: C3, C4, C5 at strides 8, 16, 32 (P3..P5, paper Sec. 3.2); a
+    ValueError naming those the backbone (`trunk`, for the message) lacks (MobileNetV3 has stride-32 maps only)."""
+    wrong = [f"{name} (stride {stride})" for name, stride in PYRAMID_INPUTS.items()
+             if name not in specs or specs[name].stride != stride]
+    if wrong:
+        given = ", ".join(f"{name} (stride {spec.stride})" for name, spec in specs.items())
+        raise ValueError(
+            f"FCOS builds its pyramid on the maps c3, c4, c5 at strides 8, 16, 32; the backbone ({trunk}) declares "
+            f"{given}: missing {', '.join(wrong)}. Use a trunk with stride-8 and stride-16 maps (ResNet, RegNetX), "
+            "or pass a neck module"
+        )
+    return {name: specs[name] for name in PYRAMID_INPUTS}
