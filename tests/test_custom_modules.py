@@ -10,13 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import fpn
-from fpn import FasterRCNNConfig, FasterRCNNFPN, FCOSConfig, FCOSFPN
+from fpn import FasterRCNNConfig, FasterRCNNFPN, FCOSConfig, FCOSFPN, FeatureSpec
 from fpn.backbones import build_backbone
 from fpn.engine.checkpoint import load_checkpoint, save_checkpoint
 from fpn.errors import InputError
 from fpn.heads.fcos_head import FCOSHead
 from fpn.necks import FPN, LastLevelP6P7
-from fpn.spec import FeatureSpec
 
 
 class TinyTrunk(nn.Module):
@@ -113,8 +112,10 @@ def tiny_fcos_config() -> FCOSConfig:
 def _data():
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, 64, 80, generator=g), torch.rand(3, 72, 64, generator=g)]
-    targets = [{"boxes": torch.tensor([[8.0, 10.0, 40.0, 50.0], [44.0, 4.0, 76.0, 30.0]]), "labels": torch.tensor([1, 2])},
-               {"boxes": torch.tensor([[5.0, 5.0, 50.0, 60.0]]), "labels": torch.tensor([2])}]
+    targets = [  # boxes (M, 4) xyxy in each image's pixels
+        {"boxes": torch.tensor([[8.0, 10.0, 40.0, 50.0], [44.0, 4.0, 76.0, 30.0]]), "labels": torch.tensor([1, 2])},
+        {"boxes": torch.tensor([[5.0, 5.0, 50.0, 60.0]]), "labels": torch.tensor([2])},
+    ]
     return images, targets
 
 
@@ -247,6 +248,8 @@ class WidthUndeclared(nn.Module):
     (dict(backbone=NoSpecs()), None, "backbone NoSpecs must declare `out_specs`"),
     (dict(backbone=SpecsAsTuples()), None, "must map str names to fpn.spec.FeatureSpec"),
     (dict(backbone=SkipsAStride()), None, r"FPN: levels must be consecutive .* c2 \(stride 4\) then c3 \(stride 16\)"),
+    (dict(backbone=TinyTrunk()), lambda c: setattr(c, "variant", "c4"),
+     r"config.variant 'c4' needs a backbone with a 'c5' map and split_off_last_stage\(\) .*; TinyTrunk has not"),
     (dict(backbone=TinyTrunk()), lambda c: setattr(c.backbone, "weights", "imagenet.pth"),
      "config.backbone.weights is 'imagenet.pth' but a backbone module was given"),
     (dict(backbone=TinyTrunk((16, 24, 32, 64)), neck=FPN(TinyTrunk().out_specs, 32)), None,

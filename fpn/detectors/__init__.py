@@ -7,4 +7,8 @@ training, per-image boxes / scores / labels in eval).
   variants (variants.py).
 - fcos.py: FCOS (one-stage, anchor-free) on P3..P7.
 - build.py: the architectures by name ("faster_rcnn", "fcos"), as checkpoints and `--arch` name them.
+
+No registry picks a part by name: a backbone, neck or head you wrote is handed to the detector by keyword
+(`FasterRCNNFPN(..., backbone=..., neck=..., rpn_head=..., box_head=...)`, `FCOSFPN(..., backbone=..., neck=...,
+head=...)`) and checked against the contract it declares (base.py: `check_backbone`, `check_neck`).
 """
