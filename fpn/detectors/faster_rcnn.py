@@ -113,7 +113,7 @@ class FasterRCNNFPN(Detector):
         )
         if rpn_head is not None:
             _check_rpn_head(rpn_head, self.rpn.anchor_generator.num_anchors_per_location()[0])
-            self.rpn.head = rpn_head
+            self.rpn.head = rpn_head  # in place of the RPNHead the RPN built (anchors, matching, losses stay)
         self.pooled_levels = list(layout.pooled_maps or _pooled_levels(specs))
         self.roi_heads = None  # the RPN alone (config.rpn_only, paper Table 1)
         if not cfg.rpn_only:
