@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn, fasterrcnn_mobilenet_v3_large_fpn
 
-from fpn import FasterRCNNFPN
+from fpn import FasterRCNNFPN, load_detector
 from tests.test_model_parity import _freeze_batch_norm, _randomise
 
 BOX_TOL, SCORE_TOL = 2e-4, 1e-5  # measured: 6.1e-5 px, 3.4e-6
@@ -134,6 +134,8 @@ def test_file_name_chooses_the_320_settings(tmp_path):
         config = FasterRCNNFPN.from_torchvision(str(tmp_path / name)).config
         assert (config.input.min_size, config.rpn.post_nms_top_n_test, config.rpn.score_thresh) == (min_size, top_n,
                                                                                                     0.05)
+        model, _ = load_detector(tmp_path / name)  # the tools' loader reads the name too
+        assert (model.config.input.min_size, model.config.rpn.post_nms_top_n_test) == (min_size, top_n)
     # a state dict has no name: the 800 settings unless told
     assert FasterRCNNFPN.from_torchvision(tv.state_dict()).config.input.min_size == 800
 

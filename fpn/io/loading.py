@@ -91,7 +91,9 @@ def torchvision_detector(obj: Any, path: Path) -> nn.Module:
                          f"state dict (it holds {kind})")
     fcos = any(key.startswith("head.classification_head.") for key in obj)
     name, detector_class = ("fcos_resnet50_fpn", FCOSFPN) if fcos else ("fasterrcnn_resnet50_fpn", FasterRCNNFPN)
+    # a MobileNetV3 file holds no trace of its input size: the 320 model's settings come from its name
+    extra = {} if fcos else {"low_resolution": "_320_" in Path(path).name}
     try:
-        return detector_class.from_torchvision(obj)
+        return detector_class.from_torchvision(obj, **extra)
     except (KeyError, ValueError, RuntimeError) as error:
         raise InputError(f"{path} is not a torchvision {name} state dict: {first_line(error)}") from error
