@@ -16,7 +16,7 @@ from fpn.backbones import ResNet
 from fpn.engine.checkpoint import build_from_checkpoint
 from fpn.config import VARIANTS
 from fpn.convert import convert_torchvision_state_dict
-from fpn.engine.presets import add_config_flags, apply_config_flags
+from fpn.tools.config_flags import add_config_flags, apply_config_flags
 
 RPN_LOSSES = {"loss_objectness", "loss_rpn_box_reg"}
 ALL_LOSSES = RPN_LOSSES | {"loss_classifier", "loss_box_reg"}

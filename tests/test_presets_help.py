@@ -7,9 +7,9 @@ from typing import Tuple
 import pytest
 
 from fpn.config import FasterRCNNConfig
-from fpn.engine.presets import (
-    PRESETS, SYNTHETIC_PRESETS, TrainingPreset, add_config_flags, add_preset_flags, apply_config_flags,
-    apply_preset_flags, describe_presets, field_comments, get_preset, preset_name_in,
+from fpn.engine.presets import PRESETS, SYNTHETIC_PRESETS, TrainingPreset, describe_presets, get_preset
+from fpn.tools.config_flags import (
+    add_config_flags, add_preset_flags, apply_config_flags, apply_preset_flags, field_comments, preset_name_in,
 )
 
 

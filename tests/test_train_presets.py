@@ -10,7 +10,8 @@ import pytest
 
 from fpn.config import FCOSConfig, FasterRCNNConfig
 from fpn.data.synthetic import generate_synthetic_coco
-from fpn.engine.presets import PRESETS, SYNTHETIC_PRESETS, add_config_flags, apply_config_flags, get_preset, synthetic_recipe
+from fpn.engine.presets import PRESETS, SYNTHETIC_PRESETS, get_preset, synthetic_recipe
+from fpn.tools.config_flags import add_config_flags, apply_config_flags
 
 
 def _parse(argv, config=None):

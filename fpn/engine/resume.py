@@ -135,7 +135,9 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: torch.opt
     """Set the base LR, momentum and weight decay of a restored optimiser to this run's values.
 
     The current LR is recomputed from the schedule at the restored iteration, so a changed --lr (or --steps,
-    --gamma, warm-up, which live in the schedule's function) takes effect from the next iteration.
+    --gamma, warm-up, which live in the schedule's function) takes effect from the next iteration. The LR is set
+    once, in the optimiser (what the loop reads); the scheduler's own record of it (`get_last_lr()`) follows at its
+    next `step()`.
     """
     scheduler.base_lrs = [lr for _ in optimizer.param_groups]
     for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
@@ -143,7 +145,6 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: torch.opt
         group["lr"] = lr * factor(scheduler.last_epoch)
         group["momentum"] = momentum
         group["weight_decay"] = weight_decay
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def check_resumable(checkpoint: Dict[str, Any], path: Path, model: torch.nn.Module,

@@ -31,9 +31,9 @@ from typing import Optional, Sequence
 
 from fpn.cli import EXIT_FAILED, ArgumentParser, Interrupted, run_cli
 from fpn.detectors.build import ARCHITECTURES, arch_of, convert_config
-from fpn.engine.presets import (
-    PRESETS, add_config_flags, add_preset_flags, apply_config_flags, apply_preset_flags, arch_in, describe_presets,
-    get_preset, preset_name_in,
+from fpn.engine.presets import PRESETS, describe_presets, get_preset
+from fpn.tools.config_flags import (
+    add_config_flags, add_preset_flags, apply_config_flags, apply_preset_flags, arch_in, preset_name_in,
 )
 from fpn.engine.trainer import TrainingJob, run_training
 from fpn.engine.training_data import DataSource
