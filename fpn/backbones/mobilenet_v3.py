@@ -29,7 +29,7 @@ from torch import nn
 
 from fpn.backbones.imagenet import load_imagenet_weights
 from fpn.backbones.norm import ConvNormPair, conv_norm_pairs_within, make_norm
-from fpn.backbones.untrained import describe_untrainable
+from fpn.backbones.untrained import RecordsLoadedWeights, describe_untrainable
 from fpn.spec import FeatureSpec
 
 
@@ -135,7 +135,7 @@ class InvertedResidual(nn.Module):
         return out + x if self.residual else out
 
 
-class MobileNetV3(nn.Module):
+class MobileNetV3(RecordsLoadedWeights):
     """The MobileNetV3-Large trunk without the classifier, returning the maps torchvision's detectors use.
 
     Args:
@@ -200,10 +200,6 @@ class MobileNetV3(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if any(key.startswith(prefix) for key in state_dict):
-            self.loaded_weights = True
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def stage_names(self) -> List[str]:
         """The six stages as module ranges, the last first (the order in which trainable_stages frees them)."""

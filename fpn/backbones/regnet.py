@@ -26,7 +26,7 @@ from torch import nn
 
 from fpn.backbones.imagenet import load_imagenet_weights
 from fpn.backbones.norm import ConvNormPair, conv_norm_pairs_within, make_norm
-from fpn.backbones.untrained import describe_untrainable
+from fpn.backbones.untrained import RecordsLoadedWeights, describe_untrainable
 from fpn.spec import FeatureSpec
 
 # name -> (depth, w_0, w_a, w_m, group_width): the RegNetX models of Radosavovic et al. (2020), Table 1 / appendix
@@ -117,7 +117,7 @@ class XBlock(nn.Module):
         return self.activation(shortcut + self.f(x))
 
 
-class RegNetX(nn.Module):
+class RegNetX(RecordsLoadedWeights):
     """A RegNetX trunk without the classifier, returning the last map of each stage (block1..block4 -> C2..C5).
 
     Args:
@@ -177,10 +177,6 @@ class RegNetX(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if any(key.startswith(prefix) for key in state_dict):
-            self.loaded_weights = True
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def conv_norm_pairs(self) -> Iterator[ConvNormPair]:
         """Every conv -> norm that follows it directly: the stem's, then each X block's."""

@@ -16,7 +16,7 @@ from torch import nn
 
 from fpn.backbones.imagenet import load_imagenet_weights
 from fpn.backbones.norm import ConvNormPair, conv_norm_pairs_within, make_norm
-from fpn.backbones.untrained import describe_untrainable
+from fpn.backbones.untrained import RecordsLoadedWeights, describe_untrainable
 from fpn.spec import FeatureSpec
 
 # depth -> (block type, number of blocks in layer1..layer4), Table 1 of He et al. (2016)
@@ -112,7 +112,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(nn.Module):
+class ResNet(RecordsLoadedWeights):
     """ResNet trunk without the classifier, returning the last map of each stage.
 
     Args (keyword-only):
@@ -204,11 +204,6 @@ class ResNet(nn.Module):
                 if isinstance(module, (BasicBlock, Bottleneck)):
                     nn.init.zeros_(module.last_norm().weight)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Every module of the tree sees the whole state dict with its own prefix: any key under ours loads a tensor.
-        if any(key.startswith(prefix) for key in state_dict):
-            self.loaded_weights = True
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def conv_norm_pairs(self) -> Iterator[ConvNormPair]:
         """Every conv -> norm that follows it directly: the stem's conv1 -> bn1, then each block's."""

@@ -1,8 +1,23 @@
-"""What training cannot fix in a trunk built without pretrained weights: shared by ResNet and RegNetX."""
+"""What training cannot fix in a trunk built without pretrained weights: shared by ResNet, RegNetX and MobileNetV3."""
 
 from __future__ import annotations
 
 from typing import List, Sequence
+
+from torch import nn
+
+
+class RecordsLoadedWeights(nn.Module):
+    """A trunk that knows whether any of its tensors came from a state dict (`loaded_weights`), so that training a
+    frozen part with nothing loaded into it can be reported."""
+
+    loaded_weights = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Every module of the tree sees the whole state dict with its own prefix: any key under ours loads a tensor.
+        if any(key.startswith(prefix) for key in state_dict):
+            self.loaded_weights = True
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def describe_untrainable(loaded_weights: bool, norm: str, trainable_stages: int,
