@@ -12,7 +12,7 @@ setup(
     license="BSD-3-Clause",
     # Each floor is the release line that CI installs (constraints.txt pins it; tests/test_model_defaults.py
     # checks they agree): no older version is ever tested, and the code needs recent torch anyway (custom
-    # operators with fake kernels, nonzero_static on CUDA, torch.library.get_kernel in fpn/host_sync.py: 2.9).
+    # operators with fake kernels, nonzero_static on CUDA, torch.library.get_kernel in fpn/ops/host_sync.py: 2.9).
     # Lower a floor only together with a CI run on that version. Python: the tested 3.11 (torch 2.14 needs 3.10,
     # numpy 2.4 and pillow 13 need 3.11).
     python_requires=">=3.11",

@@ -2,7 +2,7 @@
 
 The library raises `InputError` (a `ValueError`) for a bad flag value, file or input, with a message that names the
 bad value or file and what to do; `OSError` for a failed read or write, naming the path. Whoever calls the library
-decides what to do with them: the command-line tools (`fpn.cli`) print one line and pick an exit code.
+decides what to do with them: the command-line tools (`fpn.tools.cli`) print one line and pick an exit code.
 """
 from __future__ import annotations
 

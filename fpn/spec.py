@@ -18,7 +18,7 @@ class FeatureSpec:
 class ImageBatch:
     """A padded batch: `tensor` (N, 3, Hp, Wp) normalised and zero-padded at the bottom/right, and each image's
     size (h, w) after resizing, before padding (the frame that proposals and detections live in). Made by
-    `fpn.transform.preprocess`; read by the heads (anchors, clipping) without knowing how it was made."""
+    `fpn.detectors.transform.preprocess`; read by the heads (anchors, clipping) without knowing how it was made."""
 
     tensor: Tensor
     image_sizes: List[Tuple[int, int]]

@@ -39,7 +39,7 @@ from typing import Callable, List, Tuple
 import torch
 
 from fpn import FasterRCNNFPN
-from fpn.inference import cpu_has_native_bf16, optimize_for_inference
+from fpn.deploy.inference import cpu_has_native_bf16, optimize_for_inference
 
 try:  # the reference measured against; the "test" extra installs it, the main-job install does not
     import torchvision
@@ -281,13 +281,13 @@ def inference_modes(ours, tv, device: torch.device, onnx: bool = True) -> Tuple[
 
 
 def onnx_mode(ours) -> Mode:
-    """Our model exported by `fpn.export.export_onnx` (fp32, one image per call, resize and normalisation inside)
+    """Our model exported by `fpn.deploy.export.export_onnx` (fp32, one image per call, resize and normalisation inside)
     and run by onnxruntime's CPU provider; a batch is a loop over its images."""
     import tempfile
 
     import onnxruntime
 
-    from fpn.export import export_onnx
+    from fpn.deploy.export import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="fpn_bench_") as folder:  # the session keeps the model in memory
         path = os.path.join(folder, "model.onnx")

@@ -1,12 +1,12 @@
 """scripts/ablation.py with a fake train.py (runs chosen, skipped, resumed; the json/md report; bad flags) and
-fpn/paper_results.py; one real --quick run end to end."""
+fpn/tools/paper_results.py; one real --quick run end to end."""
 import json
 from pathlib import Path
 
 import pytest
 
 from fpn import config
-from fpn.paper_results import (
+from fpn.tools.paper_results import (
     DETECTION_METRICS, ROWS, RPN_METRICS, TABLE1_RPN, TABLE2_FAST_RCNN, TABLE3_FASTER_RCNN, VARIANTS,
     detection_reference, paper_row,
 )

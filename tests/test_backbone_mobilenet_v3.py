@@ -90,7 +90,7 @@ def test_config_norms_and_errors():
 def test_folded_norms_give_the_same_features():
     """optimize_for_inference's folding finds all 46 conv -> norm pairs of the trunk (the stem, 2 in the first
     block, 3 in each of the other 14, the last conv; the SE convs have none)."""
-    from fpn.inference import fold_norms
+    from fpn.deploy.inference import fold_norms
 
     model = MobileNetV3(norm="frozen_bn").eval()
     _random_statistics(model)

@@ -49,7 +49,7 @@ def test_fcos_forward_and_predict_never_return_the_background():
 
 def test_fcos_exported_onnx_never_returns_the_background(tmp_path):
     pytest.importorskip("onnxruntime")
-    from fpn.export import export_onnx, run_onnx
+    from fpn.deploy.export import export_onnx, run_onnx
 
     model = fcos_favouring_background()
     path = tmp_path / "fcos.onnx"
@@ -87,7 +87,7 @@ def test_evaluate_and_predict_a_checkpoint_of_such_a_model(tmp_path, capsys):
     from fpn.data.coco import CocoDetection
     from fpn.data.synthetic import generate_synthetic_coco
     from fpn.engine.checkpoint import save_checkpoint
-    from fpn.predict import main as predict_main
+    from fpn.tools.predict import main as predict_main
     from test_evaluate_script import load_evaluate_script
 
     paths = generate_synthetic_coco(tmp_path / "data", 1, num_val=2, seed=1, min_size=64, max_size=80,

@@ -59,7 +59,7 @@ def test_quick_benchmark_writes_complete_json(tmp_path):
     names = [row["mode"] for row in deploy]
     assert names[0] == "torchvision, fp32" and "fpn, fp32" in names
     assert ("torchvision, bf16" in names) == ("fpn, bf16" in names)
-    optimized = importlib.util.find_spec("fpn.inference") is not None
+    optimized = importlib.util.find_spec("fpn.deploy.inference") is not None
     assert ("fpn optimize_for_inference, fp32" in names) == optimized
     assert any("optimize_for_inference" in line for line in report["deploy"]["skipped"]) == (not optimized)
     # the ONNX row's export of ResNet-50 takes minutes on 2 cores: left out here (tests/test_onnx_export.py covers

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fpn.cli import run_cli
+from fpn.tools.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fpn.cli import error_line
+from fpn.tools.cli import error_line
 from fpn.errors import InputError
 from fpn.data.coco import CocoDetection, collate
 from fpn.data.file_check import check_dataset_images, check_image_file, check_image_files, handle_bad_images

@@ -16,7 +16,7 @@ import torch
 from fpn import FasterRCNNFPN
 from fpn.engine.checkpoint import save_checkpoint
 from fpn.engine.presets import cpu_demo
-from fpn.export import (
+from fpn.deploy.export import (
     ONNX_REGISTRY_LOGGER, DetectorGraph, _without_torchvision_notice, export_program, save_program,
 )
 

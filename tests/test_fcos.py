@@ -82,7 +82,7 @@ def test_layout_and_initialisation():
 
 def test_state_dict_keys_are_torchvisions_renamed():
     """Exactly the keys of torchvision's fcos_resnet50_fpn renamed (what from_torchvision and checkpoints load)."""
-    from fpn.convert import convert_torchvision_fcos_state_dict
+    from fpn.io.convert import convert_torchvision_fcos_state_dict
 
     theirs = torchvision.models.detection.fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
     expected = list(convert_torchvision_fcos_state_dict(theirs.state_dict()))
@@ -93,7 +93,7 @@ def test_state_dict_keys_are_torchvisions_renamed():
 def test_the_head_is_a_stage_of_its_own():
     """`model.head(batch, features, targets)` gives the detector's losses and detections from the pyramid: the
     detector itself is transform -> backbone -> FPN -> head."""
-    from fpn.transform import preprocess
+    from fpn.detectors.transform import preprocess
 
     torch.manual_seed(0)
     model = FCOSFPN(3, tiny_config())

@@ -1,11 +1,11 @@
-"""fpn.host_sync.HostSyncCounter: exact counts of the ops that would synchronise the host with a CUDA device."""
+"""fpn.ops.host_sync.HostSyncCounter: exact counts of the ops that would synchronise the host with a CUDA device."""
 import inspect
 
 import pytest
 import torch
 import torchvision
 
-from fpn.host_sync import HostSyncCounter, _short_path, syncs_of_op
+from fpn.ops.host_sync import HostSyncCounter, _short_path, syncs_of_op
 
 
 @torch.library.custom_op("hostsynctest::positives", mutates_args=())

@@ -1,7 +1,7 @@
 """Host-sync budget: our detector waits for the device no more often than torchvision's, in inference and training.
 
 Both detectors get the same seeded weights (as in test_model_parity.py) and the same two images; the ops that would
-synchronise the host with a CUDA device are counted with fpn.host_sync.HostSyncCounter (see its docstring for
+synchronise the host with a CUDA device are counted with fpn.ops.host_sync.HostSyncCounter (see its docstring for
 what counts). torchvision's `batched_nms` is counted on the path it takes on CUDA: one `nms` call on
 class-offset boxes up to 25,000 boxes (on CPU it loops over the classes, an nms and a nonzero per class, above
 1,000 boxes). Each model runs once before counting, so one-time work (torchvision's pooler infers its scales on
@@ -13,7 +13,7 @@ import pytest
 import torch
 from torchvision.ops import boxes as tv_boxes
 
-from fpn.host_sync import HostSyncCounter
+from fpn.ops.host_sync import HostSyncCounter
 from test_model_parity import build_models
 
 MIN_SIZE, MAX_SIZE = 256, 427  # small for speed; still thousands of RPN candidates and > 5 detections per image
@@ -28,7 +28,7 @@ MIN_SIZE, MAX_SIZE = 256, 427  # small for speed; still thousands of RPN candida
 #                   elsewhere 39         elsewhere 6                             pool 22, elsewhere 47
 # (On the CPU our NMS uses tiles and reads sizes per window of 256 boxes instead, which costs nothing there:
 # 127 syncs' worth of reads at inference.) Counted here, ours make one more each (14 and 13): the check that
-# float images are in [0, 1] (fpn.validation.check_value_range) reads CPU images on every call, but images on an
+# float images are in [0, 1] (fpn.detectors.validation.check_value_range) reads CPU images on every call, but images on an
 # accelerator only on the model's first call, so a CUDA run's steady state stays at 13 and 12.
 MEASURED = {"inference": (16, 14), "training step": (45, 13)}  # (torchvision, ours)
 

@@ -5,7 +5,7 @@ from torch import nn
 
 from fpn.backbones.norm import FrozenBatchNorm2d
 from fpn.config import FasterRCNNConfig
-from fpn.inference import InferenceModel, fold_norms, optimize_for_inference
+from fpn.deploy.inference import InferenceModel, fold_norms, optimize_for_inference
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from fpn.ops import box_iou
 

@@ -1,4 +1,4 @@
-"""optimize_for_inference (fpn/inference.py) on a RegNetX-backbone Faster R-CNN: every conv/norm pair of the
+"""optimize_for_inference (fpn/deploy/inference.py) on a RegNetX-backbone Faster R-CNN: every conv/norm pair of the
 trunk (stem, the X blocks' f.a / f.b / f.c, the projections) is folded, and the detections stay the same."""
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch
 from fpn import FasterRCNNFPN
 from fpn.backbones import FrozenBatchNorm2d
 from fpn.config import FasterRCNNConfig
-from fpn.inference import conv_norm_pairs, optimize_for_inference
+from fpn.deploy.inference import conv_norm_pairs, optimize_for_inference
 from test_backbone_regnet import torchvision_regnet, trunk_state
 
 

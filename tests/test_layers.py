@@ -27,42 +27,34 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fpn"
 # (floor, same_floor rule, entries), lowest floor first: the layer order, written once.
 FLOORS: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
     ("ground: pure ops and the contracts every floor shares", "any", (
-        "fpn.ops",            # pure functions and parameter-free operators
-        "fpn.errors",         # the library's error types
-        "fpn.spec",           # FeatureSpec, ImageBatch
-        "fpn.config",         # the nested config dataclasses
-        "fpn.validation",     # input checks of the public entry points
-        "fpn.weights_file",   # reading a torch file safely (ImageNet trunks, checkpoints)
-        "fpn.device",         # picking a torch device by name
-        "fpn.host_sync",      # counting host-device syncs (a measuring aid)
-        "fpn.paper_results",  # the paper's numbers
+        "fpn.ops",              # pure functions and parameter-free operators; counting host-device syncs
+        "fpn.errors",           # the library's error types
+        "fpn.spec",             # FeatureSpec, ImageBatch
+        "fpn.config",           # the nested config dataclasses
+        "fpn.device",           # picking a torch device by name
+        "fpn.io.weights_file",  # reading a torch file safely (ImageNet trunks, checkpoints)
     )),
     ("modules: the detector's parts, with parameters", "own", (
         "fpn.backbones",
         "fpn.necks",
         "fpn.heads",
-        "fpn.transform",      # the detector's input side: normalise, resize, pad; map detections back
     )),
-    ("detectors: assembling the parts", "own", (
+    ("detectors: assembling the parts (and their input side: normalise, resize, pad; input checks)", "own", (
         "fpn.detectors",
     )),
     ("data, loading and deployment, training", "earlier", (
         "fpn.data",           # datasets
-        "fpn.convert",        # torchvision state dicts -> ours
-        "fpn.io",             # loading a detector from a file
-        "fpn.visualize",      # drawing detections
-        "fpn.inference",      # the inference-only copy of a detector
-        "fpn.onnx_ops",       # fpn's operators in ONNX
+        "fpn.io",             # torchvision state dicts -> ours; loading a detector from a file
+        "fpn.deploy",         # the inference-only copy, export (torch.export, ONNX), drawing, predicting on files
         "fpn.engine",         # training, evaluation, checkpoints
     )),
     ("the front door: what `import fpn` offers", "own", (
         "fpn",
     )),
     ("tools: the faces (`python -m` entry points, argument parsing, exit codes)", "any", (
-        "fpn.cli",
         "fpn.tools",
-        "fpn.predict",
-        "fpn.export",
+        "fpn.predict",        # `python -m fpn.predict`, a door to fpn.tools.predict
+        "fpn.export",         # `python -m fpn.export`, a door to fpn.tools.export
     )),
 )
 
@@ -73,11 +65,11 @@ GROUND_ONLY: Dict[str, str] = {
 
 # (importing module, imported module): why the upward import stays. Both names are full module names.
 EXCEPTIONS: Dict[Tuple[str, str], str] = {
-    ("fpn.detectors.faster_rcnn", "fpn.convert"):
+    ("fpn.detectors.faster_rcnn", "fpn.io.convert"):
         "FasterRCNNFPN.from_torchvision, the public constructor torchvision users expect, imports it when called",
-    ("fpn.detectors.fcos", "fpn.convert"):
+    ("fpn.detectors.fcos", "fpn.io.convert"):
         "FCOSFPN.from_torchvision, the public constructor torchvision users expect, imports it when called",
-    ("fpn.detectors.base", "fpn.inference"):
+    ("fpn.detectors.base", "fpn.deploy.inference"):
         "Detector.optimize_for_inference, a shortcut on the model, imports it when called",
 }
 
@@ -180,21 +172,26 @@ def test_every_exception_is_still_needed():
 
 def test_only_the_tools_import_the_cli():
     importers = [module for module, path in fpn_modules() for imported, _ in imports_of(module, path)
-                 if entry_of(imported) == "fpn.cli" and entry_of(module) not in TOOLS_FLOOR]
+                 if imported == "fpn.tools.cli" and entry_of(module) not in TOOLS_FLOOR]
     assert importers == []
 
 
 @pytest.mark.parametrize("importer, imported, allowed", [
     ("fpn.heads.rpn", "fpn.ops.boxes", True),
-    ("fpn.heads.rpn", "fpn.transform", False),       # a head knows nothing of the input transform
+    ("fpn.heads.rpn", "fpn.detectors.transform", False),       # a head knows nothing of the input transform
     ("fpn.necks.fpn", "fpn.heads.rpn", False),       # the neck nothing of the heads
     ("fpn.detectors.base", "fpn.heads.rpn", True),
     ("fpn.heads.rpn", "fpn.detectors.base", False),
     ("fpn.engine.trainer", "fpn.io.loading", True),
     ("fpn.io.loading", "fpn.engine.checkpoint", False),  # loading a file is not training
     ("fpn.data.coco", "fpn.detectors.build", False),
-    ("fpn.tools.train", "fpn.cli", True),
-    ("fpn.engine.trainer", "fpn.cli", False),
+    ("fpn.tools.train", "fpn.tools.cli", True),
+    ("fpn.engine.trainer", "fpn.tools.cli", False),
+    ("fpn.deploy.export", "fpn.tools.cli", False),      # the library half of export knows no command line
+    ("fpn.backbones.imagenet", "fpn.io.weights_file", True),
+    ("fpn.backbones.imagenet", "fpn.io.loading", False),
+    ("fpn.io.loading", "fpn.deploy.inference", False),   # loading a file needs no deployment
+    ("fpn.engine.trainer", "fpn.deploy.visualize", True),
 ])
 def test_the_rule_reads_as_the_table_says(importer, imported, allowed):
     assert (why_not(importer, imported) is None) == allowed

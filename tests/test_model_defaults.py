@@ -17,7 +17,7 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from fpn import FasterRCNNConfig, FasterRCNNFPN, validation
 from fpn.backbones import FrozenBatchNorm2d, ResNet
 from fpn.engine.checkpoint import build_from_checkpoint
-from fpn.host_sync import HostSyncCounter
+from fpn.ops.host_sync import HostSyncCounter
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from fpn import FasterRCNNFPN
-from fpn.convert import convert_torchvision_state_dict
-from fpn.transform import preprocess
+from fpn.io.convert import convert_torchvision_state_dict
+from fpn.detectors.transform import preprocess
 
 # Shorter side 320 keeps the test fast on CPU; the code path is the one used at 800.
 MIN_SIZE, MAX_SIZE = 320, 533

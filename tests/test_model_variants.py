@@ -15,7 +15,7 @@ from fpn import FasterRCNNConfig, FasterRCNNFPN
 from fpn.backbones import ResNet
 from fpn.engine.checkpoint import build_from_checkpoint
 from fpn.config import VARIANTS
-from fpn.convert import convert_torchvision_state_dict
+from fpn.io.convert import convert_torchvision_state_dict
 from fpn.tools.config_flags import add_config_flags, apply_config_flags
 
 RPN_LOSSES = {"loss_objectness", "loss_rpn_box_reg"}

@@ -77,7 +77,7 @@ def test_max_pool_p6_and_the_checkpoint_keys_of_p6p7():
     assert list(max_pool.out_specs) == ["p3", "p4", "p5", "p6"] and list(max_pool.extra_convs.state_dict()) == []
     p6p7 = FPN(_specs(), out_channels=16, extra_levels=LastLevelP6P7(16))
     assert len(p6p7.extra_convs) == 2
-    # the names saved checkpoints and fpn/convert.py use for torchvision's extra_blocks.{p6,p7}
+    # the names saved checkpoints and fpn/io/convert.py use for torchvision's extra_blocks.{p6,p7}
     assert [key for key in p6p7.state_dict() if key.startswith("extra_convs")] == [
         "extra_convs.0.weight", "extra_convs.0.bias", "extra_convs.1.weight", "extra_convs.1.bias"]
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from fpn.engine.loop import build_grad_scaler, train_iterations, train_step
-from fpn.host_sync import HostSyncCounter
+from fpn.ops.host_sync import HostSyncCounter
 from fpn.engine.nonfinite import FiniteWatch, NonFiniteError
 from fpn.engine.schedule import build_lr_scheduler
 

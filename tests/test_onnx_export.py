@@ -1,4 +1,4 @@
-"""ONNX export (fpn/export.py, fpn/onnx_ops.py) run by onnxruntime against the eager model, and its CLI.
+"""ONNX export (fpn/export.py, fpn/deploy/onnx_ops.py) run by onnxruntime against the eager model, and its CLI.
 
 One export serves every test: `python -m fpn.export` in a subprocess writes the ONNX model of a saved small
 checkpoint (cpu-demo's narrow ResNet-18 with random weights that give detections, see tests/test_export.py).
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fpn.engine.checkpoint import load_detector, save_checkpoint
-from fpn.export import run_onnx
+from fpn.deploy.export import run_onnx
 from tests.test_export import image, small_detector
 
 
@@ -82,7 +82,7 @@ def test_missing_weights_file_is_one_line_and_exit_code_2(tmp_path):
 
 def test_missing_onnx_packages_name_the_install_command(monkeypatch):
     from fpn.errors import InputError
-    from fpn.export import require_onnx
+    from fpn.deploy.export import require_onnx
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
     with pytest.raises(InputError, match=r'onnxruntime, not installed: run pip install -e "\.\[export\]"'):

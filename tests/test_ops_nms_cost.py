@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from fpn.host_sync import HostSyncCounter
+from fpn.ops.host_sync import HostSyncCounter
 from fpn.engine.memory import peak_cpu_memory
 from fpn.ops import nms
 from test_ops_nms import ADVERSARIAL, _jittered

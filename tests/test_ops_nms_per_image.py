@@ -2,7 +2,7 @@
 import torch
 import torchvision
 
-from fpn.host_sync import HostSyncCounter
+from fpn.ops.host_sync import HostSyncCounter
 from fpn.ops import batched_nms
 from fpn.ops.boxes import large_enough
 from fpn.ops.nms_per_image import nms_per_image

@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torchvision.ops.poolers import LevelMapper
 
-from fpn.host_sync import HostSyncCounter
+from fpn.ops.host_sync import HostSyncCounter
 from fpn.ops import MultiScaleRoIAlign, assign_fpn_levels
 
 NAMES = ("p2", "p3", "p4", "p5")

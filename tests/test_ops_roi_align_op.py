@@ -6,7 +6,7 @@ import torchvision
 from functorch.compile import make_boxed_func
 from torch._dynamo.backends.common import aot_autograd
 
-from fpn.host_sync import HostSyncCounter
+from fpn.ops.host_sync import HostSyncCounter
 from fpn.ops import RoIAlign, roi_align
 
 def _inputs(dtype=torch.float32, seed=0):

@@ -8,16 +8,16 @@ from PIL import Image
 from fpn.engine.checkpoint import save_checkpoint
 from fpn.config import FasterRCNNConfig
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
-from fpn.predict import (
+from fpn.deploy.predictions import (
     RESULTS_FILE,
     detections_to_results,
     image_ids_for,
-    main,
     picture_path_for,
     predict_files,
     read_label_map,
     resolve_inputs,
 )
+from fpn.tools.predict import main
 
 CLASS_NAMES = {1: "circle", 2: "square", 3: "triangle"}
 LABEL_TO_CATEGORY = {1: 11, 2: 22, 3: 33}

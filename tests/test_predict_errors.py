@@ -5,9 +5,10 @@ import shutil
 import pytest
 import torch
 
-import fpn.predict
+import fpn.deploy.predictions
 from fpn.errors import InputError
-from fpn.predict import RESULTS_FILE, build_parser, main, read_label_map
+from fpn.deploy.predictions import RESULTS_FILE, read_label_map
+from fpn.tools.predict import build_parser, main
 from test_predict import LABEL_TO_CATEGORY, _write_image, checkpoint  # noqa: F401 (a fixture)
 
 
@@ -53,7 +54,7 @@ BAD_WEIGHTS = {  # how the file is made -> what the message says about it
     "empty": (_empty, "the file is empty"),
     "foreign torch file": (_foreign_torch_file, "neither a training checkpoint of this project nor a torchvision"),
     # (the reason's wording for a text file depends on its first byte: torch's unpickler names it as an
-    # unsupported operand, which fpn.weights_file reports as "refused" or "not a torch weights file")
+    # unsupported operand, which fpn.io.weights_file reports as "refused" or "not a torch weights file")
     "text file": (_text, ""),
     "refused pickle": (_refused_pickle, "refused, the file holds Python objects"),
     "truncated": (_truncated, "unreadable or truncated torch file"),
@@ -113,8 +114,8 @@ def test_label_map_read_memory_mapped_and_bad_files_named(checkpoint, tmp_path, 
         calls.append(mmap)
         return real(path, what, mmap=mmap)
 
-    real = fpn.predict.read_weights
-    monkeypatch.setattr(fpn.predict, "read_weights", spy)
+    real = fpn.deploy.predictions.read_weights
+    monkeypatch.setattr(fpn.deploy.predictions, "read_weights", spy)
     assert read_label_map(checkpoint, 4) == LABEL_TO_CATEGORY
     assert calls == [True]
     empty = tmp_path / "empty.pt"
@@ -186,7 +187,7 @@ def test_a_run_stopped_mid_way_leaves_the_output_folder_as_it_was(error, code, e
         (out / RESULTS_FILE).write_text("[]")
         (out / "0.png").write_bytes(b"an earlier picture")
     drawn = []
-    real_draw = fpn.predict.draw_detections
+    real_draw = fpn.deploy.predictions.draw_detections
 
     def draw_then_fail(*args, **kwargs):
         drawn.append(1)
@@ -194,7 +195,7 @@ def test_a_run_stopped_mid_way_leaves_the_output_folder_as_it_was(error, code, e
             raise error
         return real_draw(*args, **kwargs)
 
-    monkeypatch.setattr(fpn.predict, "draw_detections", draw_then_fail)
+    monkeypatch.setattr(fpn.deploy.predictions, "draw_detections", draw_then_fail)
     assert main([*map(str, images), "--weights", str(checkpoint), "--output-dir", str(out), "--no-progress"]) == code
     assert len(drawn) == 2
     if existing:
@@ -204,7 +205,7 @@ def test_a_run_stopped_mid_way_leaves_the_output_folder_as_it_was(error, code, e
     else:
         assert not (tmp_path / "runs").exists()  # nor the parent folder made for it
     capsys.readouterr()
-    monkeypatch.setattr(fpn.predict, "draw_detections", real_draw)
+    monkeypatch.setattr(fpn.deploy.predictions, "draw_detections", real_draw)
     assert main([*map(str, images), "--weights", str(checkpoint), "--output-dir", str(out), "--no-progress"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["0.png", "1.png", "2.png", RESULTS_FILE]
     assert len(json.loads((out / RESULTS_FILE).read_text())) > 0

@@ -4,7 +4,8 @@ import json
 import torch
 
 import test_predict
-from fpn.predict import RESULTS_FILE, main
+from fpn.deploy.predictions import RESULTS_FILE
+from fpn.tools.predict import main
 from test_predict import _write_image
 
 checkpoint = test_predict.checkpoint  # the fixture: a tiny GroupNorm model's checkpoint

@@ -126,7 +126,7 @@ def test_train_help_shows_the_fcos_config_flags(capsys):
 
 
 def test_fcos_exports_to_torch_export_and_onnx(tmp_path):
-    from fpn.export import export_onnx, export_program, run_onnx
+    from fpn.deploy.export import export_onnx, export_program, run_onnx
 
     torch.manual_seed(0)
     config = tiny_fcos_config()

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from fpn.visualize import (
+from fpn.deploy.visualize import (
     PALETTE,
     colour_for_label,
     draw_detections,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fpn.errors import InputError
-from fpn.weights_file import read_weights
+from fpn.io.weights_file import read_weights
 
 
 class _RunsCode:

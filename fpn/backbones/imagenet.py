@@ -8,7 +8,7 @@ from typing import Dict, List, Mapping
 import torch
 from torch import nn
 
-from fpn.weights_file import read_weights
+from fpn.io.weights_file import read_weights
 
 _MAX_LISTED = 10  # keys shown per category in an error message
 CLASSIFIER_PREFIXES = ("fc.", "classifier.")  # ResNet's and RegNet's classifier, MobileNetV3's
@@ -30,7 +30,7 @@ def load_imagenet_weights(model: nn.Module, path: str) -> None:
 
     Raises:
         InputError: `path` is missing, a folder, empty, truncated, not a torch file, or a pickle that would run code
-            (`fpn.weights_file.read_weights`).
+            (`fpn.io.weights_file.read_weights`).
         ValueError: the file holds no state dict, or its keys/shapes differ from the model's; the message
             names the path and lists the missing, unexpected and shape-mismatched keys.
     """

@@ -13,7 +13,7 @@ from torch import nn
 
 NORM_KINDS = ("frozen_bn", "bn", "gn")
 # (parent module, conv attribute, norm attribute): a norm that follows the conv directly, as
-# `getattr(parent, conv)` and `getattr(parent, norm)` (fpn.inference folds such norms into the conv).
+# `getattr(parent, conv)` and `getattr(parent, norm)` (fpn.deploy.inference folds such norms into the conv).
 ConvNormPair = Tuple[nn.Module, str, str]
 
 

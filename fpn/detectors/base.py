@@ -2,12 +2,12 @@
 `forward_batch`.
 
     forward(images, targets)  checks the inputs, resizes / normalises / pads them into an ImageBatch
-                              (fpn/transform.py), runs `forward_batch` on it, and maps eval detections back to
+                              (fpn/detectors/transform.py), runs `forward_batch` on it, and maps eval detections back to
                               each input image's pixels
     forward_batch(batch, targets)  the detector itself: training losses, or per-image detections in the
                               ImageBatch frame (what `fpn.export` traces)
     predict(images)           uint8 / float tensors or PIL images, eval mode, optional score threshold
-    optimize_for_inference()  the faster inference copy (fpn/inference.py)
+    optimize_for_inference()  the faster inference copy (fpn/deploy/inference.py)
 
 Modules handed to a detector in place of the configured ones (`FasterRCNNFPN(..., backbone=MyTrunk())`) are
 checked here against the contract they declare (`check_backbone`, `check_neck`): a backbone or neck says what
@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from fpn.spec import FeatureSpec
-from fpn.transform import ImageBatch, postprocess, preprocess
-from fpn.validation import check_images, check_targets, check_value_range
+from fpn.detectors.transform import ImageBatch, postprocess, preprocess
+from fpn.detectors.validation import check_images, check_targets, check_value_range
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -115,8 +115,8 @@ class Detector(nn.Module):
     def optimize_for_inference(self, dtype: Optional[torch.dtype] = None) -> nn.Module:
         """An inference-only copy with the same detections, faster: norms folded into the convolutions,
         channels-last, optionally bf16/fp16 convolutions and linear layers. This model is not modified.
-        See `fpn.inference.optimize_for_inference`."""
-        from fpn.inference import optimize_for_inference
+        See `fpn.deploy.inference.optimize_for_inference`."""
+        from fpn.deploy.inference import optimize_for_inference
 
         return optimize_for_inference(self, dtype)
 

@@ -20,7 +20,7 @@ from fpn.heads.res5_head import Res5Head
 from fpn.heads.roi_heads import RoIHeads
 from fpn.heads.rpn import RegionProposalNetwork, RPNHead
 from fpn.spec import FeatureSpec
-from fpn.transform import ImageBatch
+from fpn.detectors.transform import ImageBatch
 from fpn.detectors.base import Detector, check_backbone, check_neck, common_channels
 from fpn.detectors.variants import VariantLayout, build_neck, variant_layout
 
@@ -156,9 +156,9 @@ class FasterRCNNFPN(Detector):
         backbone is laid out as torchvision builds this detector with weights: frozen BN, stem and C2 frozen
         (MobileNetV3: its last 3 stages trained). The two MobileNetV3 files have the same tensors: the 320
         model's settings (320 / 640 px inputs, 150 proposals) apply when `low_resolution` is True, or when it is
-        None and the file name holds "_320_" as torchvision's does (`fpn.convert.torchvision_mobilenet_config`).
+        None and the file name holds "_320_" as torchvision's does (`fpn.io.convert.torchvision_mobilenet_config`).
         """
-        from fpn.convert import load_torchvision_detector
+        from fpn.io.convert import load_torchvision_detector
 
         return load_torchvision_detector(cls, path_or_state_dict, num_classes, low_resolution)
 

@@ -26,7 +26,7 @@ from fpn.detectors.base import Detector, check_backbone, check_neck, common_chan
 from fpn.heads.fcos_head import FCOSHead
 from fpn.necks import FPN, LastLevelP6P7
 from fpn.spec import FeatureSpec
-from fpn.transform import ImageBatch
+from fpn.detectors.transform import ImageBatch
 
 PYRAMID_INPUTS = {"c3": 8, "c4": 16, "c5": 32}  # the maps and strides FCOS's pyramid P3..P7 is built on
 
@@ -106,7 +106,7 @@ class FCOSFPN(Detector):
         """Build the model from a torchvision `fcos_resnet50_fpn` checkpoint file or state dict (frozen BN, stem and
         C2 frozen, as torchvision builds it with weights). With `num_classes` different from the file's, the
         class logits layer is freshly initialised (fine-tuning); everything else is loaded."""
-        from fpn.convert import load_torchvision_fcos
+        from fpn.io.convert import load_torchvision_fcos
 
         return load_torchvision_fcos(cls, path_or_state_dict, num_classes)
 

@@ -39,7 +39,7 @@ from fpn.errors import InputError
 from fpn.io.loading import (  # noqa: F401 (build_from_checkpoint, load_detector: re-exported from their old home)
     build_from_checkpoint, checkpoint_arch, is_training_checkpoint, load_detector, torchvision_detector,
 )
-from fpn.weights_file import read_weights
+from fpn.io.weights_file import read_weights
 
 PathLike = Union[str, Path]
 _NAME = re.compile(r"^checkpoint_(\d+)\.pt$")

@@ -41,7 +41,7 @@ from fpn.engine.rng_state import capture_rng_state
 from fpn.engine.schedule import build_lr_scheduler, build_optimizer, scaled_lr
 from fpn.engine.training_data import DataSource, build_datasets, check_data_paths, dataset_paths, training_loader
 from fpn.errors import InputError, TrainingInterrupted, TrainingStopped, describe_os_error
-from fpn.visualize import save_detection_picture
+from fpn.deploy.visualize import save_detection_picture
 
 
 @dataclass

@@ -18,7 +18,7 @@ from fpn.detectors.build import DEFAULT_ARCH, arch_of, build_detector, check_arc
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from fpn.detectors.fcos import FCOSFPN
 from fpn.errors import InputError, first_line
-from fpn.weights_file import read_weights
+from fpn.io.weights_file import read_weights
 
 PathLike = Union[str, Path]
 

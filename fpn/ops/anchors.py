@@ -146,7 +146,7 @@ class AnchorGenerator(nn.Module):
 
         Args:
             image_list: torchvision's ImageList, or anything with `.tensors` (N, C, H, W) or `.tensor` (as
-                fpn.transform.ImageBatch) holding the padded batch, and `.image_sizes` (one entry per image).
+                fpn.detectors.transform.ImageBatch) holding the padded batch, and `.image_sizes` (one entry per image).
             feature_maps: L maps (N, C, Hl, Wl); the anchors take the first one's dtype and device.
 
         Returns:

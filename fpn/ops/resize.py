@@ -9,7 +9,7 @@ blends as fused multiply-adds (x86-64 with FMA); here a fused multiply-add of fl
 float64, where the product of two float32 is exact, and rounded once to float32: that kernel's values bit for bit
 (but for the rare sum that float64 rounds onto a float32 tie). Its single-threaded path blends in another order,
 1-2 ulps away; the sampling points, which are what matter, are the same (tests/test_ops_resize.py).
-The ONNX export asks for it: `fpn.transform.preprocess(..., written_out_resize=True)`.
+The ONNX export asks for it: `fpn.detectors.transform.preprocess(..., written_out_resize=True)`.
 """
 from typing import Tuple
 

@@ -23,7 +23,7 @@ same train.py command (recorded in its ablation_run.json; --resume aside) is ski
 every train.py run unchanged. Writes OUTPUT_DIR/ablation.json (per variant: our AR100, AR1k, AR_s, AR_m, AR_l,
 AP, AP50, AP_s, AP_m, AP_l in percent, the paper's numbers and the wall time of each run), ablation.md (the
 tables in the paper's layout) and, with matplotlib, ablation.png. The paper's numbers and which table each
-comes from: fpn/paper_results.py.
+comes from: fpn/tools/paper_results.py.
 Exit code 0 done, 1 some run failed, 2 usage/input error, 130 interrupted.
 """
 from __future__ import annotations
@@ -38,9 +38,9 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from fpn.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ArgumentParser, run_cli
+from fpn.tools.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ArgumentParser, run_cli
 from fpn.data.synthetic import generate_synthetic_coco
-from fpn.paper_results import (
+from fpn.tools.paper_results import (
     DETECTION_METRICS, ROWS, RPN_METRICS, TABLE1_RPN, VARIANTS, detection_reference, paper_row,
 )
 from fpn.config import FasterRCNNConfig

@@ -34,7 +34,7 @@ counts the model's config.rpn.post_nms_top_n_test proposals per image when that 
 
     python scripts/evaluate.py runs/demo/checkpoint_0000800.pt --coco-root runs/demo/synthetic --proposals
 
-Inference-optimized model (--fast): evaluate `fpn.inference.optimize_for_inference`'s copy of the detector, as
+Inference-optimized model (--fast): evaluate `fpn.deploy.inference.optimize_for_inference`'s copy of the detector, as
 `python -m fpn.predict --fast` runs it (normalisations folded, channels-last; `--fast-dtype bf16` or fp16 for the
 convolutions and linear layers), to see what it costs in AP. --fast-dtype replaces --amp.
 
@@ -61,17 +61,18 @@ from tqdm import tqdm
 
 from fpn.engine import distributed
 from fpn.io.loading import is_training_checkpoint, load_detector
-from fpn.cli import ArgumentParser, run_cli
+from fpn.tools.cli import ArgumentParser, run_cli
 from fpn.errors import InputError
 from fpn.data.coco import CocoDetection
 from fpn.data.file_check import check_image_files, handle_bad_images
 from fpn.device import select_device
 from fpn.engine.loop import AMP_DTYPES, autocast_factory
 from fpn.engine.evaluation import check_categories, evaluate_coco, format_metrics
-from fpn.predict import FAST_DTYPES, fast_model, label_map_of
+from fpn.deploy.predictions import label_map_of
+from fpn.tools.predict import FAST_DTYPES, fast_model
 from fpn.detectors.build import arch_of
 from fpn.engine.proposal_eval import evaluate_proposals, format_recall, rpn_only_model
-from fpn.weights_file import read_weights
+from fpn.io.weights_file import read_weights
 
 TORCHVISION_BATCHING = (2, "none")  # (batch size, amp) for files that do not say how they were evaluated
 
@@ -99,7 +100,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="CPU threads (default: the training's --threads when it set one, else torch's default; "
                              "on a CPU the thread count changes the arithmetic's order, and the scores a little)")
     parser.add_argument("--fast", action="store_true",
-                        help="evaluate the inference-optimized copy of the model (fpn.inference.optimize_for_inference)")
+                        help="evaluate the inference-optimized copy of the model (fpn.deploy.inference.optimize_for_inference)")
     parser.add_argument("--fast-dtype", choices=sorted(FAST_DTYPES), default="fp32",
                         help="with --fast: the dtype of the convolutions and linear layers (default fp32)")
     parser.add_argument("--allow-missing-categories", action="store_true",

@@ -29,7 +29,7 @@ import sys
 import textwrap
 from typing import Optional, Sequence
 
-from fpn.cli import EXIT_FAILED, ArgumentParser, Interrupted, run_cli
+from fpn.tools.cli import EXIT_FAILED, ArgumentParser, Interrupted, run_cli
 from fpn.detectors.build import ARCHITECTURES, arch_of, convert_config
 from fpn.engine.presets import PRESETS, describe_presets, get_preset
 from fpn.tools.config_flags import (

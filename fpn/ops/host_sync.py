@@ -6,7 +6,7 @@ Python catches up. `HostSyncCounter` counts these ops on any device, the CPU inc
 ATen call with a `TorchDispatchMode` and judging each call as if its tensors lived on a CUDA device:
 
     >>> import torch
-    >>> from fpn.host_sync import HostSyncCounter
+    >>> from fpn.ops.host_sync import HostSyncCounter
     >>> x = torch.tensor([0.5, -1.0, 2.0])
     >>> with HostSyncCounter() as counter:
     ...     positive = x[x > 0]      # boolean-mask index: a nonzero inside the kernel
