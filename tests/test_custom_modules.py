@@ -282,3 +282,31 @@ def test_fcos_names_what_a_given_module_or_trunk_gets_wrong():
         FCOSFPN(3, tiny_fcos_config(), backbone=TinyTrunk(), neck=uneven)
     with pytest.raises(ValueError, match="head must be an nn.Module, got str"):
         FCOSFPN(3, tiny_fcos_config(), head="fcos")
+
+
+def test_the_trainer_takes_parts_you_wrote_and_checkpoints_name_them(tmp_path):
+    """`TrainingJob.modules`: the library's training run with a box head of one's own; its checkpoints say so
+    (`given_modules`), `load_detector` refuses them (the config cannot rebuild the part), and --resume needs the
+    same parts."""
+    from test_train_script import job_of, tiny_args
+
+    from fpn.engine.trainer import run_training
+
+    run = tmp_path / "run"
+    job = job_of(tiny_args(run, iters=2))
+    width = job.preset.model.fpn.out_channels
+    job.modules = {"box_head": lambda: ConvBoxHead(width)}
+    run_training(job)
+    checkpoint = load_checkpoint(run / "checkpoint_0000002.pt")
+    assert checkpoint["given_modules"] == ["box_head"] and checkpoint["args"]["modules"] == ["box_head"]
+    assert "roi_heads.box_head.conv.weight" in checkpoint["model"]
+    with pytest.raises(InputError, match=r"built with parts passed in by their author \(box_head\)"):
+        fpn.load_detector(run / "checkpoint_0000002.pt")
+
+    resumed = job_of(tiny_args(run, "--resume", iters=3))
+    resumed.modules = job.modules
+    run_training(resumed)
+    assert load_checkpoint(run / "checkpoint_0000003.pt")["iteration"] == 3
+    with pytest.raises(InputError, match=r"passed in \['box_head'\], this run's with none: resume with the same"):
+        run_training(job_of(tiny_args(run, "--resume", iters=4)))
+    assert not (run / "checkpoint_0000004.pt").exists()

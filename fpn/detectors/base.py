@@ -82,7 +82,8 @@ class Detector(nn.Module):
             warnings.warn(
                 "training a backbone with no pretrained weights (config.backbone.weights is None and no state dict "
                 f"was loaded): {'; '.join(parts)}. To train from scratch leave config.backbone.norm and "
-                "trainable_stages at None (auto: 'bn', 5) or set norm 'bn'/'gn' and trainable_stages 5; to "
+                "trainable_stages at None (auto: 'bn', every stage) or set norm 'bn'/'gn' and trainable_stages to "
+                "the trunk's stage count (5 for ResNet and RegNetX, 6 for MobileNetV3); to "
                 "fine-tune, set config.backbone.weights to an ImageNet checkpoint.",
                 stacklevel=2,
             )

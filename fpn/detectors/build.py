@@ -5,7 +5,7 @@
 A checkpoint stores `arch` next to its config (`fpn.engine.checkpoint`); a file without one was written before
 there were two detectors and holds a Faster R-CNN.
 """
-from typing import Any, Dict, Tuple, Type
+from typing import Any, Dict, Optional, Tuple, Type
 
 from torch import nn
 
@@ -47,9 +47,11 @@ def config_from_dict(arch: str, data: dict):
     return ARCHITECTURES[check_arch(arch)][0].from_dict(data)
 
 
-def build_detector(num_classes: int, config) -> nn.Module:
-    """The detector of `config`'s architecture (FasterRCNNConfig -> FasterRCNNFPN, FCOSConfig -> FCOSFPN)."""
-    return ARCHITECTURES[arch_of(config)][1](num_classes=num_classes, config=config)
+def build_detector(num_classes: int, config, modules: Optional[Dict[str, nn.Module]] = None) -> nn.Module:
+    """The detector of `config`'s architecture (FasterRCNNConfig -> FasterRCNNFPN, FCOSConfig -> FCOSFPN), with
+    `modules` (parts a user wrote, by the detector's keyword: backbone, neck, rpn_head, box_head; FCOS's head) in
+    place of the configured ones."""
+    return ARCHITECTURES[arch_of(config)][1](num_classes=num_classes, config=config, **(modules or {}))
 
 
 def convert_config(config, arch: str):

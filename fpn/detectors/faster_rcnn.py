@@ -18,7 +18,7 @@ from fpn.config import FasterRCNNConfig, RPNConfig
 from fpn.heads.box_head import TwoMLPHead
 from fpn.heads.res5_head import Res5Head
 from fpn.heads.roi_heads import RoIHeads
-from fpn.heads.rpn import RegionProposalNetwork, RPNHead
+from fpn.heads.rpn import RegionProposalNetwork
 from fpn.spec import FeatureSpec
 from fpn.detectors.transform import ImageBatch
 from fpn.detectors.base import Detector, check_backbone, check_neck, common_channels
@@ -226,7 +226,7 @@ def _check_rpn_head(head: nn.Module, num_anchors: int) -> None:
     """A given RPN head must predict for as many anchors per location as the config's anchors make."""
     if not isinstance(head, nn.Module):
         raise ValueError(f"rpn_head must be an nn.Module, got {type(head).__name__}")
-    declared = head.cls_logits.out_channels if isinstance(head, RPNHead) else getattr(head, "num_anchors", None)
+    declared = getattr(head, "num_anchors", None)
     if declared != num_anchors:
         raise ValueError(
             f"rpn_head {type(head).__name__} must declare `num_anchors`, the anchors per location it predicts for: "
@@ -238,7 +238,7 @@ def _declared_width(box_head: nn.Module) -> int:
     """The width F of a given box head's output (R, F): its declared `out_features`."""
     if not isinstance(box_head, nn.Module):
         raise ValueError(f"box_head must be an nn.Module, got {type(box_head).__name__}")
-    width = box_head.fc7.out_features if isinstance(box_head, TwoMLPHead) else getattr(box_head, "out_features", None)
+    width = getattr(box_head, "out_features", None)
     if not isinstance(width, int) or width <= 0:
         raise ValueError(
             f"box_head {type(box_head).__name__} must declare `out_features`, the width F of its output (R, F), "

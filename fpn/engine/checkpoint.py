@@ -222,6 +222,8 @@ def save_checkpoint(
         "label_to_category": {int(k): int(v) for k, v in label_to_category.items()},
         "class_names": {int(k): str(v) for k, v in class_names.items()},
         "args": to_plain(dict(args or {})),
+        # the parts passed in by their author (FasterRCNNFPN(..., box_head=MyHead())): the config cannot rebuild them
+        "given_modules": list(getattr(model, "given_modules", ())),
     }
     atomic_save(payload, path)
     return Path(path)

@@ -157,6 +157,10 @@ def check_resumable(checkpoint: Dict[str, Any], path: Path, model: torch.nn.Modu
             changes named).
     """
     check_same_arch(checkpoint_arch(checkpoint), model, f"--resume: {path}")
+    saved_parts, parts = list(checkpoint.get("given_modules") or []), list(getattr(model, "given_modules", ()))
+    if saved_parts != parts:
+        raise InputError(f"--resume: {path}'s detector was built with the parts passed in {saved_parts or 'none'}, "
+                         f"this run's with {parts or 'none'}: resume with the same parts")
     saved_map = {int(k): int(v) for k, v in checkpoint["label_to_category"].items()}
     if saved_map != dict(label_to_category):
         raise InputError(

@@ -15,9 +15,10 @@ import copy
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -56,6 +57,17 @@ class TrainingJob:
     device: str = "auto"  # auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps
     seed: int = 0  # seed of weights init, data order and augmentation
     preset_name: str = ""  # the preset's name, for the record in checkpoints
+    # Parts you wrote, in place of the configured ones: {detector keyword: a function making a fresh module}, e.g.
+    # {"box_head": lambda: MyHead(256)}; the keywords are the detector's (backbone, neck, rpn_head, box_head;
+    # FCOS: backbone, neck, head). Called after the seed is set, once per build. Checkpoints name them
+    # (`given_modules`): --resume needs the same parts, `load_detector` refuses such a file (README,
+    # "Extending fpn").
+    modules: Dict[str, Callable[[], nn.Module]] = field(default_factory=dict)
+
+    def build(self, num_classes: int, config=None) -> nn.Module:
+        """The detector of `config` (default: the preset's) with this job's own parts."""
+        config = self.preset.model if config is None else config
+        return build_detector(num_classes, config, {name: make() for name, make in self.modules.items()})
 
     def record(self) -> Dict[str, Any]:
         """The flat dict of plain values stored in every checkpoint as `args` (what --resume compares and
@@ -65,7 +77,7 @@ class TrainingJob:
         return to_plain({"preset": self.preset_name, "arch": arch_of(self.preset.model), "output_dir": self.output_dir,
                          **data, "resume": self.resume, "init_from": self.init_from,
                          "backbone_weights": self.preset.model.backbone.weights, "device": self.device,
-                         "seed": self.seed, **training})
+                         "seed": self.seed, "modules": sorted(self.modules), **training})
 
 
 def block_ends(start_iter: int, iters: int, every: Sequence[int]) -> list:
@@ -170,7 +182,7 @@ class Trainer:
         if config.backbone.weights:  # the file is read, and loaded into a trunk to prove that it fits
             build_backbone(config.backbone)
         config.backbone.weights = None
-        probe = build_detector(2, config)  # a bad config value (e.g. --backbone.depth 19) fails here
+        probe = job.build(2, config)  # a bad config value (e.g. --backbone.depth 19) fails here
         if job.init_from:
             load_pretrained_weights(probe, job.init_from)  # only the class-specific layers may differ
         if job.resume:
@@ -281,7 +293,7 @@ class Trainer:
                 if getattr(backbone, name) is None:
                     setattr(backbone, name, checkpoint["config"]["backbone"][name])
         torch.manual_seed(job.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
-        model = build_detector(train_set.num_classes, preset.model)
+        model = job.build(train_set.num_classes)
         if checkpoint is not None:
             for note in check_resumable(checkpoint, path, model, train_set.label_to_category):
                 distributed.log(f"--resume: {note}")

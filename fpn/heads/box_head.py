@@ -15,6 +15,7 @@ class TwoMLPHead(nn.Module):
 
     def __init__(self, in_features: int, representation_size: int):
         super().__init__()
+        self.out_features = representation_size  # F, the width the predictors read
         self.fc6 = nn.Linear(in_features, representation_size)
         self.fc7 = nn.Linear(representation_size, representation_size)
         for fc in (self.fc6, self.fc7):

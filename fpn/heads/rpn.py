@@ -35,6 +35,7 @@ class RPNHead(nn.Module):
 
     def __init__(self, in_channels: int, num_anchors: int):
         super().__init__()
+        self.num_anchors = num_anchors  # A, what a detector checks against its anchors per location
         self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1)
         self.cls_logits = nn.Conv2d(in_channels, num_anchors, kernel_size=1)
         self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=1)

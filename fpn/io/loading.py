@@ -34,7 +34,18 @@ def checkpoint_arch(checkpoint: Dict[str, Any]) -> str:
 
 
 def build_from_checkpoint(checkpoint: Dict[str, Any]) -> nn.Module:
-    """A detector of the architecture, config, class count and weights stored in a training checkpoint."""
+    """A detector of the architecture, config, class count and weights stored in a training checkpoint.
+
+    Raises:
+        ValueError: the checkpoint's model was built with parts passed in by their author (`given_modules`), which
+            its config cannot rebuild (a part of the same parameter names would load silently into the wrong
+            module otherwise).
+    """
+    given = list(checkpoint.get("given_modules") or [])
+    if given:
+        raise ValueError(f"its detector was built with parts passed in by their author ({', '.join(given)}), "
+                         "which the stored config cannot rebuild: build the detector with the same parts and "
+                         "load_state_dict(checkpoint['model']) (README, \"Extending fpn\")")
     config = config_from_dict(checkpoint_arch(checkpoint), checkpoint["config"])
     config.backbone.weights = None  # the checkpoint's weights replace any ImageNet initialisation
     model = build_detector(int(checkpoint["num_classes"]), config)
