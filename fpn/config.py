@@ -58,6 +58,8 @@ class BackboneConfig:
 @dataclass
 class FPNConfig:
     out_channels: int = 256  # channels d of every pyramid level (the paper's d = 256, Sec. 3)
+    norm: str = "none"  # after each lateral and output conv: none (the paper, torchvision v1) or bn (BatchNorm, the
+    # convs without bias: torchvision's *_v2 models)
 
 
 @dataclass
@@ -83,6 +85,7 @@ class RPNConfig:
     positive_fraction: float = 0.5  # at most this fraction of them positive
     score_thresh: float = 0.0  # proposals with objectness probability below this are dropped
     min_size: float = 1e-3  # proposals smaller than this (px) are dropped
+    conv_depth: int = 1  # 3x3 conv + ReLU layers of the head before its 1x1 predictors (torchvision's *_v2: 2)
 
 
 @dataclass
@@ -92,7 +95,9 @@ class RoIHeadsConfig:
     aligned: bool = False  # half-pixel offset of RoIAlign (torchvision's detector uses False)
     canonical_scale: int = 224  # k = floor(k0 + log2(sqrt(wh) / 224)), paper Eq. (1)
     canonical_level: int = 4  # k0, the level of a canonical_scale RoI (paper Eq. (1): k0 = 4)
-    representation_size: int = 1024  # width of the two FC layers (fc6, fc7)
+    representation_size: int = 1024  # width of the two FC layers (fc6, fc7), or of the one after the convs
+    box_head: str = "2fc"  # 2fc: the paper's two FC layers (Sec. 4.2); 4conv1fc: four 3x3 conv (256) + BatchNorm +
+    # ReLU, then one FC layer (torchvision's *_v2 models)
     fg_iou_thresh: float = 0.5  # RoIs with IoU >= this are foreground
     bg_iou_thresh: float = 0.5  # RoIs with IoU < this are background
     batch_size_per_image: int = 512  # RoIs sampled per image for the loss
@@ -169,6 +174,38 @@ class FasterRCNNConfig(DetectorConfig):
         if config.anchors.every_size_on_every_level is None:
             config.anchors.every_size_on_every_level = config.backbone.name in EVERY_SIZE_ON_EVERY_LEVEL
         return config
+
+
+@dataclass
+class MaskHeadConfig:
+    """Mask R-CNN's mask branch (He et al., ICCV 2017, Fig. 4 right), torchvision's `maskrcnn_resnet50_fpn`
+    defaults: RoIAlign 14x14 from the RoI's pyramid level, four 3x3 convs, a 2x2 stride-2 transposed conv, a 1x1
+    conv to one 28x28 mask logit per class."""
+
+    pooler_resolution: int = 14  # RoIAlign output size of the mask branch
+    sampling_ratio: int = 2  # bilinear samples per bin side (<= 0: adaptive)
+    num_convs: int = 4  # 3x3 conv + ReLU layers before the upsampling
+    conv_channels: int = 256  # their width, and the transposed conv's
+    dilation: int = 1  # of the 3x3 convs
+    norm: str = "none"  # after each 3x3 conv: none (v1) or bn (BatchNorm, the convs without bias: torchvision's v2)
+
+
+@dataclass
+class MaskRCNNConfig(FasterRCNNConfig):
+    """Mask R-CNN on the feature pyramid: Faster R-CNN's sections plus `mask`. `MaskRCNNConfig()` is torchvision's
+    `maskrcnn_resnet50_fpn` (v1). Masks need the FPN model with RoI heads (variant "fpn", not rpn_only)."""
+
+    mask: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+
+    def check(self) -> None:
+        super().check()
+        if self.variant != "fpn" or self.rpn_only:
+            raise ValueError(f"Mask R-CNN needs config.variant 'fpn' with RoI heads; got variant {self.variant!r}, "
+                             f"rpn_only {self.rpn_only}")
+
+
+NORMS = ("none", "bn")  # the choices of FPNConfig.norm and MaskHeadConfig.norm
+BOX_HEADS = ("2fc", "4conv1fc")  # the choices of RoIHeadsConfig.box_head
 
 
 def check_variant(variant: Any) -> None:

@@ -14,7 +14,8 @@ from packaging.version import Version
 from torch import nn
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
-from fpn import FasterRCNNConfig, FasterRCNNFPN, validation
+from fpn import FasterRCNNConfig, FasterRCNNFPN
+from fpn.detectors import validation
 from fpn.backbones import FrozenBatchNorm2d, ResNet
 from fpn.engine.checkpoint import build_from_checkpoint
 from fpn.ops.host_sync import HostSyncCounter
