@@ -1,0 +1,95 @@
+"""Speed and memory of fpn's FasterRCNNFPN next to torchvision's Faster R-CNN: same weights, same inputs, one run.
+
+The command line of scripts/benchmark.py. The models and inputs: benchmarks/models.py; what is measured and how:
+benchmarks/side_by_side.py and benchmarks/measure.py; --deploy: benchmarks/deploy.py; --profile:
+benchmarks/profiling.py; the printed report and the JSON file: benchmarks/report.py.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, replace
+
+import torch
+
+from benchmarks.deploy import inference_modes, measure_modes
+from benchmarks.models import QUICK, Settings, build_models, memory_formats
+from benchmarks.profiling import profile
+from benchmarks.reference import missing_reference_message, torchvision
+from benchmarks.report import machine_info, print_report, write_json
+from benchmarks.side_by_side import bench_stage
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Benchmark fpn's FasterRCNNFPN against torchvision's.")
+    parser.add_argument("--quick", action="store_true", help="256x320 inputs, batch 2, one repeat (a smoke test)")
+    parser.add_argument("--amp", action="store_true", help="also bf16 autocast (CPU: with channels_last)")
+    parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
+                        help="all: the CPU, and CUDA when present")
+    parser.add_argument("--size", default=None, help="input size HxW, e.g. 600x1000 (default 800x1333; quick 256x320)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs before them")
+    parser.add_argument("--profile", action="store_true", help="also break CPU inference time down")
+    parser.add_argument("--deploy", action="store_true",
+                        help="also every inference path (torchvision's and ours in each precision, our optimized "
+                             "model, ONNX under onnxruntime), latency and throughput as ratios to torchvision's "
+                             "best")
+    parser.add_argument("--no-onnx", action="store_true",
+                        help="--deploy without the ONNX row (its export takes a minute or more on 2 cores)")
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    return parser
+
+
+def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Settings:
+    """The workload sizes: --quick's or the default ones, with --size, --repeats and --warmup applied."""
+    settings = replace(QUICK) if args.quick else Settings()  # a copy: QUICK stays as it is
+    if args.size is not None:
+        try:
+            settings.height, settings.width = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            parser.error(f"--size must look like 800x1333, got {args.size!r}")
+    settings.repeats = args.repeats if args.repeats is not None else settings.repeats
+    settings.warmup = args.warmup if args.warmup is not None else settings.warmup
+    if settings.repeats < 1 or settings.warmup < 0:
+        parser.error(f"--repeats must be >= 1 and --warmup >= 0, got {settings.repeats} and {settings.warmup}")
+    return settings
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if torchvision is None:
+        print(missing_reference_message("benchmark.py"), file=sys.stderr)
+        return 2
+    settings = settings_from(args, parser)
+    devices = [torch.device("cpu")] if args.device in ("all", "cpu") else []
+    if args.device in ("all", "cuda") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    if not devices:
+        parser.error("--device cuda: CUDA is not available")
+    ours, tv = build_models(settings)
+    report = {"machine": machine_info(), "settings": asdict(settings), "results": [], "detections": [],
+              "memory_formats": []}
+    for device in devices:
+        for precision in ("fp32", "bf16") if args.amp else ("fp32",):
+            print(f"measuring {device.type} {precision} ...", file=sys.stderr, flush=True)
+            rows, counts = bench_stage(ours, tv, device, precision, settings)
+            report["results"] += rows
+            formats = ["channels_last" if f == torch.channels_last else "NCHW"
+                       for f in memory_formats(ours, device, precision)]
+            report["detections"].append({"device": device.type, "precision": precision, **counts})
+            report["memory_formats"].append({"device": device.type, "precision": precision,
+                                             "ours": formats[0], "torchvision": formats[1]})
+    if args.deploy:
+        report["deploy"] = {"results": [], "skipped": []}
+        for device in devices:
+            print(f"measuring the inference paths on {device.type} ...", file=sys.stderr, flush=True)
+            modes, skipped = inference_modes(ours, tv, device, onnx=not args.no_onnx)
+            report["deploy"]["results"] += measure_modes(modes, settings, device)
+            report["deploy"]["skipped"] += [f"{device.type}: {line}" for line in skipped]
+    if args.profile:
+        report["profile"] = profile(ours, tv, settings)
+    print_report(report, settings.throughput_batch)
+    if args.json:
+        write_json(args.json, report, indent=2)
+    return 0
