@@ -59,7 +59,8 @@ def test_valid_coco_that_cocoeval_scores_perfectly(generated):
     assert document["categories"] == [{"id": k, "name": name, "supercategory": "shape"}
                                       for k, name in enumerate(SHAPE_NAMES[:6], start=1)]
     for ann in document["annotations"]:
-        assert set(ann) == {"id", "image_id", "category_id", "bbox", "area", "iscrowd"} and ann["iscrowd"] == 0
+        assert set(ann) == {"id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation"}
+        assert ann["iscrowd"] == 0
     assert [a["id"] for a in document["annotations"]] == list(range(1, len(document["annotations"]) + 1))
 
 
@@ -110,7 +111,7 @@ def test_object_size_range_is_a_parameter(tmp_path):
     rng = np.random.default_rng(1)
     _, objects = render_image(rng, 100, 100, num_classes=6, max_objects=1, min_object_size=30,
                               max_object_fraction=0.3)
-    assert [max(bbox[2:]) for _, bbox, _ in objects] == [30]  # the range collapsed to one size
+    assert [max(bbox[2:]) for _, bbox, _, _ in objects] == [30]  # the range collapsed to one size
 
 
 def test_box_is_the_tight_bound_of_the_shape():

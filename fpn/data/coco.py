@@ -6,6 +6,10 @@ as positives; COCOeval still sees them through `dataset.coco`), boxes are conver
 image, and boxes that are empty after clipping (zero area, inverted, outside the image) are dropped, counted at
 load time and reported in one warning.
 
+Instance masks (masks=True) come from each kept annotation's `segmentation` (polygons, uncompressed or compressed
+RLE; see `fpn.data.masks`): its structure is checked when the data set is built, and the masks of a sample are
+rasterised only when that sample is read, as uint8 0/1 at the image's original size (the model resizes).
+
 Random flips (train=True) are reproducible: the flip of sample `index` in epoch `e` is drawn from a
 `torch.Generator` seeded by (seed, e, index), so it does not depend on the DataLoader's worker count or on which
 worker decodes it. The epoch comes with the key: `dataset[(index, epoch)]` (what `TrainingSampler(...,
@@ -28,6 +32,7 @@ from torch.utils.data import Dataset
 
 from fpn.errors import InputError
 from fpn.data.image_io import load_rgb_image, pil_to_tensor01
+from fpn.data.masks import decode_masks, fit_masks, segmentation_problem
 from fpn.data.transforms import Compose, RandomHorizontalFlip
 
 _REQUIRED_KEYS = ("images", "annotations", "categories")
@@ -47,6 +52,8 @@ class CocoDetection(Dataset):
             DataLoader workers, each worker keeps its own count). `fpn.data.file_check` finds bad files before
             training and drops them (`drop_images`) under this same option.
         seed: non-negative seed of the flip draws (see the module docstring).
+        masks: also return each target's instance masks (`masks` below); every kept annotation then needs a
+            usable `segmentation`. False reads no segmentation at all.
 
     Attributes:
         coco: the pycocotools `COCO` object (for COCOeval).
@@ -58,14 +65,20 @@ class CocoDetection(Dataset):
         num_dropped_boxes: annotations dropped for an empty box after clipping (crowd ones not counted).
         num_crowd_annotations: annotations left out of the targets because iscrowd = 1.
         num_dropped_images: images left out by `drop_images` (e.g. unreadable files found before training).
+        with_masks: the `masks` argument.
 
     Raises:
         FileNotFoundError: the annotation file does not exist.
         ValueError: malformed json, a missing top-level key, no images or categories, an annotation naming an
             unknown category or image, a malformed bbox, or a negative seed.
+        InputError (a ValueError): masks=True and a kept annotation has no usable segmentation (missing, an empty
+            polygon list, a polygon of fewer than 3 points, an RLE whose size is not the image's); the message
+            names the file and the annotation id.
 
     Each sample is `(image, target)`: image float32 (3, H, W) RGB in [0, 1]; target `boxes` float32 (N, 4) xyxy
     absolute pixels, `labels` int64 (N,) in 1..K, `image_id` int, `orig_size` (H, W) ints. N may be 0.
+    With masks=True the target also holds `masks` uint8 (N, H, W) of 0/1, one per box in the same order (the
+    annotation's segmentation as `COCO.annToMask` decodes it); without it there is no `masks` key.
     A missing or undecodable file raises InputError (one line naming the file) unless skip_bad_images.
     """
 
@@ -76,6 +89,7 @@ class CocoDetection(Dataset):
         train: bool,
         skip_bad_images: bool = False,
         seed: int = 0,
+        masks: bool = False,
     ):
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
@@ -84,6 +98,7 @@ class CocoDetection(Dataset):
         self.train = train
         self.skip_bad_images = skip_bad_images
         self.seed = seed
+        self.with_masks = masks
         self.epoch = 0
         self.transforms = Compose([RandomHorizontalFlip(0.5)]) if train else None
 
@@ -141,9 +156,10 @@ class CocoDetection(Dataset):
         self.num_dropped_images += len(drop_ids)
 
     def _build_targets(self, annotations: Sequence[dict], warn: bool) -> None:
-        """Store every image's boxes/labels in flat arrays (cheap to share with forked DataLoader workers)."""
+        """Store every image's boxes/labels in flat arrays (cheap to share with forked DataLoader workers), and with
+        masks the kept annotations' segmentations, checked but not decoded."""
         row_of_image = {image_id: row for row, image_id in enumerate(self.image_ids)}
-        rows, boxes, labels = [], [], []
+        rows, boxes, labels, segmentations = [], [], [], []
         self.num_crowd_annotations = 0
         self.num_dropped_boxes = 0
         for ann in annotations:
@@ -163,6 +179,8 @@ class CocoDetection(Dataset):
             if box[2] <= box[0] or box[3] <= box[1]:
                 self.num_dropped_boxes += 1
                 continue
+            if self.with_masks:
+                segmentations.append(_checked_segmentation(ann, self._json_sizes[row], self.annotations_file))
             rows.append(row)
             boxes.append(box)
             labels.append(self.category_to_label[cat_id])
@@ -175,6 +193,7 @@ class CocoDetection(Dataset):
         order = np.argsort(rows_np, kind="stable")  # group by image, keeping the json order within an image
         self._boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)[order]  # (M, 4) xyxy abs px
         self._labels = np.asarray(labels, dtype=np.int64)[order]  # (M,)
+        self._segmentations = [segmentations[i] for i in order] if self.with_masks else None  # M COCO segmentations
         counts = np.bincount(rows_np, minlength=len(self.image_ids))
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # (n + 1,)
 
@@ -209,10 +228,8 @@ class CocoDetection(Dataset):
         index %= len(self)
         image, index = self._load_image(index)  # index changes only when a bad image was skipped
         height, width = image.shape[1:]
-        boxes, labels = self._target_arrays(index, height, width)
         target = {
-            "boxes": boxes,
-            "labels": labels,
+            **self._target_arrays(index, height, width),  # boxes, labels (, masks)
             "image_id": self.image_ids[index],
             "orig_size": (int(height), int(width)),
         }
@@ -244,11 +261,15 @@ class CocoDetection(Dataset):
                 warnings.warn(f"skipping bad image {path}: {err}")
         raise ValueError(f"no readable image among the {n} images of {self.annotations_file} in {self.images_dir}")
 
-    def _target_arrays(self, index: int, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _target_arrays(self, index: int, height: int, width: int) -> Dict[str, torch.Tensor]:
         start, end = self._offsets[index], self._offsets[index + 1]
         boxes = torch.from_numpy(self._boxes[start:end].copy())  # (N, 4) xyxy abs px, clipped to the json size
         labels = torch.from_numpy(self._labels[start:end].copy())  # (N,)
+        arrays = {"boxes": boxes, "labels": labels}
         json_height, json_width = self._json_sizes[index].tolist()
+        if self.with_masks:
+            masks = decode_masks(self._segmentations[start:end], json_height, json_width)  # (N, H_json, W_json)
+            arrays["masks"] = fit_masks(masks, height, width)
         if (height, width) != (json_height, json_width):
             # The decoded file disagrees with the json (e.g. an EXIF rotation): clip to the real pixels.
             if index not in self._warned_size_mismatch:
@@ -260,8 +281,8 @@ class CocoDetection(Dataset):
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
             keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            boxes, labels = boxes[keep], labels[keep]
-        return boxes, labels
+            arrays = {key: value[keep] for key, value in arrays.items()}
+        return arrays
 
 
 def collate(batch: Sequence[Tuple[torch.Tensor, dict]]) -> Tuple[List[torch.Tensor], List[dict]]:
@@ -323,6 +344,15 @@ def _check_images(data: dict, path: Path) -> Dict[int, dict]:
     if not images:
         raise ValueError(f"{path}: 'images' is empty (zero images)")
     return images
+
+
+def _checked_segmentation(ann: dict, size_hw: np.ndarray, path: Path) -> object:
+    """The annotation's segmentation, or InputError (one line: file, annotation id, what is wrong)."""
+    problem = segmentation_problem(ann.get("segmentation"), int(size_hw[0]), int(size_hw[1]))
+    if problem is not None:
+        raise InputError(f"{path}: annotation id {ann.get('id')} {problem}; masks=True needs a segmentation "
+                         f"(polygons or an RLE of the image's size) on every non-crowd annotation")
+    return ann["segmentation"]
 
 
 def _xywh_to_clipped_xyxy(bbox: object, size_hw: np.ndarray, ann_id: object, path: Path) -> List[float]:

@@ -10,7 +10,8 @@ Object sizes (the longer box side) are log-uniform from 12 px to 60 % of the sho
 (`min_object_size`, `max_object_fraction`), so small objects are common and the pyramid matters. Later shapes
 may cover earlier ones, but every shape keeps >= 75 % of its pixels visible.
 A box is the tight bound of the visible pixels of its shape (pixel edges: a shape covering columns 3..7 has
-x1 = 3, x2 = 8), `area` is its visible pixel count.
+x1 = 3, x2 = 8), `segmentation` is exactly those visible pixels as a compressed RLE (pycocotools' `mask.encode`,
+counts as a str), and `area` is their count, i.e. the mask's area, as COCO defines it.
 
 The output is deterministic for a seed, byte for byte (numpy Generator per image, PNG files, fixed json).
 """
@@ -25,6 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 SHAPE_NAMES = ("circle", "square", "triangle", "cross", "ring", "diamond", "star", "hexagon")
@@ -86,9 +88,9 @@ def generate_synthetic_coco(
             file_name = f"{image_id:012d}.png"
             Image.fromarray(pixels).save(image_dir / file_name, compress_level=1)
             images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-            for category_id, bbox, area in objects:
+            for category_id, bbox, area, segmentation in objects:
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category_id,
-                                    "bbox": bbox, "area": area, "iscrowd": 0})
+                                    "bbox": bbox, "area": area, "iscrowd": 0, "segmentation": segmentation})
             bar.update(1)
         json_path = root / "annotations" / f"instances_{split}.json"
         _write_json(json_path, _coco_document(images, annotations, num_classes, seed))
@@ -101,11 +103,12 @@ def generate_synthetic_coco(
 def render_image(
     rng: np.random.Generator, width: int, height: int, num_classes: int, max_objects: int = 6,
     min_object_size: int = MIN_OBJECT_SIZE, max_object_fraction: float = MAX_OBJECT_FRACTION,
-) -> Tuple[np.ndarray, List[Tuple[int, List[int], int]]]:
+) -> Tuple[np.ndarray, List[Tuple[int, List[int], int, Dict[str, object]]]]:
     """Draw one image; object sizes as in `generate_synthetic_coco`.
 
     Returns:
-        (pixels uint8 (height, width, 3), objects: list of (category_id, bbox [x, y, w, h] ints, visible area)).
+        (pixels uint8 (height, width, 3), objects: list of (category_id, bbox [x, y, w, h] ints, visible area,
+        segmentation: compressed RLE {"size": [height, width], "counts": str} of the visible pixels)).
     """
     canvas = _background(rng, width, height)  # (H, W, 3) float32
     owner = np.zeros((height, width), dtype=np.int16)  # index + 1 of the shape on top at each pixel, 0: none
@@ -128,12 +131,18 @@ def render_image(
     return pixels, _visible_boxes(owner, categories)
 
 
-def _visible_boxes(owner: np.ndarray, categories: Sequence[int]) -> List[Tuple[int, List[int], int]]:
+def _visible_boxes(
+    owner: np.ndarray, categories: Sequence[int]
+) -> List[Tuple[int, List[int], int, Dict[str, object]]]:
+    """Per shape: (category_id, tight box xywh, visible pixel count, compressed RLE of the visible pixels)."""
     objects = []
     for index, category_id in enumerate(categories, start=1):
-        ys, xs = np.nonzero(owner == index)
+        visible = owner == index  # (H, W) bool
+        ys, xs = np.nonzero(visible)
         x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1  # xyxy, pixel edges
-        objects.append((category_id, [x1, y1, x2 - x1, y2 - y1], int(xs.size)))
+        rle = mask_utils.encode(np.asfortranarray(visible, dtype=np.uint8))  # pycocotools wants column-major
+        segmentation = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        objects.append((category_id, [x1, y1, x2 - x1, y2 - y1], int(xs.size), segmentation))
     return objects
 
 

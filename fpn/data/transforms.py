@@ -3,12 +3,13 @@
 Lin et al. (2017) train with horizontal flipping only. Resizing is NOT done here: the shorter-side resize (one
 size at inference, a size drawn from `fpn.config.InputConfig.train_min_sizes` per iteration for multi-scale
 training, e.g. 640..800) and the padding to a multiple of 32 happen inside the model, as in torchvision's
-`GeneralizedRCNNTransform`. The dataset therefore returns images at their original resolution, and boxes in the
-pixel frame of that image.
+`GeneralizedRCNNTransform`. The dataset therefore returns images at their original resolution, and boxes (and
+instance masks, when asked for) in the pixel frame of that image.
 
 A transform is a callable `(image, target, generator) -> (image, target)`: `image` float (3, H, W), `target` a
-dict holding at least `boxes` (N, 4) xyxy absolute pixels, `generator` a `torch.Generator` (or None for torch's
-global RNG) from which any random decision is drawn, so that the caller controls reproducibility.
+dict holding at least `boxes` (N, 4) xyxy absolute pixels (and, for instance masks, `masks` (N, H, W)),
+`generator` a `torch.Generator` (or None for torch's global RNG) from which any random decision is drawn, so that
+the caller controls reproducibility.
 """
 from __future__ import annotations
 
@@ -42,7 +43,11 @@ def hflip(image: torch.Tensor, boxes: torch.Tensor) -> Tuple[torch.Tensor, torch
 
 
 class RandomHorizontalFlip:
-    """Flip image and `target["boxes"]` left-right with probability `p` (one draw per call).
+    """Flip image, `target["boxes"]` and, when present, `target["masks"]` left-right with probability `p`.
+
+    One draw per call decides for all of them, so a flipped image always comes with flipped boxes and masks.
+    `masks` is any tensor (N, H, W) of the image's height and width (the dataset's is uint8 0/1); it is mirrored
+    along its last dimension (torch.flip, the dtype kept). Other keys are passed on unchanged.
 
     Args:
         p: flip probability in [0, 1].
@@ -60,11 +65,21 @@ class RandomHorizontalFlip:
         draw = torch.rand((), generator=generator).item()
         if draw >= self.p:
             return image, target
-        image, boxes = hflip(image, target["boxes"])
-        return image, {**target, "boxes": boxes}
+        flipped = dict(target)
+        if "masks" in target:
+            flipped["masks"] = _hflip_masks(target["masks"], image.shape[-2:])
+        image, flipped["boxes"] = hflip(image, target["boxes"])
+        return image, flipped
 
     def __repr__(self) -> str:
         return f"RandomHorizontalFlip(p={self.p})"
+
+
+def _hflip_masks(masks: torch.Tensor, image_size: torch.Size) -> torch.Tensor:
+    if masks.dim() != 3 or tuple(masks.shape[1:]) != tuple(image_size):
+        raise ValueError(f"expected masks of shape (N, {image_size[0]}, {image_size[1]}) to match the image, got "
+                         f"shape {tuple(masks.shape)}")
+    return masks.flip(-1)  # (N, H, W), same dtype
 
 
 class Compose:
