@@ -12,16 +12,20 @@ from fpn.config import (  # noqa: F401
     FCOSHeadConfig,
     FPNConfig,
     InputConfig,
+    MaskHeadConfig,
+    MaskRCNNConfig,
     RoIHeadsConfig,
     RPNConfig,
 )
 
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from fpn.detectors.fcos import FCOSFPN
+from fpn.detectors.mask_rcnn import MaskRCNNFPN
 from fpn.spec import FeatureSpec  # what a backbone or neck you write declares of each output map
 # from the training side, for inference from Python: either detector's checkpoint, or a torchvision file
 from fpn.engine.checkpoint import load_detector
 
 __version__ = "0.1.0"
-__all__ = ["FasterRCNNFPN", "FasterRCNNConfig", "FCOSFPN", "FCOSConfig", "FeatureSpec", "load_detector"]
+__all__ = ["FasterRCNNFPN", "FasterRCNNConfig", "FCOSFPN", "FCOSConfig", "MaskRCNNFPN", "MaskRCNNConfig",
+           "FeatureSpec", "load_detector"]
 

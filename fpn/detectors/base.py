@@ -49,7 +49,7 @@ class Detector(nn.Module):
         if check_value_range(images, read_accelerator_images=not self._accelerator_values_checked):
             self._accelerator_values_checked = True
         if self.training:
-            check_targets(targets, len(images), self.num_classes)
+            self.check_targets(images, targets)
             self._warn_if_backbone_cannot_train()
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         batch, targets = preprocess(images, targets if self.training else None, self.config.input, self.training)
@@ -57,6 +57,11 @@ class Detector(nn.Module):
         if self.training:
             return output
         return postprocess(output, batch.image_sizes, original_sizes)
+
+    def check_targets(self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]]) -> None:
+        """Training targets: `boxes` and `labels` per image (`fpn.detectors.validation.check_targets`); a detector
+        that needs more (Mask R-CNN's masks) checks it too."""
+        check_targets(targets, len(images), self.num_classes)
 
     def forward_batch(self, batch: ImageBatch, targets: Optional[List[Dict[str, Tensor]]] = None):
         """Training: the loss dict. Eval: per image `boxes` (D, 4) xyxy in the ImageBatch frame, `scores`,

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fpn.config import InputConfig
+from fpn.ops.masks import paste_masks
 from fpn.ops.resize import bilinear_resize
 from fpn.spec import ImageBatch  # the contract lives on the ground floor; the detectors import it from here too
 
@@ -119,7 +120,10 @@ def postprocess(
     image_sizes: List[Tuple[int, int]],
     original_sizes: List[Tuple[int, int]],
 ) -> List[Dict[str, Tensor]]:
-    """Map each image's detection boxes from the resized frame back to the input image's own pixels."""
+    """Map each image's detection boxes from the resized frame back to the input image's own pixels; paste
+    Mask R-CNN's 28x28 `masks` (D, 1, 28, 28) into the input image at those boxes: (D, 1, H, W)."""
     for det, size, orig in zip(detections, image_sizes, original_sizes):
         det["boxes"] = scale_boxes(det["boxes"], size, orig)
+        if "masks" in det:
+            det["masks"] = paste_masks(det["masks"], det["boxes"], orig)
     return detections

@@ -130,3 +130,20 @@ def _check_target_values(i: int, boxes: Tensor, labels: Tensor, num_classes: int
             f"targets[{i}]['boxes'][{j}] = {boxes[j].tolist()} has no positive width and height "
             "(expected x1 < x2 and y1 < y2, absolute pixels)"
         )
+
+
+def check_target_masks(images: Sequence[Tensor], targets: Sequence[Dict[str, Tensor]]) -> None:
+    """Mask R-CNN's training targets: each also holds `masks` (N, H, W) uint8 or bool (0/1), one per box, at the
+    size (H, W) of its image (the model resizes the boxes, and reads the masks at their own size). Shapes only:
+    no value is read."""
+    for i, (image, target) in enumerate(zip(images, targets)):
+        masks = target.get("masks")
+        if masks is None:
+            raise ValueError(f"targets[{i}] has no 'masks': Mask R-CNN trains on one mask per box (N, H, W)")
+        expected = (target["boxes"].shape[0], image.shape[-2], image.shape[-1])
+        if not isinstance(masks, Tensor) or tuple(masks.shape) != expected:
+            shape = tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
+            raise ValueError(f"targets[{i}]['masks'] must have shape {expected} (boxes, image height, width), "
+                             f"got {shape}")
+        if masks.dtype not in (torch.uint8, torch.bool):
+            raise ValueError(f"targets[{i}]['masks'] must be uint8 or bool (0/1), got {masks.dtype}")

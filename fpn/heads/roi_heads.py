@@ -81,45 +81,54 @@ class RoIHeads(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
-            proposals, labels, regression_targets = self.sample_rois(proposals, targets)
-        pooled = self.pooler(features, proposals)  # (R, C, S, S)
-        class_logits, box_deltas = self.predictor(self.box_head(pooled))  # (R, K), (R, K*4)
-        class_logits, box_deltas = class_logits.float(), box_deltas.float()
+            proposals, labels, regression_targets, _ = self.sample_rois(proposals, targets)
+        class_logits, box_deltas = self.classify(features, proposals)
         if self.training:
             return [], self.losses(class_logits, box_deltas, labels, regression_targets)
         return self.detect(class_logits, box_deltas, proposals, image_sizes), {}
 
+    def classify(self, features: Dict[str, Tensor], rois: List[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Class logits (R, K) and box deltas (R, K*4), float32, of the RoIs (per image (Ri, 4))."""
+        pooled = self.pooler(features, rois)  # (R, C, S, S)
+        class_logits, box_deltas = self.predictor(self.box_head(pooled))  # (R, K), (R, K*4)
+        return class_logits.float(), box_deltas.float()
+
     @torch.no_grad()
     def sample_rois(
         self, proposals: List[Tensor], targets: List[Dict[str, Tensor]]
-    ) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
+    ) -> Tuple[List[Tensor], List[Tensor], List[Tensor], List[Tensor]]:
         """Add the gt boxes to the proposals, match (IoU >= 0.5 foreground), sample 512 RoIs per image (25%
-        foreground). Returns per image the sampled RoIs (Ri, 4), their labels (Ri,) int64 and regression targets.
+        foreground). Returns per image the sampled RoIs (Ri, 4), their labels (Ri,) int64, regression targets
+        (Ri, 4) and the index (Ri,) int64 of the gt box each matched (0 where none: read it for the foreground only).
 
         One host sync for the batch: the number of sampled RoIs of every image, read together."""
         proposals = [torch.cat([p, t["boxes"].to(p.dtype)]) for p, t in zip(proposals, targets)]
-        labels, matched = zip(*[self._match(p, t["boxes"].to(p.dtype), t["labels"]) for p, t in zip(proposals, targets)])
+        labels, matched, indices = zip(*[self._match(p, t["boxes"].to(p.dtype), t["labels"])
+                                         for p, t in zip(proposals, targets)])
         pos_masks, neg_masks = self.sampler(list(labels))
         sampled = [pos | neg for pos, neg in zip(pos_masks, neg_masks)]
         counts = torch.stack([mask.sum() for mask in sampled]).tolist()  # the host sync
-        rois, roi_labels, regression_targets = [], [], []
-        for props, label, gt, mask, count in zip(proposals, labels, matched, sampled, counts):
+        rois, roi_labels, regression_targets, roi_matches = [], [], [], []
+        for props, label, gt, index, mask, count in zip(proposals, labels, matched, indices, sampled, counts):
             keep = torch.nonzero_static(mask, size=count).squeeze(1)  # (Ri,) increasing, as torch.where(mask)
             rois.append(props.index_select(0, keep))
             roi_labels.append(label.index_select(0, keep))
             regression_targets.append(self.box_coder.encode_single(gt.index_select(0, keep), rois[-1]))
-        return rois, roi_labels, regression_targets
+            roi_matches.append(index.index_select(0, keep))
+        return rois, roi_labels, regression_targets, roi_matches
 
-    def _match(self, proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> Tuple[Tensor, Tensor]:
-        """Per proposal (Pi, 4): its label (Pi,) int64 (the matched gt's class, 0 background, -1 ignored) and the
-        matched gt box (Pi, 4) (any box where there is no match)."""
+    def _match(self, proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Per proposal (Pi, 4): its label (Pi,) int64 (the matched gt's class, 0 background, -1 ignored), the
+        matched gt box (Pi, 4) (any box where there is no match) and that box's index (Pi,) (0 where none)."""
         if gt_boxes.numel() == 0:  # no objects: every RoI is background
-            return torch.zeros(proposals.shape[0], dtype=torch.int64, device=proposals.device), proposals
+            zeros = torch.zeros(proposals.shape[0], dtype=torch.int64, device=proposals.device)
+            return zeros, proposals, zeros
         idx = self.matcher(box_iou(gt_boxes, proposals))  # (Pi,)
-        label = gt_labels[idx.clamp(min=0)].to(torch.int64)
+        index = idx.clamp(min=0)
+        label = gt_labels[index].to(torch.int64)
         label = torch.where(idx == Matcher.BELOW_LOW_THRESHOLD, 0, label)
         label = torch.where(idx == Matcher.BETWEEN_THRESHOLDS, -1, label)
-        return label, gt_boxes[idx.clamp(min=0)]
+        return label, gt_boxes[index], index
 
     def losses(
         self, class_logits: Tensor, box_deltas: Tensor, labels: List[Tensor], regression_targets: List[Tensor]
