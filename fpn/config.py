@@ -58,8 +58,10 @@ class BackboneConfig:
 @dataclass
 class FPNConfig:
     out_channels: int = 256  # channels d of every pyramid level (the paper's d = 256, Sec. 3)
-    norm: str = "none"  # after each lateral and output conv: none (the paper, torchvision v1) or bn (BatchNorm, the
-    # convs without bias: torchvision's *_v2 models)
+    norm: str = (
+        "none"  # after each lateral and output conv: none (the paper, torchvision v1) or bn (BatchNorm, the convs
+        # without bias: torchvision's *_v2 models)
+    )
 
 
 @dataclass
@@ -96,8 +98,10 @@ class RoIHeadsConfig:
     canonical_scale: int = 224  # k = floor(k0 + log2(sqrt(wh) / 224)), paper Eq. (1)
     canonical_level: int = 4  # k0, the level of a canonical_scale RoI (paper Eq. (1): k0 = 4)
     representation_size: int = 1024  # width of the two FC layers (fc6, fc7), or of the one after the convs
-    box_head: str = "2fc"  # 2fc: the paper's two FC layers (Sec. 4.2); 4conv1fc: four 3x3 conv (256) + BatchNorm +
-    # ReLU, then one FC layer (torchvision's *_v2 models)
+    box_head: str = (
+        "2fc"  # 2fc: the paper's two FC layers (Sec. 4.2); 4conv1fc: four 3x3 conv (256) + BatchNorm + ReLU, then
+        # one FC layer (torchvision's *_v2 models)
+    )
     fg_iou_thresh: float = 0.5  # RoIs with IoU >= this are foreground
     bg_iou_thresh: float = 0.5  # RoIs with IoU < this are background
     batch_size_per_image: int = 512  # RoIs sampled per image for the loss

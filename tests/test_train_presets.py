@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fpn.config import FCOSConfig, FasterRCNNConfig
+from fpn.config import FCOSConfig, FasterRCNNConfig, MaskRCNNConfig
 from fpn.data.synthetic import generate_synthetic_coco
 from fpn.engine.presets import PRESETS, SYNTHETIC_PRESETS, get_preset, synthetic_recipe
 from fpn.tools.config_flags import add_config_flags, apply_config_flags
@@ -76,7 +76,11 @@ def test_presets_follow_their_schedules():
     demo = get_preset("cpu-demo")
     assert demo.model.backbone.norm == "gn" and demo.model.backbone.depth == 18
     assert demo.iters > max(demo.steps)
-    assert sorted(PRESETS) == ["1x", "ablation-cpu", "cpu-demo", "fcos-cpu-demo", "paper"]
+    assert sorted(PRESETS) == ["1x", "ablation-cpu", "cpu-demo", "fcos-cpu-demo", "mask-cpu-demo", "paper"]
+    mask = get_preset("mask-cpu-demo")  # cpu-demo's model, schedule and data, plus the mask branch at 64 channels
+    assert isinstance(mask.model, MaskRCNNConfig) and mask.model.mask.conv_channels == demo.model.fpn.out_channels
+    assert all(getattr(mask.model, item.name) == getattr(demo.model, item.name) for item in fields(demo.model))
+    assert replace(mask, model=demo.model) == demo
     fcos = get_preset("fcos-cpu-demo")  # the demo's trunk, input and schedule, FCOS's head
     assert isinstance(fcos.model, FCOSConfig) and fcos.model.head.score_thresh == 0.05
     assert (fcos.model.backbone, fcos.model.fpn, fcos.model.input) == (demo.model.backbone, demo.model.fpn,

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from fpn.backbones.build import build_backbone
+from fpn.config import MaskRCNNConfig
 from fpn.data.coco import CocoDetection
 from fpn.detectors.build import arch_of, build_detector, is_rpn_only
 from fpn.device import select_device
@@ -204,7 +205,7 @@ class Trainer:
             distributed.log(f"removed {len(stale)} temporary file(s) of an interrupted checkpoint write: "
                             + ", ".join(p.name for p in stale))
         paths = dataset_paths(job.data, self.output_dir, synthetic_recipe(preset))
-        train_set, val_set = build_datasets(paths, job.data, job.seed)
+        train_set, val_set = build_datasets(paths, job.data, job.seed, masks=isinstance(preset.model, MaskRCNNConfig))
         distributed.log(f"{len(train_set)} training / {len(val_set)} validation images, "
                         f"{train_set.num_classes - 1} classes")
         model, optimizer, scheduler, scaler = self.build_model(train_set)

@@ -38,6 +38,10 @@ class DataSource:
         return any([self.coco_root, *(getattr(self, key) for key in SPLIT_KEYS)])
 
 
+# The synthetic set's file format, stored with its recipe: a set written in an older format is generated again.
+# 2: every annotation holds its object's visible pixels as a compressed-RLE `segmentation` (Mask R-CNN).
+SYNTHETIC_FORMAT = 2
+
 def coco_layout(root: Path) -> Dict[str, Path]:
     """The paths of COCO 2017's layout under `root` (also the synthetic set's)."""
     return {
@@ -75,26 +79,30 @@ def dataset_paths(data: DataSource, output_dir: Path, recipe: Dict[str, Any]) ->
         check_data_paths(data)  # all four or none
         return {key: Path(getattr(data, key)) for key in SPLIT_KEYS}
     root = Path(data.synthetic_dir or Path(output_dir) / "synthetic")
-    marker = root / "recipe.json"
+    marker, written = root / "recipe.json", {**recipe, "format": SYNTHETIC_FORMAT}
 
     def generate() -> None:
-        if not marker.is_file() or json.loads(marker.read_text()) != recipe:
+        if not marker.is_file() or json.loads(marker.read_text()) != written:
             distributed.log(f"generating the synthetic data set in {root} ...")
             generate_synthetic_coco(root, **recipe, progress=True)
-            marker.write_text(json.dumps(recipe))
+            marker.write_text(json.dumps(written))
 
     distributed.run_on_main(generate)  # the other ranks wait until rank 0 has written the files
     return coco_layout(root)
 
 
-def build_datasets(paths: Dict[str, Path], data: DataSource, seed: int) -> Tuple[CocoDetection, CocoDetection]:
+def build_datasets(paths: Dict[str, Path], data: DataSource, seed: int,
+                   masks: bool = False) -> Tuple[CocoDetection, CocoDetection]:
     """The training and validation sets, every image file checked (`data.check_images`) before the first iteration.
+    `masks`: the training targets hold instance masks (Mask R-CNN), every training segmentation checked now; the
+    validation set's come from its annotation file at evaluation.
 
     Raises:
-        ValueError: no usable box to train on, or the two sets' categories differ (named).
+        ValueError: no usable box to train on, a missing or malformed segmentation (masks), or the two sets'
+            categories differ (named).
     """
     train_set = CocoDetection(paths["train_images"], paths["train_annotations"], train=True,
-                              skip_bad_images=data.skip_bad_images, seed=seed)
+                              skip_bad_images=data.skip_bad_images, seed=seed, masks=masks)
     val_set = CocoDetection(paths["val_images"], paths["val_annotations"], train=False,
                             skip_bad_images=data.skip_bad_images)
     if data.check_images != "off":  # every file of both sets, before the first iteration (rank 0 reads them)
