@@ -35,8 +35,20 @@ def helpers_env():
                                                                       os.environ.get("PYTHONPATH")])))
 
 
+# Every fault below is injected into each two-stage detector's training run: Faster R-CNN, and Mask R-CNN (its
+# masks read from the synthetic set's segmentations, its mask branch in every checkpoint).
+ARCHITECTURES = {"faster_rcnn": (), "mask_rcnn": ("--arch", "mask_rcnn", "--mask.conv-channels", "16")}
+ARCH_FLAGS = ()  # the architecture of the test running (set by `architecture`); other modules' tests: Faster R-CNN
+
+
+@pytest.fixture(autouse=True, params=sorted(ARCHITECTURES))
+def architecture(request, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "ARCH_FLAGS", ARCHITECTURES[request.param])
+    return request.param
+
+
 def _args(run, data, *extra, iters=4):
-    return tiny_args(run, "--coco-root", str(data), *extra, iters=iters)
+    return tiny_args(run, "--coco-root", str(data), *ARCH_FLAGS, *extra, iters=iters)
 
 
 def _error_lines(err):

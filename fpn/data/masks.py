@@ -14,11 +14,14 @@ short of H * W pixels into uninitialised memory rather than failing.
 """
 from __future__ import annotations
 
+import warnings
 from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
+
+NUMPY_COPY_NOTICE = r"__array__ implementation doesn't accept a copy keyword"
 
 
 def segmentation_problem(segmentation: object, height: int, width: int) -> Optional[str]:
@@ -50,7 +53,9 @@ def decode_masks(segmentations: Sequence[object], height: int, width: int) -> to
     if not segmentations:
         return torch.zeros((0, height, width), dtype=torch.uint8)
     rles = [_to_rle(segmentation, height, width) for segmentation in segmentations]
-    stacked = mask_utils.decode(rles)  # (H, W, N) uint8, Fortran order
+    with warnings.catch_warnings():  # pycocotools 2.0.11 on numpy 2: a notice about its own code, nothing wrong here
+        warnings.filterwarnings("ignore", message=NUMPY_COPY_NOTICE, category=DeprecationWarning)
+        stacked = mask_utils.decode(rles)  # (H, W, N) uint8, Fortran order
     return torch.from_numpy(np.ascontiguousarray(stacked.transpose(2, 0, 1)))  # (N, H, W)
 
 
