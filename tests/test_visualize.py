@@ -5,6 +5,7 @@ from PIL import Image
 from torch import nn
 
 from fpn.deploy.visualize import (
+    MASK_ALPHA,
     PALETTE,
     colour_for_label,
     draw_detections,
@@ -241,3 +242,68 @@ def test_ground_truth_is_labelled_with_the_name_alone():
     assert width[0] < width[1]
     np.testing.assert_array_equal(np.asarray(draw_ground_truth(image, torch.zeros(0, 4), [], NAMES)),
                                   np.asarray(image))
+
+
+def _blend(colour, under=GREY):
+    """A mask pixel: MASK_ALPHA of the class colour over the image's."""
+    return np.rint(np.array(under) * (1 - MASK_ALPHA) + np.array(colour) * MASK_ALPHA).astype(np.uint8)
+
+
+def test_masks_are_filled_translucent_under_their_boxes():
+    image = _image()
+    boxes = [[20.0, 30.0, 100.0, 120.0], [120.0, 30.0, 190.0, 120.0]]
+    masks = torch.zeros(2, 150, 200, dtype=torch.bool)
+    masks[0, 50:100, 40:80] = True
+    masks[1, 50:100, 140:170] = True
+    out = draw_detections(image, boxes, [1, 3], [0.9, 0.3], NAMES, masks=masks)
+    pixels = np.asarray(out)
+    np.testing.assert_array_equal(pixels[70, 60], _blend(colour_for_label(1)))  # inside the drawn mask
+    np.testing.assert_array_equal(pixels[110, 60], GREY)  # inside the box, outside its mask
+    np.testing.assert_array_equal(pixels[70, 150], GREY)  # the mask of a detection below the threshold
+    np.testing.assert_array_equal(pixels[50:100, 20], np.broadcast_to(colour_for_label(1), (50, 3)))  # box on top
+    # the boxes and labels are those drawn without masks, over the fills
+    plain = np.asarray(draw_detections(image, boxes, [1, 3], [0.9, 0.3], NAMES))
+    differs = (pixels != plain).any(axis=-1)
+    assert differs[50:100, 40:80].all() and differs.sum() == 50 * 40
+    # a later (higher-scoring) mask covers an earlier one; RGBA keeps its alpha; empty masks change nothing
+    both = draw_detections(image, [boxes[0]] * 2, [1, 2], [0.6, 0.9], NAMES, masks=masks[[0, 0]])
+    np.testing.assert_array_equal(np.asarray(both)[70, 60], _blend(colour_for_label(2), _blend(colour_for_label(1))))
+    rgba = draw_detections(Image.new("RGBA", (200, 150), (*GREY, 77)), boxes, [1, 3], [0.9, 0.3], NAMES, masks=masks)
+    np.testing.assert_array_equal(np.asarray(rgba)[70, 60], [*_blend(colour_for_label(1)), 77])
+    nothing = draw_detections(image, boxes, [1, 3], [0.9, 0.3], NAMES, masks=torch.zeros(2, 150, 200))
+    np.testing.assert_array_equal(np.asarray(nothing), plain)
+
+
+def test_masks_of_the_wrong_shape_are_named():
+    with pytest.raises(ValueError, match=r"masks: expected shape \(D, H, W\) = \(1, 150, 200\) .* got \(1, 150, 199\)"):
+        draw_detections(_image(), [[0.0, 0.0, 10.0, 10.0]], [1], [0.9], NAMES, masks=torch.zeros(1, 150, 199))
+
+
+class _PredictsMasks(_Predicts):
+    """_Predicts with masks: the disc's box filled (probability 0.9), the square's empty."""
+
+    def forward(self, images):
+        outputs = super().forward(images)
+        for output, image in zip(outputs, images):
+            masks = torch.zeros(2, 1, *image.shape[1:])
+            masks[0, 0, 30:55, 55:75] = 0.9
+            output["masks"] = masks
+        return outputs
+
+
+def test_detection_picture_fills_the_predicted_and_true_masks(tmp_path):
+    class WithMasks(_Shapes):
+        def __getitem__(self, index):
+            image, target = super().__getitem__(index)
+            target["masks"] = torch.zeros(len(target["boxes"]), 60, 80, dtype=torch.uint8)
+            target["masks"][:, 20:30, 20:40] = 1
+            return image, target
+
+    path = save_detection_picture(_PredictsMasks(), WithMasks(2), tmp_path / "d.png", device=torch.device("cpu"))
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    teal = (pixels == TEAL).all(axis=-1)
+    (truth_y, _), (pred_y, _) = _runs(teal.any(axis=1))
+    x0 = _runs(teal.any(axis=0))[0][0]
+    np.testing.assert_array_equal(pixels[truth_y + 25, x0 + 30], _blend(colour_for_label(1), TEAL))
+    np.testing.assert_array_equal(pixels[pred_y + 40, x0 + 65], _blend(colour_for_label(2), TEAL))
+    np.testing.assert_array_equal(pixels[pred_y + 25, x0 + 30], TEAL)

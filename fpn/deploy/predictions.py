@@ -1,6 +1,7 @@
 """Run a detector over image files: find the images named by files, folders and globs, detect, draw, and turn the
 detections into COCO-style results entries (the schema is in fpn/tools/predict.py, `python -m fpn.predict`'s
-tool); write a run's files into a staging folder that appears only when the run completes."""
+tool); write a run's files into a staging folder that appears only when the run completes. A Mask R-CNN's entries
+also hold each detection's `segmentation` (fpn/deploy/mask_rle.py), and its pictures the masks."""
 from __future__ import annotations
 
 import contextlib
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from fpn.io.loading import is_training_checkpoint
 from fpn.data.image_io import load_rgb_image, pil_to_tensor01
+from fpn.deploy.mask_rle import binary_masks, mask_rles
 from fpn.deploy.visualize import draw_detections
 from fpn.io.weights_file import read_weights
 
@@ -95,7 +97,8 @@ def detections_to_results(
     """One image's detections as results entries (the schema in the module docstring).
 
     Args:
-        detection: `boxes` (D, 4) float xyxy absolute pixels, `scores` (D,), `labels` (D,) int64.
+        detection: `boxes` (D, 4) float xyxy absolute pixels, `scores` (D,), `labels` (D,) int64; a Mask R-CNN's
+            also `masks` (D, H, W) bool (`binary_masks` of the model's), written as `segmentation`.
         image_id: written as `image_id`.
         file_name: written as `file_name`.
         class_names: model label -> name, written as `category_name` (the label's number when missing).
@@ -103,12 +106,15 @@ def detections_to_results(
             `label`. A detected label missing from it raises a ValueError.
 
     Returns:
-        D dicts, in the detection order, with bbox [x, y, w, h] rounded to 0.01 px and score to 1e-5.
+        D dicts, in the detection order, with bbox [x, y, w, h] rounded to 0.01 px and score to 1e-5, and with
+        masks `segmentation` (COCO compressed RLE, `mask_rles`).
     """
     boxes = detection["boxes"].detach().to("cpu", torch.float64)  # (D, 4) xyxy
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)  # (D, 4) xyxy -> xywh
+    rles = mask_rles(detection["masks"]) if "masks" in detection else [None] * len(boxes)
     entries = []
-    for box, score, label in zip(xywh.tolist(), detection["scores"].tolist(), detection["labels"].tolist()):
+    for box, score, label, rle in zip(xywh.tolist(), detection["scores"].tolist(), detection["labels"].tolist(),
+                                      rles):
         entry: Dict[str, object] = {"image_id": image_id, "file_name": file_name}
         if label_to_category is not None:
             if int(label) not in label_to_category:
@@ -119,6 +125,8 @@ def detections_to_results(
         entry["category_name"] = class_names.get(int(label), str(int(label)))
         entry["bbox"] = [round(v, 2) for v in box]
         entry["score"] = round(float(score), 5)
+        if rle is not None:
+            entry["segmentation"] = rle
         entries.append(entry)
     return entries
 
@@ -128,7 +136,7 @@ def known_labels_only(detection: Mapping[str, torch.Tensor], label_to_category: 
     """The detections whose label `label_to_category` maps, the others counted in `dropped` per label.
 
     Args:
-        detection: `boxes` (D, 4), `scores` (D,), `labels` (D,) int64, on the CPU.
+        detection: `boxes` (D, 4), `scores` (D,), `labels` (D,) int64 (and `masks` (D, H, W)), on the CPU.
         label_to_category: model label -> dataset category id; None: every label is kept.
         dropped: {label: detections left out}, updated in place.
     Returns:
@@ -171,7 +179,8 @@ def predict_files(
 
     Args:
         model: a detector with torchvision's inference contract (`FasterRCNNFPN`); run in eval mode on the device
-            of its parameters.
+            of its parameters. A model returning `masks` (Mask R-CNN) gets each detection's `segmentation` in the
+            results and its mask drawn under its box.
         paths: image files; one that cannot be read is recorded in `failures` and skipped.
         class_names: model label -> name, for the pictures and `category_name`.
         output_dir: created if needed; receives one picture per readable image.
@@ -209,11 +218,12 @@ def predict_files(
             with torch.no_grad():
                 detections = model([pil_to_tensor01(image).to(device) for _, _, image in batch])
             for (path, image_id, image), detection in zip(batch, detections):
-                detection = known_labels_only({k: v.cpu() for k, v in detection.items()}, label_to_category,
-                                              run.dropped)
+                detection = known_labels_only(
+                    {k: (binary_masks(v) if k == "masks" else v).cpu() for k, v in detection.items()},
+                    label_to_category, run.dropped)
                 run.results += detections_to_results(detection, image_id, str(path), class_names, label_to_category)
                 picture = draw_detections(image, detection["boxes"], detection["labels"], detection["scores"],
-                                          class_names, score_threshold)
+                                          class_names, score_threshold, masks=detection.get("masks"))
                 out_path = picture_path_for(path, output_dir, taken)
                 picture.save(write_dir / out_path.name, **({"quality": 95} if out_path.suffix == ".jpg" else {}))
                 run.pictures.append(out_path)

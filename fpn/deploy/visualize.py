@@ -1,8 +1,10 @@
-"""Drawing detections on an image: boxes, "name 0.93" labels on a filled background, a fixed colour per class.
+"""Drawing detections on an image: boxes, "name 0.93" labels on a filled background, a fixed colour per class,
+and Mask R-CNN's masks as translucent fills of that colour under the boxes.
 
 Shape shorthand: D detections, G ground-truth boxes. Boxes are (x1, y1, x2, y2) in absolute pixels of the image
-they are drawn on (the frame `FasterRCNNFPN` returns them in). `save_detection_picture` puts a model's
-predictions under the ground truth of a few data set images (training's detections.png).
+they are drawn on (the frame `FasterRCNNFPN` returns them in); masks (D, H, W) bool in the same pixels.
+`save_detection_picture` puts a model's predictions under the ground truth of a few data set images (training's
+detections.png).
 """
 from __future__ import annotations
 
@@ -10,11 +12,15 @@ import functools
 from pathlib import Path
 from typing import List, Mapping, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
+from fpn.deploy.mask_rle import binary_masks
+
 Colour = Tuple[int, int, int]
+MASK_ALPHA = 0.45  # a mask's fill: 45% its class colour over 55% the image, so the object still shows through
 
 # 20 well-separated colours (Tableau 20 order: dark and light hue pairs), chosen by `label % 20`, so a class
 # keeps its colour from image to image.
@@ -69,12 +75,14 @@ def draw_detections(
     scores,
     class_names: Mapping[int, str],
     score_threshold: float = 0.5,
+    masks=None,
 ) -> Image.Image:
     """Draw the detections scoring at least `score_threshold` on a copy of `image`.
 
     Each box gets its class colour (`colour_for_label`) and a label "name 0.93" on a filled background, placed
     above the box when there is room and inside it otherwise, and always kept inside the image. Higher scores
-    are drawn last, so they stay on top.
+    are drawn last, so they stay on top. With `masks`, each drawn detection's mask is filled first, translucent
+    (`MASK_ALPHA`) in its class colour, and all the boxes and labels go over the fills.
 
     Args:
         image: PIL image; modes other than RGB/RGBA are converted to RGB in the copy.
@@ -83,13 +91,15 @@ def draw_detections(
         scores: (D,) float confidences.
         class_names: class id -> name; ids missing from it are written as the number.
         score_threshold: detections with a lower score are not drawn.
+        masks: None, or (D, H, W) bool (or 0/1) masks of the detections, H x W the image's size.
 
     Returns:
         A new PIL image of the same size; the input is left untouched. With nothing to draw it is an exact
         copy of `image` (for RGB/RGBA input).
 
     Raises:
-        ValueError: on mismatched lengths, boxes not of shape (D, 4), non-finite or inverted (x2 < x1) boxes.
+        ValueError: on mismatched lengths, boxes not of shape (D, 4), non-finite or inverted (x2 < x1) boxes,
+            masks not of shape (D, H, W).
     """
     if not isinstance(image, Image.Image):
         raise ValueError(f"image: expected a PIL.Image.Image, got {type(image).__name__}")
@@ -97,10 +107,35 @@ def draw_detections(
     keep = torch.nonzero(scores_t >= score_threshold).flatten()
     keep = keep[torch.argsort(scores_t[keep], stable=True)]  # ascending: best drawn last, on top
     texts = [f"{class_names.get(int(labels_t[i]), str(int(labels_t[i])))} {float(scores_t[i]):.2f}" for i in keep]
+    if masks is not None:
+        image = _fill_masks(image, _as_masks(masks, len(boxes_t), image.size)[keep], labels_t[keep])
     return _draw_boxes(image, boxes_t[keep], labels_t[keep], texts)
 
 
-def draw_ground_truth(image: Image.Image, boxes, labels, class_names: Mapping[int, str]) -> Image.Image:
+def _fill_masks(image: Image.Image, masks: torch.Tensor, labels: torch.Tensor) -> Image.Image:
+    """A copy of `image` (as RGB unless RGBA) with each (H, W) mask of `masks` (D, H, W) bool filled in its label's
+    colour at `MASK_ALPHA`, in order (a later mask over an earlier one); with no mask, `image` itself."""
+    if len(masks) == 0:
+        return image
+    pixels = np.array(image if image.mode in ("RGB", "RGBA") else image.convert("RGB"))  # (H, W, 3 or 4) uint8
+    rgb = pixels[..., :3].astype(np.float32)  # (H, W, 3)
+    for mask, label in zip(masks.numpy(), labels.tolist()):
+        rgb[mask] = rgb[mask] * (1 - MASK_ALPHA) + np.asarray(colour_for_label(label), np.float32) * MASK_ALPHA
+    pixels[..., :3] = np.rint(rgb).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def _as_masks(masks, count: int, size: Tuple[int, int]) -> torch.Tensor:
+    """Check masks against `count` detections on an image of `size` (W, H): a CPU (D, H, W) bool tensor."""
+    masks_t = torch.as_tensor(_detach(masks))
+    width, height = size
+    if tuple(masks_t.shape) != (count, height, width):
+        raise ValueError(f"masks: expected shape (D, H, W) = ({count}, {height}, {width}) for {count} boxes on a "
+                         f"{width}x{height} image, got {tuple(masks_t.shape)}")
+    return masks_t.bool()
+
+
+def draw_ground_truth(image: Image.Image, boxes, labels, class_names: Mapping[int, str], masks=None) -> Image.Image:
     """Draw ground-truth boxes on a copy of `image`, like `draw_detections` but labelled with the name alone.
 
     Args:
@@ -108,6 +143,7 @@ def draw_ground_truth(image: Image.Image, boxes, labels, class_names: Mapping[in
         boxes: (G, 4) float, xyxy in absolute pixels of `image`.
         labels: (G,) int class ids; ids missing from `class_names` are written as the number.
         class_names: class id -> name.
+        masks: None, or (G, H, W) bool (or 0/1) instance masks, filled as `draw_detections` fills them.
 
     Returns:
         A new PIL image of the same size.
@@ -120,6 +156,8 @@ def draw_ground_truth(image: Image.Image, boxes, labels, class_names: Mapping[in
     labels = torch.as_tensor(_detach(labels)).reshape(-1)
     boxes_t, labels_t, _ = _as_tensors(boxes, labels, torch.ones(labels.numel()))
     texts = [class_names.get(label, str(label)) for label in labels_t.tolist()]
+    if masks is not None:
+        image = _fill_masks(image, _as_masks(masks, len(boxes_t), image.size), labels_t)
     return _draw_boxes(image, boxes_t, labels_t, texts)
 
 
@@ -206,12 +244,13 @@ def save_detection_picture(
     """Draw the first `num_images` images of `dataset`, each as a column: ground truth above, predictions below.
 
     The panels are titled "ground truth" and "predictions (score >= 0.5)"; a box has its class's colour in both,
-    so a missed or a wrong detection shows at a glance.
+    so a missed or a wrong detection shows at a glance. Masks are drawn where there are some: a Mask R-CNN's
+    predictions, a data set's targets with `masks`.
 
     Args:
         model: the detector (not DDP-wrapped); its train/eval mode is restored afterwards.
         dataset: yields (image float (3, H, W) in [0, 1], target dict with "boxes" (G, 4) xyxy in the image's
-            pixels and "labels" (G,)); has `class_names` {label: name}.
+            pixels and "labels" (G,), optionally "masks" (G, H, W)); has `class_names` {label: name}.
         path: the PNG to write (its folder is created).
         device: where the model runs.
         num_images: how many images (fewer if the dataset is smaller).
@@ -230,10 +269,12 @@ def save_detection_picture(
             detections = model([image.to(device)])[0]
             picture = Image.fromarray((image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy())
             truth = draw_ground_truth(picture, target.get("boxes", torch.zeros(0, 4)),
-                                      target.get("labels", torch.zeros(0, dtype=torch.int64)), dataset.class_names)
+                                      target.get("labels", torch.zeros(0, dtype=torch.int64)), dataset.class_names,
+                                      masks=target.get("masks"))
+            masks = binary_masks(detections["masks"]).cpu() if "masks" in detections else None  # (D, H, W)
             predicted = draw_detections(picture, detections["boxes"].float().cpu(), detections["labels"].cpu(),
                                         detections["scores"].float().cpu(), dataset.class_names,
-                                        score_threshold=score_threshold)
+                                        score_threshold=score_threshold, masks=masks)
             columns.append((truth, predicted))
     finally:
         model.train(was_training)

@@ -1,4 +1,5 @@
-"""Run a trained detector on image files: a COCO-style results JSON plus one picture per image with its boxes.
+"""Run a trained detector on image files: a COCO-style results JSON plus one picture per image with its boxes
+(and a Mask R-CNN's masks).
 
     python -m fpn.predict photos/ extra/*.jpg one.png --weights runs/demo/checkpoint_0000800.pt \\
         --output-dir runs/predict/demo
@@ -25,6 +26,9 @@ folded into the convolutions, channels-last; the same detections in fp32) and pr
   the file can go straight to COCO's evaluation; otherwise the image's 0-based position in the input list.
 - `category_id` is the dataset's category id when the weights carry a label map (torchvision's COCO weights, our
   checkpoints of a COCO training); otherwise the entry has `label`, the model's own class index, instead.
+- A Mask R-CNN's entries also have `segmentation`, the detection's mask (the model's probabilities above 0.5) as
+  COCO's compressed RLE, `{"size": [height, width], "counts": "..."}` (`pycocotools.mask.decode` reads it), as
+  in COCO's results format; its pictures fill each drawn detection's mask, translucent, in the box's colour.
 - Every detection the model returns is kept (those above its own `config.roi_heads.score_thresh`, 0.05 by
   default); `--score-threshold` (default 0.5) only decides which boxes are drawn on the pictures. A detection
   whose label the label map lacks (the background 0, or a model of another label set) has no category to write:
