@@ -11,10 +11,12 @@ from fpn.errors import InputError
 from fpn.data.coco import CocoDetection
 from fpn.data.coco_names import COCO_CLASS_NAMES
 from fpn.data.synthetic import generate_synthetic_coco
-from fpn.engine.evaluation import METRIC_NAMES
+from fpn.engine.evaluation import MASK_METRIC_NAMES, METRIC_NAMES, format_metrics
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
+from fpn.detectors.mask_rcnn import MaskRCNNFPN
 from fpn.engine.proposal_eval import RECALL_NAMES, format_recall
 from test_checkpoint import tiny_config
+from test_mask_rcnn import tiny_config as tiny_mask_config
 from test_predict_errors import one_error_line
 from test_train_script import load_train_script, tiny_args
 
@@ -284,3 +286,43 @@ def test_skip_bad_images_evaluates_the_others_and_counts_the_bad(set_with_a_corr
     results = json.loads((tmp_path / "out" / "evaluate_results.json").read_text())
     bad_id = next(i["id"] for i in dataset.coco.dataset["images"] if i["file_name"] == bad.name)
     assert results and bad_id not in {r["image_id"] for r in results}
+
+
+@pytest.fixture(scope="module")
+def mask_checkpoint(val_set, tmp_path_factory):
+    torch.manual_seed(0)
+    model = MaskRCNNFPN(val_set.num_classes, tiny_mask_config())
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "mask.pt", model=model, optimizer=None, scheduler=None,
+                           scaler=None, iteration=0, label_to_category=val_set.label_to_category,
+                           class_names=val_set.class_names)
+
+
+def test_a_mask_rcnn_checkpoint_gets_box_and_mask_ap(val_set, mask_checkpoint, tmp_path, capsys):
+    assert _run([str(mask_checkpoint), *_data_flags(val_set)], tmp_path) == 0
+    metrics = json.loads((tmp_path / "out" / "evaluate_metrics.json").read_text())
+    assert list(metrics) == [*METRIC_NAMES, *MASK_METRIC_NAMES]
+    assert format_metrics(metrics) in capsys.readouterr().out  # two rows: box, mask
+    results = json.loads((tmp_path / "out" / "evaluate_results.json").read_text())
+    assert results and all(set(r["segmentation"]) == {"size", "counts"} for r in results)
+
+
+def test_a_box_only_annotation_file_gives_box_ap_after_one_warning_line(val_set, mask_checkpoint, tmp_path, capsys):
+    data = json.loads(val_set.annotations_file.read_text())
+    for annotation in data["annotations"]:
+        del annotation["segmentation"]
+    boxes = _write(tmp_path / "boxes.json", json.dumps(data))
+    assert _run([str(mask_checkpoint), "--images", str(val_set.images_dir), "--annotations", str(boxes)],
+                tmp_path) == 0
+    captured = capsys.readouterr()
+    count = len(data["annotations"])
+    assert [line for line in captured.err.splitlines() if "warning" in line] == [
+        f"evaluate.py: warning: {boxes}: annotation id 1 has no segmentation ({count} of the {count} annotations of "
+        "the 3 images evaluated lack a usable one): the masks cannot be scored, box AP only"]
+    assert list(json.loads((tmp_path / "out" / "evaluate_metrics.json").read_text())) == list(METRIC_NAMES)
+    assert "| mask |" not in captured.out and "|    AP |" in captured.out
+
+
+def test_proposals_of_a_mask_rcnn_checkpoint_are_refused_in_one_line(val_set, mask_checkpoint, tmp_path, capsys):
+    assert _run([str(mask_checkpoint), *_data_flags(val_set), "--proposals"], tmp_path) == 2
+    assert "holds a mask_rcnn detector, whose proposals cannot be scored alone yet" in \
+        one_error_line(capsys, "evaluate.py")

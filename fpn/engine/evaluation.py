@@ -1,8 +1,14 @@
-"""COCO box evaluation: run the detector over a dataset (sharded over ranks), convert, and score with COCOeval.
+"""COCO box evaluation (and mask evaluation of a model returning masks): run the detector over a dataset (sharded
+over ranks), convert, and score with COCOeval.
 
 Shape shorthand: D detections of one image. Detections come out of the model as xyxy boxes in the pixels of the
 image it was given; COCO results are xywh boxes in the pixels of the original image, with COCO category ids in
 place of the model's contiguous labels.
+
+Masks: when the model's detections hold `masks` (Mask R-CNN), each record also holds its `segmentation` (COCO
+compressed RLE, encoded per image as the detections arrive) and the metrics add mask AP (COCOeval iouType "segm")
+under `MASK_METRIC_NAMES`, beside the box AP's unchanged `METRIC_NAMES`; fpn.engine.mask_eval has the details.
+The box AP of such a model is the one its boxes alone would score.
 
 Proposal recall (AR100, AR1k, AR_s/m/l of an RPN-only model, the paper's Table 1) is in `fpn.engine.proposal_eval`, which
 scores the same inference output with COCOeval class-agnostically.
@@ -15,7 +21,7 @@ import json
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,11 +31,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from fpn.engine import distributed
+from fpn.engine.mask_eval import detection_rles, segm_ground_truth, segm_results, segmentation_problem_in
 from fpn.errors import InputError
 from fpn.data.coco import collate
 from fpn.data.samplers import InferenceSampler
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6], in that order
+MASK_METRIC_NAMES = tuple(f"mask_{name}" for name in METRIC_NAMES)  # the same of the masks (iouType "segm")
 
 
 def detections_to_coco(
@@ -43,21 +51,26 @@ def detections_to_coco(
 
     Args:
         detections: dict with `boxes` (D, 4) float xyxy in the pixels of the image the model saw, `scores` (D,),
-            `labels` (D,) int64 contiguous labels.
+            `labels` (D,) int64 contiguous labels; a Mask R-CNN's also `masks` (D, 1, h, w) float probabilities in
+            those pixels.
         image_id: the COCO image id.
         label_to_category: {contiguous label: COCO category id}. A detection whose label is missing from it (the
             background 0, or a model of another label set) is left out: COCOeval cannot score it.
         scale_xy: (sx, sy) factors from the model's input pixels to the original image pixels.
         dropped: counts the detections left out, per label (updated in place); None: a warning names them.
     Returns:
-        list of dicts {image_id, category_id, bbox [x, y, w, h], score}, one per detection with a known label.
+        list of dicts {image_id, category_id, bbox [x, y, w, h], score}, one per detection with a known label;
+        with masks also `segmentation`, the mask above 0.5 in the original pixels as COCO compressed RLE
+        {"size": [H, W], "counts": str}.
     """
     boxes = detections["boxes"].detach().float().cpu()  # (D, 4) xyxy, input pixels
     scale = torch.tensor([scale_xy[0], scale_xy[1], scale_xy[0], scale_xy[1]])
     boxes = boxes * scale  # (D, 4) xyxy, original pixels
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)  # (D, 4) xywh
+    rles = detection_rles(detections["masks"], scale_xy) if "masks" in detections else [None] * len(boxes)
     records, unknown = [], Counter()
-    for box, score, label in zip(xywh.tolist(), detections["scores"].tolist(), detections["labels"].tolist()):
+    for box, score, label, rle in zip(xywh.tolist(), detections["scores"].tolist(), detections["labels"].tolist(),
+                                      rles):
         if int(label) not in label_to_category:
             unknown[int(label)] += 1
             continue
@@ -69,6 +82,8 @@ def detections_to_coco(
                 "score": round(float(score), 5),
             }
         )
+        if rle is not None:
+            records[-1]["segmentation"] = rle
     if dropped is not None:
         dropped.update(unknown)
     else:
@@ -97,8 +112,16 @@ def coco_scale(image: Tensor, target: Mapping[str, Tensor]) -> tuple:
     return orig_w / width, orig_h / height
 
 
+def run_inference(model: nn.Module, dataset: Dataset, label_to_category: Mapping[int, int],
+                  **options) -> Optional[Dict[int, List[dict]]]:
+    """`inference_records` without its masks flag: on rank 0, {image_id: COCO result dicts} of every image; None
+    on the other ranks. `options`: device (required), batch_size, num_workers, autocast, progress."""
+    answer = inference_records(model, dataset, label_to_category, **options)
+    return None if answer is None else answer[0]
+
+
 @torch.no_grad()
-def run_inference(
+def inference_records(
     model: nn.Module,
     dataset: Dataset,
     label_to_category: Mapping[int, int],
@@ -108,7 +131,7 @@ def run_inference(
     num_workers: int = 0,
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
     progress: Optional[Callable[[int], None]] = None,
-) -> Optional[Dict[int, List[dict]]]:
+) -> Optional[Tuple[Dict[int, List[dict]], bool]]:
     """Detect on this rank's shard of `dataset` and gather every rank's COCO records on rank 0.
 
     Args:
@@ -121,10 +144,12 @@ def run_inference(
         autocast: a factory of the autocast context (mixed precision) or nullcontext.
         progress: called with the number of images done after each batch (rank 0 progress bars).
     Returns:
-        on rank 0, {image_id: COCO result dicts} of every image seen by any rank (an image without detections
-        has an empty list; an image id met twice, as when a dataset skipping bad files returns a substitute,
-        keeps its first records); None on the other ranks. Detections of a label missing from
-        `label_to_category` are left out, with one warning on rank 0 naming the labels and the counts.
+        on rank 0, ({image_id: COCO result dicts} of every image seen by any rank, whether the model returned
+        masks); None on the other ranks. An image without detections has an empty list; an image id met twice, as
+        when a dataset skipping bad files returns a substitute, keeps its first records. Detections of a label
+        missing from `label_to_category` are left out, with one warning on rank 0 naming the labels and the
+        counts. A model's masks are encoded image by image (`detections_to_coco`): the set's full-size masks are
+        never held, and whether there were masks is known even where the model detected nothing.
     """
     sampler = InferenceSampler(len(dataset), rank=distributed.get_rank(), world_size=distributed.get_world_size())
     # A private generator: creating the loader must not consume the global RNG, or a periodic evaluation would
@@ -141,6 +166,7 @@ def run_inference(
     model.eval()
     per_image: Dict[int, List[dict]] = {}
     dropped: Counter = Counter()  # {label without a COCO category: detections left out}
+    with_masks = False
     try:
         for images, targets in loader:
             with autocast():
@@ -149,19 +175,21 @@ def run_inference(
                 image_id = int(target["image_id"])
                 records = detections_to_coco(output, image_id, label_to_category, coco_scale(image, target), dropped)
                 per_image.setdefault(image_id, records)
+                with_masks = with_masks or "masks" in output
+            del outputs, output  # a Mask R-CNN's full-size masks: not held through the next batch's forward
             if progress is not None:
                 progress(len(images))
     finally:
         model.train(was_training)
-    gathered = distributed.all_gather_objects((per_image, dropped))
+    gathered = distributed.all_gather_objects((per_image, dropped, with_masks))
     if not distributed.is_main_process():
         return None
     merged: Dict[int, List[dict]] = {}
-    for shard, _ in gathered:
+    for shard, _, _ in gathered:
         for image_id, records in shard.items():
             merged.setdefault(image_id, records)
-    warn_dropped_labels(sum((counts for _, counts in gathered), Counter()), label_to_category)
-    return merged
+    warn_dropped_labels(sum((counts for _, counts, _ in gathered), Counter()), label_to_category)
+    return merged, any(masks for _, _, masks in gathered)
 
 
 def flatten_results(per_image: Mapping[int, List[dict]]) -> List[dict]:
@@ -169,43 +197,63 @@ def flatten_results(per_image: Mapping[int, List[dict]]) -> List[dict]:
     return [record for image_id in sorted(per_image) for record in per_image[image_id]]
 
 
-def coco_evaluate(coco_gt: COCO, results: List[dict], image_ids: Optional[Sequence[int]] = None) -> Dict[str, float]:
-    """COCO box AP of `results` against `coco_gt`.
+def coco_evaluate(coco_gt: COCO, results: List[dict], image_ids: Optional[Sequence[int]] = None,
+                  iou_type: str = "bbox") -> Dict[str, float]:
+    """COCO box AP (or mask AP) of `results` against `coco_gt`.
 
     Args:
         coco_gt: the ground-truth COCO object.
         results: COCO result dicts (may be empty: every AP is then 0).
         image_ids: the images evaluated (default: every image of `coco_gt`).
+        iou_type: "bbox" scores the records' `bbox`; "segm" their `segmentation`, against the ground truth's (every
+            annotation of those images needs one: `fpn.engine.mask_eval.segmentation_problem_in` says which lack).
     Returns:
-        {AP, AP50, AP75, APs, APm, APl}: floats in [0, 1]; -1.0 where COCOeval has no ground truth (e.g. no
-        small objects in the set).
+        {AP, AP50, AP75, APs, APm, APl} (`METRIC_NAMES`; "segm": `MASK_METRIC_NAMES`, mask_AP, ...): floats in
+        [0, 1]; -1.0 where COCOeval has no ground truth (e.g. no small objects in the set).
     """
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    names = METRIC_NAMES if iou_type == "bbox" else MASK_METRIC_NAMES
     image_ids = sorted(int(i) for i in (image_ids if image_ids is not None else coco_gt.getImgIds()))
     if not results:
         # COCO.loadRes cannot load an empty list; nothing detected scores 0 wherever there is ground truth.
-        return {name: 0.0 for name in METRIC_NAMES}
+        return {name: 0.0 for name in names}
+    if iou_type == "segm":
+        coco_gt, results = segm_ground_truth(coco_gt, image_ids), segm_results(results)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         coco_dt = coco_gt.loadRes(results)
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         evaluator.params.imgIds = image_ids
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: float(value) for name, value in zip(METRIC_NAMES, np.asarray(evaluator.stats[:6]))}
+    return {name: float(value) for name, value in zip(names, np.asarray(evaluator.stats[:6]))}
 
 
 def format_metrics(metrics: Mapping[str, float]) -> str:
-    """A Markdown table of the six COCO box metrics (fractions, 3 decimals; '-' where undefined)."""
-    return format_table(metrics, METRIC_NAMES)
+    """A Markdown table of the six COCO box metrics (fractions, 3 decimals; '-' where undefined); with mask
+    metrics (`MASK_METRIC_NAMES`), two rows: box and mask."""
+    if not any(name in metrics for name in MASK_METRIC_NAMES):
+        return format_table(metrics, METRIC_NAMES)
+    return format_table(metrics, METRIC_NAMES, rows={"box": "", "mask": "mask_"})
 
 
-def format_table(metrics: Mapping[str, float], names: Sequence[str]) -> str:
-    """A one-row Markdown table of `metrics[name]` for each of `names` (3 decimals; '-' for a negative value,
-    COCOeval's "undefined")."""
-    header = "| " + " | ".join(f"{name:>5}" for name in names) + " |"
-    rule = "|" + "|".join("-" * 7 for _ in names) + "|"
-    cells = [f"{metrics[n]:5.3f}" if metrics[n] >= 0 else f"{'-':>5}" for n in names]
-    return "\n".join([header, rule, "| " + " | ".join(cells) + " |"])
+def format_table(metrics: Mapping[str, float], names: Sequence[str],
+                 rows: Optional[Mapping[str, str]] = None) -> str:
+    """A Markdown table of the metrics `names` (3 decimals; '-' for a negative value, COCOeval's "undefined"): one
+    row of `metrics[name]`, or with `rows` {row title: key prefix} one titled row of `metrics[prefix + name]` each."""
+    rows = rows or {"": ""}  # one row, without a title column
+    width = max(len(title) for title in rows)
+
+    def line(title: str, cells: List[str]) -> str:
+        return "| " + " | ".join(([f"{title:<{width}}"] if width else []) + cells) + " |"
+
+    lines = [line("", [f"{name:>5}" for name in names]),
+             "|" + "|".join(["-" * (width + 2)] * bool(width) + ["-" * 7] * len(names)) + "|"]
+    for title, prefix in rows.items():
+        values = [metrics[prefix + name] for name in names]
+        lines.append(line(title, [f"{value:5.3f}" if value >= 0 else f"{'-':>5}" for value in values]))
+    return "\n".join(lines)
 
 
 def warn_unevaluated(dataset: Dataset, per_image: Mapping[int, List[dict]]) -> None:
@@ -234,9 +282,11 @@ def evaluate_coco(
     output_dir: Optional[Union[str, Path]] = None,
     prefix: str = "eval",
     label_to_category: Optional[Mapping[int, int]] = None,
+    mask_ap: bool = True,
     **inference_kwargs,
 ) -> Optional[Dict[str, float]]:
-    """Run `run_inference` then `coco_evaluate`; on rank 0 also write the results and metrics JSON files.
+    """Run `inference_records` then `coco_evaluate` (box AP; mask AP too when the model returns masks); on rank 0 also
+    write the results and metrics JSON files.
 
     Args:
         model: the detector (not DDP-wrapped).
@@ -245,19 +295,37 @@ def evaluate_coco(
         output_dir: where `{prefix}_results.json` (COCO results) and `{prefix}_metrics.json` go; None: nowhere.
         prefix: file name prefix, e.g. "eval_0005000".
         label_to_category: the model's {label: COCO category id}; default the dataset's (a model trained on it).
-        **inference_kwargs: batch_size, num_workers, autocast, progress of `run_inference`.
+        mask_ap: score a model's masks when it returns some (False: box AP only; the results keep their
+            `segmentation`). An annotation file whose segmentations cannot be scored gets box AP only, with one
+            warning naming the first annotation lacking one.
+        **inference_kwargs: batch_size, num_workers, autocast, progress of `inference_records`.
     Returns:
-        the metrics dict on every rank (rank 0 computes it and broadcasts it).
+        the metrics dict on every rank (rank 0 computes it and broadcasts it): `METRIC_NAMES`, and with mask AP
+        `MASK_METRIC_NAMES`.
     """
     mapping = dataset.label_to_category if label_to_category is None else label_to_category
-    per_image = run_inference(model, dataset, mapping, device=device, **inference_kwargs)
+    answer = inference_records(model, dataset, mapping, device=device, **inference_kwargs)
     metrics = None
     if distributed.is_main_process():
+        per_image, with_masks = answer
         warn_unevaluated(dataset, per_image)
-        results = flatten_results(per_image)
-        metrics = coco_evaluate(dataset.coco, results, sorted(per_image))
+        results, image_ids = flatten_results(per_image), sorted(per_image)
+        metrics = coco_evaluate(dataset.coco, results, image_ids)
+        if with_masks and mask_ap:
+            metrics.update(mask_metrics(dataset, results, image_ids))
         write_json_files(output_dir, {f"{prefix}_results.json": results, f"{prefix}_metrics.json": metrics})
     return distributed.broadcast_object(metrics)
+
+
+def mask_metrics(dataset: Dataset, results: List[dict], image_ids: Sequence[int]) -> Dict[str, float]:
+    """The mask AP (`MASK_METRIC_NAMES`) of the records' `segmentation`s against the annotation file's; {} with one
+    warning when the file's segmentations cannot be scored (box AP only, rather than a pycocotools traceback)."""
+    problem = segmentation_problem_in(dataset.coco, image_ids)
+    if problem:
+        warnings.warn(f"no mask AP: {getattr(dataset, 'annotations_file', 'the annotation file')}: {problem}",
+                      stacklevel=3)
+        return {}
+    return coco_evaluate(dataset.coco, results, image_ids, iou_type="segm")
 
 
 def check_categories(

@@ -1,5 +1,5 @@
-"""Evaluate a detector checkpoint on a COCO-format set: COCO box AP table, results JSON and metrics JSON; with
---proposals, the average recall of its region proposals instead.
+"""Evaluate a detector checkpoint on a COCO-format set: COCO box AP table (and mask AP of a Mask R-CNN), results
+JSON and metrics JSON; with --proposals, the average recall of its region proposals instead.
 
 One device:
 
@@ -13,6 +13,12 @@ Several GPUs (the images are split over the processes, the detections gathered o
 
 CHECKPOINT is one of our training checkpoints or a torchvision `fasterrcnn_resnet50_fpn` file (whose labels are
 the COCO category ids). Writes OUTPUT_DIR/{PREFIX}_results.json (COCO results format) and {PREFIX}_metrics.json.
+
+Mask R-CNN: the table has two rows, box and mask; the metrics JSON has the box keys (AP, AP50, AP75, APs, APm,
+APl) and mask_AP, mask_AP50, ... of COCOeval's iouType "segm"; each result also holds its `segmentation` (the mask
+above 0.5 as COCO compressed RLE). The ground-truth masks are the annotation file's `segmentation`s: a file
+whose annotations lack them (a box-only set) is evaluated for box AP only, after one warning line naming the
+first annotation without one.
 
 Batching: the images of a batch are zero-padded to a common size, and the padding enters the GroupNorm
 statistics, so the batch composition changes the detections a little (on a CPU the thread count does too).
@@ -68,6 +74,7 @@ from fpn.data.file_check import check_image_files, handle_bad_images
 from fpn.device import select_device
 from fpn.engine.loop import AMP_DTYPES, autocast_factory
 from fpn.engine.evaluation import check_categories, evaluate_coco, format_metrics
+from fpn.engine.mask_eval import segmentation_problem_in
 from fpn.deploy.predictions import label_map_of
 from fpn.tools.predict import FAST_DTYPES, fast_model
 from fpn.detectors.build import arch_of
@@ -221,7 +228,9 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> int:
     """`main` without the error handling: input errors propagate as `InputError`/`OSError`."""
     args = parse_args(argv)
     weights = read_weights(args.checkpoint, "checkpoint", mmap=True)  # memory-mapped: the label map and args
-    dataset = CocoDetection(args.images, args.annotations, train=False, skip_bad_images=args.skip_bad_images)
+    # masks=False: COCOeval reads the ground-truth masks from the annotation file, the samples need none
+    dataset = CocoDetection(args.images, args.annotations, train=False, skip_bad_images=args.skip_bad_images,
+                            masks=False)
     batching = evaluation_batching(weights, args)
     if batching.threads:
         torch.set_num_threads(batching.threads)
@@ -236,12 +245,14 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> int:
                                      allow_missing=args.allow_missing_categories)
         if warning and distributed.is_main_process():
             print(f"evaluate.py: warning: {warning}", file=sys.stderr, flush=True)
+        mask_ap = mask_ap_possible(model, dataset)
         distributed.log(f"evaluating with {batching.described}")
         output_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).resolve().parent
         bar = tqdm(total=len(dataset), desc="evaluate", disable=not distributed.is_main_process())
         metrics = evaluate_coco(
             model, dataset, device=device, output_dir=output_dir, prefix=args.prefix, label_to_category=mapping,
-            batch_size=batching.batch_size, num_workers=args.workers, autocast=autocast_factory(device, batching.amp),
+            mask_ap=mask_ap, batch_size=batching.batch_size, num_workers=args.workers,
+            autocast=autocast_factory(device, batching.amp),
             progress=lambda n: bar.update(n * distributed.get_world_size()),
         )
         bar.close()
@@ -251,9 +262,25 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def mask_ap_possible(model: torch.nn.Module, dataset: CocoDetection) -> bool:
+    """Whether the mask AP of `model` can be scored on `dataset`: False for a model without masks, and for an
+    annotation file whose segmentations cannot be scored, after one warning line naming why (before any inference,
+    so the box AP still comes)."""
+    if arch_of(model) != "mask_rcnn":
+        return False
+    problem = segmentation_problem_in(dataset.coco, dataset.image_ids)
+    if problem and distributed.is_main_process():
+        print(f"evaluate.py: warning: {dataset.annotations_file}: {problem}: the masks cannot be scored, box AP only",
+              file=sys.stderr, flush=True)
+    return problem is None
+
+
 def proposals_command(model: torch.nn.Module, dataset: CocoDetection, batching: Batching, device: torch.device,
                       args: argparse.Namespace) -> int:
     """--proposals: the average recall of the proposals of `model`'s RPN (its RPN-only twin for a full detector)."""
+    if arch_of(model) == "mask_rcnn":  # two-stage, but rpn_only_model builds a Faster R-CNN's twin only
+        raise InputError(f"--proposals: {args.checkpoint} holds a mask_rcnn detector, whose proposals cannot be "
+                         "scored alone yet (evaluate its boxes and masks without --proposals)")
     if arch_of(model) != "faster_rcnn":
         raise InputError(f"--proposals: {args.checkpoint} holds a {arch_of(model)} detector, which is one-stage: "
                          "it has no region proposals to score (evaluate its boxes without --proposals)")
