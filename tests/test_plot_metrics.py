@@ -157,3 +157,29 @@ def test_proposal_recall_of_an_rpn_only_run_gets_its_own_plot(tmp_path):
     metrics.write_text("\n".join(json.dumps(r) for r in rows))
     paths = plot_metrics_module.plot_metrics(metrics, tmp_path)
     assert [p.name for p in paths] == ["losses.png", "lr.png", "ar.png"]
+
+
+def test_mask_ap_is_drawn_beside_the_box_ap(tmp_path):
+    """A Mask R-CNN run: ap.png has the box AP and the mask AP side by side, the same metric in the same colour."""
+    from matplotlib.figure import Figure
+
+    rows = [_train_line(0, 1.0)] + [{**_eval_line(it, ap), **{f"mask_{k}": v * 0.8 for k, v in _eval_line(it, ap).items()
+                                                              if k != "iter"}} for it, ap in ((100, 0.1), (200, 0.25))]
+    metrics = _write(tmp_path / "metrics.jsonl", rows)
+    paths = plot_metrics_module.plot_metrics(metrics, tmp_path)
+    assert [p.name for p in paths] == ["losses.png", "lr.png", "ap.png"]
+    with Image.open(tmp_path / "ap.png") as image:
+        assert image.size == (1400, 450)
+    parsed = plot_metrics_module.read_metrics(metrics)
+    mask = plot_metrics_module.collect_series(parsed, plot_metrics_module.MASK_AP_KEYS)
+    assert mask["mask_AP"] == ([100.0, 200.0], [pytest.approx(0.08), pytest.approx(0.2)])
+    figure = plot_metrics_module.make_panels(Figure(), [
+        ("Boxes (COCO AP)", "AP", plot_metrics_module.collect_series(parsed, plot_metrics_module.AP_KEYS)),
+        ("Masks (COCO mask AP)", "mask AP", plot_metrics_module.unprefixed(mask))], "o-")
+    box_axes, mask_axes = figure.axes
+    assert [a.get_title() for a in figure.axes] == ["Boxes (COCO AP)", "Masks (COCO mask AP)"]
+    for axes in figure.axes:
+        assert [t.get_text() for t in axes.get_legend().get_texts()] == list(plot_metrics_module.AP_KEYS)
+    assert [line.get_color() for line in box_axes.get_lines()] == [line.get_color() for line in mask_axes.get_lines()]
+    assert [t.get_text() for t in box_axes.texts + mask_axes.texts] == ["AP 0.250", "mask AP 0.200"]
+    assert mask_axes.get_ylim() == box_axes.get_ylim()  # one AP scale

@@ -7,10 +7,13 @@ metrics.jsonl has one JSON object per line, of two kinds, in any order:
 - training lines: `iter`, `lr` and the losses `loss_objectness`, `loss_rpn_box_reg`, `loss_classifier`,
   `loss_box_reg` (Faster R-CNN) or `classification`, `bbox_regression`, `bbox_ctrness` (FCOS), `loss` (their
   sum); any other key starting with `loss` is plotted too;
-- evaluation lines: `iter` and COCO's `AP`, `AP50`, `AP75`, `APs`, `APm`, `APl` (in [0, 1] or in %), or the
-  proposal recall of an RPN-only run, `AR100`, `AR1k`, `AR_s`, `AR_m`, `AR_l` (ar.png).
+- evaluation lines: `iter` and COCO's `AP`, `AP50`, `AP75`, `APs`, `APm`, `APl` (in [0, 1] or in %), a Mask
+  R-CNN's `mask_AP`, `mask_AP50`, ... too, or the proposal recall of an RPN-only run, `AR100`, `AR1k`, `AR_s`,
+  `AR_m`, `AR_l` (ar.png).
 Lines without `iter` (e.g. a run summary) are ignored. Writes `losses.png`, `lr.png` and `ap.png` (each only when
-the file has that data). Needs matplotlib: `pip install -e ".[viz]"`. From Python (e.g. at the end of training):
+the file has that data). With mask AP, ap.png has two panels side by side on one AP axis, boxes left and masks
+right, each metric in the same colour in both: twelve lines on one plot would not read, and two files would not
+show the gap between box and mask AP at a glance. Needs matplotlib: `pip install -e ".[viz]"`. From Python (e.g. at the end of training):
 
     from fpn.engine.plots import plot_metrics
     paths = plot_metrics("runs/demo/metrics.jsonl", "runs/demo")
@@ -25,8 +28,10 @@ from typing import Dict, List, Sequence, Tuple
 LOSS_KEYS = ("loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg",  # Faster R-CNN
              "classification", "bbox_regression", "bbox_ctrness")  # FCOS
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+MASK_AP_KEYS = tuple(f"mask_{key}" for key in AP_KEYS)  # a Mask R-CNN run's mask AP
 AR_KEYS = ("AR100", "AR1k", "AR_s", "AR_m", "AR_l")  # proposal recall of an RPN-only run
 Series = Dict[str, Tuple[List[float], List[float]]]  # key -> (iterations, values), sorted by iteration
+Panel = Tuple[str, str, Series]  # (title, y label, series) of one plot of a figure
 
 
 def read_metrics(metrics_file) -> List[dict]:
@@ -82,7 +87,8 @@ def loss_keys(rows: Sequence[dict]) -> List[str]:
 
 
 def plot_metrics(metrics_file, output_dir) -> List[Path]:
-    """Write losses.png, lr.png and ap.png (those with data) for a metrics.jsonl.
+    """Write losses.png, lr.png and ap.png (those with data; ap.png with a mask AP panel when the log has mask AP)
+    for a metrics.jsonl.
 
     Args:
         metrics_file: path of the run's metrics.jsonl.
@@ -98,36 +104,62 @@ def plot_metrics(metrics_file, output_dir) -> List[Path]:
     rows = read_metrics(metrics_file)
     figure_class = _figure_class()
     output = Path(output_dir)
-    plots = (
-        ("losses.png", "Training losses", "loss", collect_series(rows, loss_keys(rows)), "-"),
-        ("lr.png", "Learning rate", "learning rate", collect_series(rows, ("lr",)), "-"),
-        ("ap.png", "Evaluation (COCO AP)", "AP", collect_series(rows, AP_KEYS), "o-"),
-        ("ar.png", "Proposal recall (COCO AR)", "AR", collect_series(rows, AR_KEYS), "o-"),
+    box_ap, mask_ap = collect_series(rows, AP_KEYS), collect_series(rows, MASK_AP_KEYS)
+    ap_panels = [("Boxes (COCO AP)", "AP", box_ap), ("Masks (COCO mask AP)", "mask AP", unprefixed(mask_ap))] \
+        if mask_ap else [("Evaluation (COCO AP)", "AP", box_ap)]
+    plots = (  # (file, [(title, y label, series) of each panel], style)
+        ("losses.png", [("Training losses", "loss", collect_series(rows, loss_keys(rows)))], "-"),
+        ("lr.png", [("Learning rate", "learning rate", collect_series(rows, ("lr",)))], "-"),
+        ("ap.png", ap_panels, "o-"),
+        ("ar.png", [("Proposal recall (COCO AR)", "AR", collect_series(rows, AR_KEYS))], "o-"),
     )
-    if not any(series for _, _, _, series, _ in plots):
+    if not any(series for _, panels, _ in plots for _, _, series in panels):
         raise ValueError(f"{metrics_file}: no training (loss*, lr) or evaluation (AP*, AR*) values with an 'iter'")
     output.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, title, ylabel, series, style in plots:
-        if series:
-            written.append(_save_plot(figure_class, output / name, title, ylabel, series, style))
+    for name, panels, style in plots:
+        panels = [panel for panel in panels if panel[2]]
+        if panels:
+            written.append(_save_plot(figure_class, output / name, panels, style))
     return written
 
 
-def _save_plot(figure_class, path: Path, title: str, ylabel: str, series: Series, style: str) -> Path:
-    make_plot(figure_class(figsize=(8, 4.5), dpi=100), title, ylabel, series, style).savefig(path)
+def unprefixed(series: Series) -> Series:
+    """The mask AP series under the box AP's names (`mask_AP50` -> `AP50`): a mask panel's legend and colours
+    match the box panel's."""
+    return {key[len("mask_"):]: values for key, values in series.items()}
+
+
+def _save_plot(figure_class, path: Path, panels: Sequence[Panel], style: str) -> Path:
+    figure = figure_class(figsize=(8 if len(panels) == 1 else 14, 4.5), dpi=100)
+    make_panels(figure, panels, style).savefig(path)
     return path
 
 
 def make_plot(figure, title: str, ylabel: str, series: Series, style: str):
-    """Draw `series` against the iteration on `figure` (a matplotlib Figure) and return it.
+    """Draw `series` against the iteration on `figure` (a matplotlib Figure), one panel, and return it."""
+    return make_panels(figure, [(title, ylabel, series)], style)
+
+
+def make_panels(figure, panels: Sequence[Panel], style: str):
+    """Draw each (title, y label, series) panel side by side on `figure` (`draw_series`), sharing the y axis, and
+    return the figure."""
+    shared = None  # the first panel's axes
+    for index, (title, ylabel, series) in enumerate(panels, start=1):
+        axes = draw_series(figure.add_subplot(1, len(panels), index, sharey=shared), title, ylabel, series, style)
+        shared = shared or axes
+    figure.tight_layout()
+    return figure
+
+
+def draw_series(axes, title: str, ylabel: str, series: Series, style: str):
+    """Draw `series` against the iteration on `axes` (a matplotlib Axes) and return it.
 
     `style` is a matplotlib format: "-" for lines (training lines, logged every few iterations), "o-" for lines
     with a marker on every point (evaluations, a few per run: even a run evaluated once shows its dot). A plot
-    with markers or more than one series has a legend, and the last "AP" point is labelled with its value.
+    with markers or more than one series has a legend, and the last "AP" point is labelled "<ylabel> <value>".
     The iteration axis starts at 0, so a single evaluation sits where it happened in the run.
     """
-    axes = figure.add_subplot()
     for key, (iters, values) in series.items():
         # The total loss and the AP stand out; the other terms are thinner.
         width = 2.0 if key in ("loss", "AP") else 1.2
@@ -139,7 +171,7 @@ def make_plot(figure, title: str, ylabel: str, series: Series, style: str):
         axes.set_yscale("log")  # losses spanning decades read better on a log axis
     if "AP" in series and math.isfinite(series["AP"][1][-1]):
         last_iter, last_ap = series["AP"][0][-1], series["AP"][1][-1]
-        axes.annotate(f"AP {last_ap:.3f}", (last_iter, last_ap), textcoords="offset points", xytext=(-8, 8),
+        axes.annotate(f"{ylabel} {last_ap:.3f}", (last_iter, last_ap), textcoords="offset points", xytext=(-8, 8),
                       ha="right")
     last = max(iters[-1] for iters, _ in series.values())
     axes.set_xlim(0, last * 1.05 if last > 0 else 1)
@@ -147,8 +179,7 @@ def make_plot(figure, title: str, ylabel: str, series: Series, style: str):
     axes.grid(True, alpha=0.3)
     if len(series) > 1 or "o" in style:
         axes.legend(loc="best")
-    figure.tight_layout()
-    return figure
+    return axes
 
 
 def _figure_class():
