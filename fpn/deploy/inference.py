@@ -9,10 +9,11 @@ What changes, and why it keeps the detections:
   map `x * scale + shift` per channel, so `norm(conv(x)) = conv'(x)` with `conv'.weight = weight * scale` (per
   output channel) and `conv'.bias = bias * scale + shift`. The constants are computed in float64 and rounded
   once, so fp32 detections match the eager model's to float rounding (boxes within 1e-3 px, scores within 1e-5,
-  tests/test_inference.py, test_inference_regnet.py, test_model_parity_mobilenet.py). The pairs are the modules'
-  own answer: a trunk or block knows which of its norms follow a conv directly and says so in its
-  `conv_norm_pairs()` method (ResNet, RegNetX, MobileNetV3 and their blocks; see `conv_norm_pairs`), nothing
-  is traced; a folded norm becomes `nn.Identity`. GroupNorm depends on its input's
+  tests/test_inference.py, test_inference_regnet.py, test_model_parity_mobilenet.py, test_model_parity_v2.py).
+  The pairs are the modules' own answer: a trunk or block knows which of its norms follow a conv directly and says
+  so in its `conv_norm_pairs()` method (ResNet, RegNetX, MobileNetV3 and their blocks; the BatchNorm FPN's
+  `ConvNorm` and the 4conv1fc box head's `ConvNormReLU` of torchvision's v2 model; see `conv_norm_pairs`),
+  nothing is traced; a folded norm becomes `nn.Identity`. GroupNorm depends on its input's
   statistics and cannot be folded: it is left in place.
 - **Channels-last.** oneDNN (CPU) and cuDNN run NHWC convolutions without layout conversions.
 - **dtype.** Convolution and linear weights are stored in `dtype` and the forward runs under
@@ -43,7 +44,8 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 def conv_norm_pairs(model: nn.Module) -> Iterator[ConvNormPair]:
     """Every (parent, conv attribute, norm attribute) whose norm follows the conv directly, as the modules of
     `model` answer them (`conv_norm_pairs()` of the ResNet, RegNetX and MobileNetV3 trunks and of their blocks,
-    so that the conv5 box head of the C4 variant, blocks split off a trunk, is found too)."""
+    so that the conv5 box head of the C4 variant, blocks split off a trunk, is found too, and of the conv + norm
+    blocks of the v2 model's FPN and box head)."""
     answer = getattr(model, "conv_norm_pairs", None)
     yield from answer() if callable(answer) else conv_norm_pairs_within(model)
 
@@ -82,8 +84,9 @@ def fold_norm_into_conv(conv: nn.Conv2d, norm: nn.Module) -> bool:
 
 
 def fold_norms(model: nn.Module) -> int:
-    """Fold every foldable norm of `model`'s ResNets, RegNetXs and MobileNetV3s into the preceding conv, in place; the norm
-    becomes nn.Identity. Returns how many were folded (GroupNorm and training-mode BatchNorm are left, uncounted)."""
+    """Fold every foldable norm of `model` that a module pairs with its conv (`conv_norm_pairs`: the trunks, the
+    v2 FPN and box head) into that conv, in place; the norm becomes nn.Identity. Returns how many were folded
+    (GroupNorm and training-mode BatchNorm are left, uncounted)."""
     folded = 0
     for parent, conv_name, norm_name in conv_norm_pairs(model):
         if fold_norm_into_conv(getattr(parent, conv_name), getattr(parent, norm_name)):

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from fpn.backbones import build_backbone
-from fpn.config import FasterRCNNConfig, RPNConfig
-from fpn.heads.box_head import TwoMLPHead
+from fpn.config import BOX_HEADS, FasterRCNNConfig, RPNConfig
+from fpn.heads.box_head import ConvFCHead, TwoMLPHead
 from fpn.heads.res5_head import Res5Head
 from fpn.heads.roi_heads import RoIHeads
 from fpn.heads.rpn import RegionProposalNetwork
@@ -23,6 +23,7 @@ from fpn.spec import FeatureSpec
 from fpn.detectors.transform import ImageBatch
 from fpn.detectors.base import Detector, check_backbone, check_neck, common_channels
 from fpn.detectors.variants import VariantLayout, build_neck, variant_layout
+from fpn.necks import FPN, LastLevelMaxPool
 
 # The extra level made by subsampling P5 feeds the RPN only; RoIs are pooled from P2..P5 (paper, Sec. 4.1-4.2).
 RPN_ONLY_LEVELS = ("p6",)
@@ -72,6 +73,10 @@ class FasterRCNNFPN(Detector):
     `config.rpn_only` these are the RPN's proposals: D <= config.rpn.post_nms_top_n_test, `scores` the objectness
     probability in [0, 1], `labels` all 1.
 
+    torchvision's `fasterrcnn_resnet50_fpn_v2` (Li et al., 2021) is this model with `config.fpn.norm` "bn",
+    `config.rpn.conv_depth` 2 and `config.roi_heads.box_head` "4conv1fc" (`fpn.io.convert.torchvision_v2_config()`
+    gives its whole config; `from_torchvision` reads its files).
+
     Variants (`config.variant`, paper Tables 1-3 rows (a)-(f)): "fpn" (the default) is the model above; "c4" and
     "c5" are the single-scale baselines on C4 (conv5 as box head) and C5, "no_top_down", "no_lateral" and
     "p2_only" the pyramid ablations. fpn/detectors/variants.py lists what each builds.
@@ -96,6 +101,7 @@ class FasterRCNNFPN(Detector):
         given = {"backbone": backbone, "neck": neck, "rpn_head": rpn_head, "box_head": box_head}
         self.given_modules = tuple(name for name, module in given.items() if module is not None)
         _check_variant_takes(cfg, layout, self.given_modules)
+        _check_v2_parts(cfg, layout)
         if backbone is not None:
             check_backbone(backbone, cfg)
         self.backbone = backbone if backbone is not None else build_backbone(cfg.backbone)
@@ -103,8 +109,7 @@ class FasterRCNNFPN(Detector):
         # the FPN with P6 (paper Sec. 4.1), its ablations, or the backbone's maps (single-scale baselines)
         if neck is not None:
             check_neck(neck, self.backbone.out_specs)
-        self.neck = neck if neck is not None else build_neck(cfg.variant, self.backbone.out_specs,
-                                                             cfg.fpn.out_channels)
+        self.neck = neck if neck is not None else _build_neck(cfg, self.backbone.out_specs)
         specs = self.neck.out_specs
         self.rpn_maps = list(layout.rpn_maps or specs)
         self.rpn = RegionProposalNetwork(
@@ -148,15 +153,17 @@ class FasterRCNNFPN(Detector):
         cls, path_or_state_dict: Union[str, Dict[str, Tensor]], num_classes: Optional[int] = None, *,
         low_resolution: Optional[bool] = None,
     ) -> "FasterRCNNFPN":
-        """Build the model from a torchvision `fasterrcnn_resnet50_fpn` (v1), `fasterrcnn_mobilenet_v3_large_fpn`
-        or `fasterrcnn_mobilenet_v3_large_320_fpn` checkpoint file or state dict.
+        """Build the model from a torchvision `fasterrcnn_resnet50_fpn` (v1), `fasterrcnn_resnet50_fpn_v2`,
+        `fasterrcnn_mobilenet_v3_large_fpn` or `fasterrcnn_mobilenet_v3_large_320_fpn` checkpoint file or state dict
+        (which one, its keys say).
 
         With `num_classes` different from the checkpoint's, the class-specific predictor is freshly initialised
         (fine-tuning); everything else is loaded. The file is read with `torch.load(weights_only=True)`. The
         backbone is laid out as torchvision builds this detector with weights: frozen BN, stem and C2 frozen
-        (MobileNetV3: its last 3 stages trained). The two MobileNetV3 files have the same tensors: the 320
-        model's settings (320 / 640 px inputs, 150 proposals) apply when `low_resolution` is True, or when it is
-        None and the file name holds "_320_" as torchvision's does (`fpn.io.convert.torchvision_mobilenet_config`).
+        (MobileNetV3: its last 3 stages trained; v2: stem and C2 frozen, but BatchNorm, not frozen BN, as
+        torchvision's v2 builder keeps it). The two MobileNetV3 files have the same tensors: the 320 model's settings
+        (320 / 640 px inputs, 150 proposals) apply when `low_resolution` is True, or when it is None and the file
+        name holds "_320_" as torchvision's does (`fpn.io.convert.torchvision_mobilenet_config`).
         """
         from fpn.io.convert import load_torchvision_detector
 
@@ -172,6 +179,13 @@ def _rpn_config(cfg: FasterRCNNConfig, rpn_maps: List[str]) -> RPNConfig:
     scale = len(cfg.anchors.sizes)
     return replace(cfg.rpn, pre_nms_top_n_train=cfg.rpn.pre_nms_top_n_train * scale,
                    pre_nms_top_n_test=cfg.rpn.pre_nms_top_n_test * scale)
+
+
+def _build_neck(cfg: FasterRCNNConfig, backbone_specs: Dict[str, FeatureSpec]) -> nn.Module:
+    """The neck of the variant; with `config.fpn.norm` "bn", the FPN with BatchNorm after each conv and P6."""
+    if cfg.fpn.norm == "none":
+        return build_neck(cfg.variant, backbone_specs, cfg.fpn.out_channels)
+    return FPN(backbone_specs, cfg.fpn.out_channels, norm=cfg.fpn.norm, extra_levels=LastLevelMaxPool())
 
 
 def _pooled_levels(specs: Dict[str, FeatureSpec]) -> List[str]:
@@ -210,6 +224,19 @@ def _check_variant_takes(cfg: FasterRCNNConfig, layout: VariantLayout, given: Tu
     if "box_head" in given and (cfg.rpn_only or layout.trunk_to_c4):
         why = "config.rpn_only has no RoI heads" if cfg.rpn_only else "variant 'c4' uses the trunk's conv5 stage"
         raise ValueError(f"a box_head module was given, but {why}: it would never run")
+
+
+def _check_v2_parts(cfg: FasterRCNNConfig, layout: VariantLayout) -> None:
+    """A ValueError for an unknown `roi_heads.box_head`, and for torchvision's v2 parts where the variant has no
+    place for them: the FPN's norm needs the FPN itself, the 4conv1fc head RoI heads not made of conv5."""
+    if cfg.roi_heads.box_head not in BOX_HEADS:
+        raise ValueError(f"config.roi_heads.box_head must be one of {', '.join(BOX_HEADS)}; "
+                         f"got {cfg.roi_heads.box_head!r}")
+    if cfg.fpn.norm != "none" and cfg.variant != "fpn":
+        raise ValueError(f"config.fpn.norm {cfg.fpn.norm!r} needs config.variant 'fpn'; got {cfg.variant!r}")
+    if cfg.roi_heads.box_head != "2fc" and layout.trunk_to_c4 and not cfg.rpn_only:
+        raise ValueError(f"config.roi_heads.box_head {cfg.roi_heads.box_head!r}: variant 'c4' uses the trunk's "
+                         "conv5 stage as box head; leave box_head at '2fc'")
 
 
 def _split_off_res5(backbone: nn.Module) -> Tuple[nn.Module, int]:
@@ -253,13 +280,16 @@ def _box_head(
 ) -> Tuple[nn.Module, int, int]:
     """The box head, its output width and the RoIAlign size it takes: the conv5 stage on 2S x 2S RoIs (the C4
     baseline, He et al.; its strided first block halves them to the S x S the 2-fc head sees), a given head on
-    S x S RoIs, or the FPN paper's two 1024-d fc layers (Sec. 4.2) on `channels` x S x S RoIs."""
+    S x S RoIs, or on `channels` x S x S RoIs the FPN paper's two 1024-d fc layers (Sec. 4.2, box_head "2fc") or
+    torchvision's v2 head of four conv + BN + ReLU and one fc layer ("4conv1fc")."""
     resolution = cfg.roi_heads.pooler_resolution
     if res5 is not None:
         return Res5Head(res5, res5_channels), res5_channels, 2 * resolution
     if given is not None:
         return given, _declared_width(given), resolution
     size = cfg.roi_heads.representation_size
+    if cfg.roi_heads.box_head == "4conv1fc":
+        return ConvFCHead(channels, resolution, size), size, resolution
     return TwoMLPHead(channels * resolution**2, size), size, resolution
 
 

@@ -1,9 +1,9 @@
 """Region Proposal Network over the pyramid (Ren et al. 2015; FPN paper Sec. 4.1).
 
-One head shared by all levels: a 3x3 conv + ReLU, then per anchor an objectness logit and 4 box deltas. Each
-level has anchors of one size (32..512 on P2..P6) and 3 aspect ratios; anchors crossing the image border are kept
-(the FPN paper does not drop them, unlike the original Faster R-CNN training). The paper's single-map models
-(C4, C5 or P2 alone, Sec. 5.1.1) run it on one map carrying every size (`sizes_per_level`).
+One head shared by all levels: a 3x3 conv + ReLU (two in torchvision's *_v2 models), then per anchor an objectness
+logit and 4 box deltas. Each level has anchors of one size (32..512 on P2..P6) and 3 aspect ratios; anchors crossing
+the image border are kept (the FPN paper does not drop them, unlike the original Faster R-CNN training). The paper's
+single-map models (C4, C5 or P2 alone, Sec. 5.1.1) run it on one map carrying every size (`sizes_per_level`).
 
 Shape shorthand: N images, L levels, A anchors per location, Hl/Wl level size, M = sum_l Hl*Wl*A anchors per image.
 Boxes are (x1, y1, x2, y2) pixels of the resized image (the ImageBatch frame).
@@ -31,22 +31,33 @@ from fpn.spec import ImageBatch
 
 
 class RPNHead(nn.Module):
-    """3x3 conv + ReLU shared over levels, then 1x1 convs for A objectness logits and A*4 deltas."""
+    """3x3 conv + ReLU shared over levels (`conv_depth` of them, torchvision's *_v2 models have 2), then 1x1 convs
+    for A objectness logits and A*4 deltas.
 
-    def __init__(self, in_channels: int, num_anchors: int):
+    Module names: `conv` is the 3x3 conv (key `conv.weight`) when conv_depth is 1, else an nn.ModuleList of them
+    (`conv.{j}.weight`); no norm (as torchvision's RPNHead, whose convs are built with norm_layer=None).
+    """
+
+    def __init__(self, in_channels: int, num_anchors: int, *, conv_depth: int = 1):
         super().__init__()
+        if conv_depth < 1:
+            raise ValueError(f"RPNHead: conv_depth (config.rpn.conv_depth) must be >= 1, got {conv_depth}")
         self.num_anchors = num_anchors  # A, what a detector checks against its anchors per location
-        self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1)
+        convs = [nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1) for _ in range(conv_depth)]
+        self.conv = convs[0] if conv_depth == 1 else nn.ModuleList(convs)
         self.cls_logits = nn.Conv2d(in_channels, num_anchors, kernel_size=1)
         self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=1)
-        for layer in (self.conv, self.cls_logits, self.bbox_pred):
+        for layer in (*convs, self.cls_logits, self.bbox_pred):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.zeros_(layer.bias)
 
     def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+        convs = self.conv if isinstance(self.conv, nn.ModuleList) else [self.conv]
         logits, deltas = [], []
         for x in features:
-            t = F.relu(self.conv(x))
+            t = x
+            for conv in convs:
+                t = F.relu(conv(t))  # (N, C, Hl, Wl)
             logits.append(self.cls_logits(t))  # (N, A, Hl, Wl)
             deltas.append(self.bbox_pred(t))  # (N, A*4, Hl, Wl)
         return logits, deltas
@@ -90,7 +101,7 @@ class RegionProposalNetwork(nn.Module):
         anchors_per_level = self.anchor_generator.num_anchors_per_location()  # A_l; one head serves every level
         if len(set(anchors_per_level)) != 1:
             raise ValueError(f"the shared RPN head needs as many anchors at every level, got {anchors_per_level}")
-        self.head = RPNHead(in_channels, anchors_per_level[0])
+        self.head = RPNHead(in_channels, anchors_per_level[0], conv_depth=cfg.conv_depth)
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
         self.matcher = Matcher(cfg.fg_iou_thresh, cfg.bg_iou_thresh, allow_low_quality_matches=True)
         self.sampler = BalancedPositiveNegativeSampler(cfg.batch_size_per_image, cfg.positive_fraction)

@@ -1,6 +1,6 @@
-"""Loading torchvision `fasterrcnn_resnet50_fpn` (v1), `fasterrcnn_mobilenet_v3_large_fpn` and
-`fasterrcnn_mobilenet_v3_large_320_fpn` checkpoints into `FasterRCNNFPN`, and `fcos_resnet50_fpn` checkpoints into
-`FCOSFPN`.
+"""Loading torchvision `fasterrcnn_resnet50_fpn` (v1), `fasterrcnn_resnet50_fpn_v2`,
+`fasterrcnn_mobilenet_v3_large_fpn` and `fasterrcnn_mobilenet_v3_large_320_fpn` checkpoints into `FasterRCNNFPN`, and
+`fcos_resnet50_fpn` checkpoints into `FCOSFPN`.
 
 Only parameter names differ between the two models (the architecture and the maths are the same):
 
@@ -12,6 +12,12 @@ Only parameter names differ between the two models (the architecture and the mat
     rpn.head.{cls_logits,bbox_pred}.*          -> rpn.head.{cls_logits,bbox_pred}.*
     roi_heads.box_head.{fc6,fc7}.*             -> roi_heads.box_head.{fc6,fc7}.*
     roi_heads.box_predictor.*                  -> roi_heads.predictor.*
+  v2 (torchvision's Conv2dNormActivation children 0 and 1 become `conv` and `norm`; the other keys as above):
+    backbone.fpn.inner_blocks.{i}.{0,1}.*      -> neck.lateral_convs.{i}.{conv,norm}.*
+    backbone.fpn.layer_blocks.{i}.{0,1}.*      -> neck.output_convs.{i}.{conv,norm}.*
+    rpn.head.conv.{j}.0.*                      -> rpn.head.conv.{j}.*
+    roi_heads.box_head.{i}.{0,1}.*  (i < 4)    -> roi_heads.box_head.convs.{i}.{conv,norm}.*
+    roi_heads.box_head.5.*  (after Flatten)    -> roi_heads.box_head.fc.*
   FCOS (the backbone and FPN keys as above):
     backbone.fpn.extra_blocks.{p6,p7}.*        -> neck.extra_convs.{0,1}.*
     head.{classification,regression}_head.*    -> head.{classification,regression}_head.* (same layout)
@@ -44,6 +50,25 @@ MOBILENET_KEY = "backbone.body.16.0.weight"  # the last 1x1 conv of MobileNetV3-
 LOW_RESOLUTION_NAME = "_320_"
 
 
+def _conv_norm(prefix: str):
+    """A replacement naming torchvision's Conv2dNormActivation children "0" (conv) and "1" (norm) as ours."""
+    return lambda match: f"{prefix}.{match[1]}.{('conv', 'norm')[int(match[2])]}."
+
+
+# torchvision's fasterrcnn_resnet50_fpn_v2: BatchNorm after the FPN's convs, two RPN convs, the 4conv1fc box head
+V2_KEY = "roi_heads.box_head.0.0.weight"  # the first conv of its box head, in no v1 or MobileNetV3 file
+_V2_RULES = [
+    _RULES[0],
+    (re.compile(r"^backbone\.fpn\.inner_blocks\.(\d+)\.([01])\."), _conv_norm("neck.lateral_convs")),
+    (re.compile(r"^backbone\.fpn\.layer_blocks\.(\d+)\.([01])\."), _conv_norm("neck.output_convs")),
+    (re.compile(r"^rpn\.head\.conv\.(\d+)\.0\."), r"rpn.head.conv.\1."),
+    (re.compile(r"^roi_heads\.box_head\.([0-3])\.([01])\."), _conv_norm("roi_heads.box_head.convs")),
+    (re.compile(r"^roi_heads\.box_head\.5\."), "roi_heads.box_head.fc."),  # 4 is the Flatten, 6 the ReLU
+    _RULES[-1],
+]
+_V2_KEPT_AS_IS = re.compile(r"^rpn\.head\.(cls_logits|bbox_pred)\.")
+
+
 _FCOS_RULES = [
     *_RULES[:3],
     (re.compile(r"^backbone\.fpn\.extra_blocks\.p6\."), "neck.extra_convs.0."),
@@ -60,21 +85,25 @@ def convert_torchvision_fcos_state_dict(state_dict: Dict[str, Tensor]) -> Dict[s
 
 
 def convert_torchvision_state_dict(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
-    """Rename a torchvision Faster R-CNN state dict (ResNet-50 or MobileNetV3-Large FPN) into fpn's names; unknown
-    keys raise a ValueError.
+    """Rename a torchvision Faster R-CNN state dict (ResNet-50 FPN v1 or v2, MobileNetV3-Large FPN) into fpn's
+    names; unknown keys raise a ValueError.
 
-    torchvision builds the trunk with BatchNorm2d when constructed without pretrained weights and with
-    FrozenBatchNorm2d otherwise; both have the same four buffers, which load into fpn's frozen BN.
+    torchvision builds the v1 trunk with BatchNorm2d when constructed without pretrained weights and with
+    FrozenBatchNorm2d otherwise; both have the same four buffers, which load into fpn's frozen BN. The v2 model
+    (`V2_KEY`) has BatchNorm2d everywhere, as ours built from it: its step counters are kept.
     """
+    if V2_KEY in state_dict:
+        return _convert(state_dict, _V2_RULES, _V2_KEPT_AS_IS, "fasterrcnn_resnet50_fpn_v2", keep_counters=True)
     if MOBILENET_KEY in state_dict:
         return _convert(state_dict, _MOBILENET_RULES, _KEPT_AS_IS, "fasterrcnn_mobilenet_v3_large_fpn")
     return _convert(state_dict, _RULES, _KEPT_AS_IS, "fasterrcnn_resnet50_fpn")
 
 
-def _convert(state_dict: Dict[str, Tensor], rules, kept_as_is, name: str) -> Dict[str, Tensor]:
+def _convert(state_dict: Dict[str, Tensor], rules, kept_as_is, name: str,
+             keep_counters: bool = False) -> Dict[str, Tensor]:
     converted, unknown = {}, []
     for key, value in state_dict.items():
-        if key.endswith("num_batches_tracked"):  # BatchNorm bookkeeping; fpn's frozen BN has no counter
+        if key.endswith("num_batches_tracked") and not keep_counters:  # BatchNorm bookkeeping; frozen BN has none
             continue
         new_key = key if kept_as_is.match(key) else None
         for pattern, replacement in rules:
@@ -119,6 +148,18 @@ def torchvision_detector_config(config_class=FasterRCNNConfig):
     return config
 
 
+def torchvision_v2_config() -> FasterRCNNConfig:
+    """torchvision's `fasterrcnn_resnet50_fpn_v2` as it builds it with weights: ResNet-50 with BatchNorm2d (its v2
+    builder keeps torchvision's ResNet default, not frozen BN), stem and C2 frozen; BatchNorm after every FPN conv,
+    two 3x3 convs in the RPN head, the 4conv1fc box head."""
+    config = torchvision_detector_config()
+    config.backbone.norm = "bn"
+    config.fpn.norm = "bn"
+    config.rpn.conv_depth = 2
+    config.roi_heads.box_head = "4conv1fc"
+    return config
+
+
 def torchvision_mobilenet_config(low_resolution: bool = False) -> FasterRCNNConfig:
     """torchvision's `fasterrcnn_mobilenet_v3_large_fpn` (or with `low_resolution`, `..._320_fpn`) as it builds
     them with weights: MobileNetV3-Large with frozen BN and 3 trained stages, the FPN on its two stride-32 maps
@@ -136,11 +177,12 @@ def torchvision_mobilenet_config(low_resolution: bool = False) -> FasterRCNNConf
 
 def load_torchvision_detector(cls, path_or_state_dict, num_classes: Optional[int] = None,
                               low_resolution: Optional[bool] = None):
-    """Build `cls` (FasterRCNNFPN) as torchvision builds the file's detector (`torchvision_detector_config()`, or
-    `torchvision_mobilenet_config(low_resolution)` for a MobileNetV3 file) and load its weights. A MobileNetV3
-    file holds no trace of 320 or not: `low_resolution` None takes it from a file name holding "_320_"."""
+    """Build `cls` (FasterRCNNFPN) as torchvision builds the file's detector (`torchvision_detector_config()`,
+    `torchvision_v2_config()` for a v2 file, `torchvision_mobilenet_config(low_resolution)` for a MobileNetV3 file)
+    and load its weights. A MobileNetV3 file holds no trace of 320 or not: `low_resolution` None takes it from a
+    file name holding "_320_"."""
     state = read_torchvision_checkpoint(path_or_state_dict)
-    config = torchvision_detector_config()
+    config = torchvision_v2_config() if V2_KEY in state else torchvision_detector_config()
     if MOBILENET_KEY in state:
         if low_resolution is None:
             low_resolution = not isinstance(path_or_state_dict, dict) and \

@@ -18,6 +18,7 @@ from fpn.detectors.build import DEFAULT_ARCH, arch_of, build_detector, check_arc
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from fpn.detectors.fcos import FCOSFPN
 from fpn.errors import InputError, first_line
+from fpn.io.convert import V2_KEY
 from fpn.io.weights_file import read_weights
 
 PathLike = Union[str, Path]
@@ -59,8 +60,9 @@ def load_detector(path: PathLike, device: Union[str, torch.device] = "cpu",
     architecture it holds (the checkpoint's `arch`; a torchvision file's keys).
 
     Args:
-        path: a training checkpoint written by `save_checkpoint`, or a torchvision `fasterrcnn_resnet50_fpn` or
-            `fcos_resnet50_fpn` state dict (e.g. `fasterrcnn_resnet50_fpn_coco-258fb6c6.pth`).
+        path: a training checkpoint written by `save_checkpoint`, or a torchvision detector state dict:
+            `fasterrcnn_resnet50_fpn` (e.g. `fasterrcnn_resnet50_fpn_coco-258fb6c6.pth`), `fasterrcnn_resnet50_fpn_v2`,
+            `fasterrcnn_mobilenet_v3_large_fpn` / `_320_fpn` or `fcos_resnet50_fpn`.
         device: where to put the model.
         arch: the architecture the caller needs ("faster_rcnn", "fcos"); None accepts either. A file of the
             other one is an InputError saying so.
@@ -94,14 +96,16 @@ def load_detector(path: PathLike, device: Union[str, torch.device] = "cpu",
 
 
 def torchvision_detector(obj: Any, path: Path) -> nn.Module:
-    """The detector of a torchvision state dict file (FCOS when it has FCOS's head, else Faster R-CNN), or
-    InputError saying what the file is instead."""
+    """The detector of a torchvision state dict file (FCOS when it has FCOS's head, else Faster R-CNN: v1, v2 or
+    MobileNetV3, as its keys say, `FasterRCNNFPN.from_torchvision`), or InputError saying what the file is
+    instead."""
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         kind = f"a {type(obj).__name__}" + (f" with keys {sorted(map(str, obj))[:5]}" if isinstance(obj, dict) else "")
         raise InputError(f"{path} is neither a training checkpoint of this project nor a torchvision detector "
                          f"state dict (it holds {kind})")
     fcos = any(key.startswith("head.classification_head.") for key in obj)
-    name, detector_class = ("fcos_resnet50_fpn", FCOSFPN) if fcos else ("fasterrcnn_resnet50_fpn", FasterRCNNFPN)
+    name = "fcos_resnet50_fpn" if fcos else "fasterrcnn_resnet50_fpn_v2" if V2_KEY in obj else "fasterrcnn_resnet50_fpn"
+    detector_class = FCOSFPN if fcos else FasterRCNNFPN
     # a MobileNetV3 file holds no trace of its input size: the 320 model's settings come from its name
     extra = {} if fcos else {"low_resolution": "_320_" in Path(path).name}
     try:

@@ -5,19 +5,21 @@ level i. Every Pi has d channels and the size of Ci.
 
 For each level from the coarsest to the finest: a 1x1 lateral conv of Ci, plus the coarser merged map upsampled by
 nearest neighbour to the lateral's exact size (so odd sizes work), then a 3x3 conv of the merged map gives Pi. There
-are no non-linearities (paper, Sec. 3: "we have found them to have minor impacts"). Levels above the coarsest input
-come from a small module handed to the FPN (fpn/necks/extra_levels.py): the paper's P6 for the RPN
+are no non-linearities (paper, Sec. 3: "we have found them to have minor impacts"). With `norm="bn"` each conv is
+followed by BatchNorm and has no bias (torchvision's *_v2 models, after Li et al. 2021). Levels above the coarsest
+input come from a small module handed to the FPN (fpn/necks/extra_levels.py): the paper's P6 for the RPN
 (`LastLevelMaxPool`), or FCOS's P6 and P7 (`LastLevelP6P7`). The paper's ablations of this structure (Table 1(d)-(f))
 are subclasses in fpn/detectors/variants.py.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fpn.config import NORMS
 from fpn.spec import FeatureSpec
 
 
@@ -28,19 +30,23 @@ class FPN(nn.Module):
         in_specs: the backbone's `out_specs`, e.g. {"c2": FeatureSpec(256, 4), ..., "c5": FeatureSpec(2048, 32)}.
             Keys are "c<level>" and strides must double from one level to the next.
         out_channels: d, the channels of every output map.
+        norm: keyword-only; "none" (the paper) or "bn": each lateral and output conv without bias, followed by
+            BatchNorm2d (a `ConvNorm`), as torchvision's FeaturePyramidNetwork with norm_layer=BatchNorm2d.
         extra_levels: keyword-only; a module making the levels above the coarsest output from it (see
             fpn/necks/extra_levels.py), e.g. `LastLevelMaxPool()` for the paper's P6 or `LastLevelP6P7(d)` for
             FCOS's P6 and P7; None: no extra level.
 
     Attributes:
-        lateral_convs: nn.ModuleList of 1x1 convs (Ci -> d), ordered as in_specs (C2..C5).
-        output_convs: nn.ModuleList of 3x3 convs, padding 1 (d -> d), same order.
+        lateral_convs: nn.ModuleList of 1x1 convs (Ci -> d), ordered as in_specs (C2..C5); with norm "bn" each
+            is a ConvNorm (keys `lateral_convs.{i}.conv.weight`, `lateral_convs.{i}.norm.*`).
+        output_convs: nn.ModuleList of 3x3 convs, padding 1 (d -> d), same order; ConvNorms with norm "bn".
         extra_convs: the `extra_levels` module (None without one); the name is that of the P6/P7 convs' keys in
             saved checkpoints (`neck.extra_convs.{0,1}.*`).
         out_specs: {"p2": FeatureSpec(d, 4), ..., "p5": FeatureSpec(d, 32)} for C2..C5 inputs, then the extra
             levels ("p6": FeatureSpec(d, 64), ...).
 
-    Every conv, the extra levels' included, is initialised as torchvision's FPN does: kaiming uniform (a=1), bias 0.
+    Every conv, the extra levels' included, is initialised as torchvision's FPN does: kaiming uniform (a=1), bias 0
+    (BatchNorm: weight 1, bias 0).
 
     Example:
         >>> from fpn.backbones import ResNet
@@ -52,11 +58,15 @@ class FPN(nn.Module):
     """
 
     def __init__(
-        self, in_specs: Mapping[str, FeatureSpec], out_channels: int = 256, *, extra_levels: Optional[nn.Module] = None
+        self, in_specs: Mapping[str, FeatureSpec], out_channels: int = 256, *, norm: str = "none",
+        extra_levels: Optional[nn.Module] = None,
     ):
         super().__init__()
         if out_channels <= 0:
             raise ValueError(f"FPN: out_channels must be positive, got {out_channels}")
+        if norm not in NORMS:
+            raise ValueError(f"FPN: norm (config.fpn.norm) must be one of {', '.join(NORMS)}; got {norm!r}")
+        self.norm = norm
         self.in_names = _check_in_specs(in_specs)
         self.in_specs = {name: in_specs[name] for name in self.in_names}
         self.lateral_convs = self.build_lateral_convs(out_channels)
@@ -71,18 +81,23 @@ class FPN(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_uniform_(module.weight, a=1)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def build_lateral_convs(self, out_channels: int) -> nn.ModuleList:
         """One 1x1 conv (Ci -> d) per input level, C2..C5. (A variant without some of them overrides this, so that
         nothing unused is built.)"""
-        return nn.ModuleList(nn.Conv2d(spec.channels, out_channels, kernel_size=1) for spec in self.in_specs.values())
+        return nn.ModuleList(self.make_conv(spec.channels, out_channels, 1) for spec in self.in_specs.values())
 
     def build_output_convs(self, out_channels: int) -> nn.ModuleList:
         """One 3x3 conv, padding 1 (d -> d), per input level, C2..C5."""
-        return nn.ModuleList(
-            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1) for _ in self.in_specs
-        )
+        return nn.ModuleList(self.make_conv(out_channels, out_channels, 3) for _ in self.in_specs)
+
+    def make_conv(self, in_channels: int, out_channels: int, kernel_size: int) -> nn.Module:
+        """A conv of the pyramid, "same" padding: with bias (norm "none"), or without and followed by BatchNorm."""
+        if self.norm == "bn":
+            return ConvNorm(in_channels, out_channels, kernel_size)
+        return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Build the pyramid.
@@ -121,6 +136,23 @@ class FPN(nn.Module):
         if self.extra_convs is not None:
             outputs = [*outputs, *self.extra_convs(outputs[-1])]
         return dict(zip(self.out_specs, outputs))
+
+
+class ConvNorm(nn.Module):
+    """conv (no bias, "same" padding) -> BatchNorm2d: (N, C_in, H, W) -> (N, C_out, H, W). At inference the norm
+    folds into the conv (`conv_norm_pairs`, fpn.deploy.inference)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+        self.norm = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+    def conv_norm_pairs(self) -> Iterator[Tuple[nn.Module, str, str]]:
+        """Its conv -> norm, as the trunks answer (fpn.backbones.norm.ConvNormPair)."""
+        yield self, "conv", "norm"
 
 
 def _check_in_specs(in_specs: Mapping[str, FeatureSpec]) -> list:
