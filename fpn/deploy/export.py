@@ -25,12 +25,13 @@ import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Dict, Iterator, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from fpn.errors import InputError
+from fpn.detectors.build import arch_of
 from fpn.detectors.transform import postprocess, preprocess
 
 EXAMPLE_SIZE = (480, 640)  # (H, W) of the example image traced: large enough for a 2 x 2 P6 after resizing
@@ -42,10 +43,15 @@ NO_TORCHVISION = re.compile(r"torchvision is not installed\. Skipping torchvisio
 NO_COMPLETE_TENSOR = "No complete tensor found in the group"
 
 
+def output_names(model: nn.Module) -> Tuple[str, ...]:
+    """The exported graph's outputs: boxes, scores, labels, and masks (D, 1, H, W) for Mask R-CNN."""
+    return ("boxes", "scores", "labels") + (("masks",) if arch_of(model) == "mask_rcnn" else ())
+
+
 class DetectorGraph(nn.Module):
-    """The eval-mode forward of a detector (`FasterRCNNFPN` or `FCOSFPN`) for one image, written to be traced:
-    (3, H, W) float in [0, 1] -> (boxes (D, 4), scores (D,), labels (D,) int64), the same values as
-    `model([image])[0]`.
+    """The eval-mode forward of a detector (`FasterRCNNFPN`, `FCOSFPN`, `MaskRCNNFPN`) for one image, written to be
+    traced: (3, H, W) float in [0, 1] -> (boxes (D, 4), scores (D,), labels (D,) int64[, masks (D, 1, H, W)]),
+    the same values as `model([image])[0]` (`output_names`).
 
     It calls preprocess, the model's `forward_batch` and postprocess, without the input checks of
     `Detector.forward`, whose value-range warning reads the image on the host. `written_out_resize`: resize with
@@ -56,14 +62,15 @@ class DetectorGraph(nn.Module):
         super().__init__()
         self.model = model
         self.written_out_resize = written_out_resize
+        self.outputs = output_names(model)
 
-    def forward(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
         model = self.model
         original_size = (image.shape[-2], image.shape[-1])  # symbolic under torch.export
         batch, _ = preprocess([image], None, model.config.input, False, written_out_resize=self.written_out_resize)
         detections = model.forward_batch(batch)  # the detector's own eval path, ImageBatch frame
         det = postprocess(detections, batch.image_sizes, [original_size])[0]
-        return det["boxes"], det["scores"], det["labels"]
+        return tuple(det[name] for name in self.outputs)
 
 
 def _traceable(
@@ -86,7 +93,7 @@ def export_program(model: nn.Module) -> torch.export.ExportedProgram:
     Args:
         model: a `FasterRCNNFPN` or `FCOSFPN` in eval mode.
     Returns:
-        the ExportedProgram; `program.module()(image)` gives (boxes, scores, labels) as `DetectorGraph`. The
+        the ExportedProgram; `program.module()(image)` gives (boxes, scores, labels[, masks]) as `DetectorGraph`. The
         fpn::nms, fpn::batched_nms and fpn::roi_align operators are single nodes of its graph.
     """
     graph, example, dynamic_shapes = _traceable(model)
@@ -106,7 +113,8 @@ def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
 def export_onnx(model: nn.Module, path: Path) -> None:
     """Write the eval-mode detector as an ONNX model (opset 18, standard ops only) to `path`.
 
-    Input `image` (3, H, W) float32, dynamic H and W; outputs `boxes`, `scores`, `labels`. NMS and RoIAlign are
+    Input `image` (3, H, W) float32, dynamic H and W; outputs `boxes`, `scores`, `labels` (and `masks` (D, 1, H, W)
+    for Mask R-CNN, pasted into the image as the eager model's). NMS and RoIAlign are
     ONNX's NonMaxSuppression and RoiAlign (see fpn/deploy/onnx_ops.py for how their semantics match ours).
     """
     require_onnx()
@@ -118,7 +126,7 @@ def export_onnx(model: nn.Module, path: Path) -> None:
         program = torch.onnx.export(
             graph, example, dynamo=True, dynamic_shapes=dynamic_shapes, opset_version=OPSET,
             custom_translation_table=translation_table(), input_names=["image"],
-            output_names=["boxes", "scores", "labels"], optimize=True, verbose=False,
+            output_names=list(graph.outputs), optimize=True, verbose=False,
         )
     program.save(str(path))
 
@@ -152,14 +160,14 @@ def require_onnx() -> None:
         raise InputError(f"ONNX export needs {', '.join(missing)}, not installed: run {INSTALL_HINT}")
 
 
-def run_onnx(path: Path, image: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """Run the ONNX model at `path` with onnxruntime (CPU) on one (3, H, W) image: (boxes, scores, labels)."""
+def run_onnx(path: Path, image: Tensor) -> Tuple[Tensor, ...]:
+    """Run the ONNX model at `path` with onnxruntime (CPU) on one (3, H, W) image: (boxes, scores, labels), and
+    masks for a Mask R-CNN model."""
     require_onnx()
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    boxes, scores, labels = session.run(None, {"image": image.detach().cpu().float().numpy()})
-    return torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels)
+    return tuple(torch.from_numpy(out) for out in session.run(None, {"image": image.detach().cpu().float().numpy()}))
 
 
 def compare_with_eager(model: nn.Module, path: Path, image: Tensor) -> str:
@@ -167,19 +175,21 @@ def compare_with_eager(model: nn.Module, path: Path, image: Tensor) -> str:
     with torch.no_grad():
         expected = model([image])[0]
     if path.suffix == ".onnx":
-        boxes, scores, labels = run_onnx(path, image)
+        found = run_onnx(path, image)
     else:
         with torch.no_grad():
-            boxes, scores, labels = torch.export.load(str(path)).module()(image)
-    return f"{boxes.shape[0]} detections (eager {expected['boxes'].shape[0]}), " + _difference(
-        (boxes.cpu(), scores.cpu(), labels.cpu()), expected)
+            found = torch.export.load(str(path)).module()(image)
+    found = dict(zip(output_names(model), (value.cpu() for value in found)))
+    return f"{found['boxes'].shape[0]} detections (eager {expected['boxes'].shape[0]}), " + _difference(
+        found, expected)
 
 
-def _difference(found: Tuple[Tensor, Tensor, Tensor], expected: dict) -> str:
+def _difference(found: Dict[str, Tensor], expected: Dict[str, Tensor]) -> str:
     """How far `found` is from the eager detections. Each eager detection is paired with the found detection of
     its label whose box is nearest (largest coordinate difference): detections of nearly equal scores may come
-    in another order, where float rounding differs (e.g. onnxruntime's convolutions)."""
-    boxes, scores, labels = found
+    in another order, where float rounding differs (e.g. onnxruntime's convolutions). Masks: the mean absolute
+    difference of each pair's pasted masks."""
+    boxes, scores, labels = found["boxes"], found["scores"], found["labels"]
     if boxes.shape[0] == 0 or expected["boxes"].shape[0] == 0:
         return "both empty" if boxes.shape[0] == expected["boxes"].shape[0] else "one of them empty"
     distance = (expected["boxes"][:, None, :] - boxes[None, :, :]).abs().amax(dim=2)  # (D_eager, D)
@@ -187,5 +197,8 @@ def _difference(found: Tuple[Tensor, Tensor, Tensor], expected: dict) -> str:
     nearest, index = distance.min(dim=1)
     score_diff = (expected["scores"] - scores[index]).abs().max().item()
     in_order = boxes.shape == expected["boxes"].shape and torch.equal(index, torch.arange(boxes.shape[0]))
+    masks = ""
+    if "masks" in found:
+        masks = f", mean mask difference {(expected['masks'] - found['masks'][index]).abs().mean().item():.2g}"
     return (f"max box difference {nearest.max().item():.2g} px to the nearest detection of the same label "
-            f"({'same order' if in_order else 'order differs'}), max score difference {score_diff:.2g}")
+            f"({'same order' if in_order else 'order differs'}), max score difference {score_diff:.2g}{masks}")
