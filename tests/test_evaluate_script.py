@@ -322,7 +322,9 @@ def test_a_box_only_annotation_file_gives_box_ap_after_one_warning_line(val_set,
     assert "| mask |" not in captured.out and "|    AP |" in captured.out
 
 
-def test_proposals_of_a_mask_rcnn_checkpoint_are_refused_in_one_line(val_set, mask_checkpoint, tmp_path, capsys):
-    assert _run([str(mask_checkpoint), *_data_flags(val_set), "--proposals"], tmp_path) == 2
-    assert "holds a mask_rcnn detector, whose proposals cannot be scored alone yet" in \
-        one_error_line(capsys, "evaluate.py")
+def test_proposals_of_a_mask_rcnn_checkpoint_are_its_rpns(val_set, mask_checkpoint, tmp_path, capsys):
+    """--proposals scores the RPN of Mask R-CNN's box part, as of a Faster R-CNN."""
+    assert _run([str(mask_checkpoint), *_data_flags(val_set), "--proposals", "--prefix", "rpn"], tmp_path) == 0
+    metrics = json.loads((tmp_path / "out" / "rpn_metrics.json").read_text())
+    assert set(metrics) == set(RECALL_NAMES) and all(-1.0 <= v <= 1.0 for v in metrics.values())
+    assert "|  AR1k |" in capsys.readouterr().out

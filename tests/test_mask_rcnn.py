@@ -114,3 +114,27 @@ def test_the_architecture_by_name_and_from_a_preset():
     config.variant = "c4"
     with pytest.raises(ValueError, match="Mask R-CNN needs config.variant 'fpn'"):
         MaskRCNNFPN(3, config)
+
+
+@pytest.mark.parametrize("norm", ["none", "bn"])
+def test_the_inference_copy_folds_the_mask_heads_batchnorm_and_keeps_the_masks(norm):
+    torch.manual_seed(0)
+    config = tiny_config()
+    config.mask.norm = norm
+    model = MaskRCNNFPN(3, config)
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for module in model.mask_branch.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+    model.eval()
+    fast = model.optimize_for_inference()
+    images, _ = data()
+    with torch.no_grad():
+        expected, got = model(images), fast(images)
+    left = [m for m in fast.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert left == []  # every BatchNorm of the mask head folded into its conv
+    for e, g in zip(expected, got):
+        assert torch.equal(e["labels"], g["labels"]) and torch.allclose(e["boxes"], g["boxes"], atol=1e-3)
+        assert (e["masks"] - g["masks"]).abs().max() < 1e-4

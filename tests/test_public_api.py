@@ -11,8 +11,8 @@ from test_checkpoint import tiny_config
 
 
 def test_the_package_exports_what_its_docs_name():
-    assert set(fpn.__all__) == {"FasterRCNNFPN", "FasterRCNNConfig", "FCOSFPN", "FCOSConfig", "FeatureSpec",
-                                "load_detector"}
+    assert set(fpn.__all__) == {"FasterRCNNFPN", "FasterRCNNConfig", "FCOSFPN", "FCOSConfig", "MaskRCNNFPN",
+                                "MaskRCNNConfig", "FeatureSpec", "load_detector"}
     assert all(hasattr(fpn, name) for name in fpn.__all__)
 
 

@@ -81,7 +81,7 @@ class FCOSFPN(Detector):
             d = cfg.fpn.out_channels
             trunk = type(backbone).__name__ if backbone is not None else f"config.backbone.name {cfg.backbone.name!r}"
             in_specs = _pyramid_inputs(self.backbone.out_specs, trunk)
-            neck = FPN(in_specs, d, extra_levels=LastLevelP6P7(d))  # P3..P5, then P6 and P7 from P5
+            neck = FPN(in_specs, d, extra_levels=LastLevelP6P7(d), norm=cfg.fpn.norm)  # P3..P5, then P6, P7 from P5
         self.neck = neck
         if head is None:
             specs = self.neck.out_specs

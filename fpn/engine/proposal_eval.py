@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from fpn.engine import distributed
 from fpn.engine.evaluation import flatten_results, format_table, run_inference, warn_unevaluated, write_json_files
+from fpn.detectors.build import convert_config
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
 
 # name: (COCOeval area range label, proposals per image); Table 1's AR^100, AR^1k, AR_s^1k, AR_m^1k, AR_l^1k
@@ -136,7 +137,8 @@ def evaluate_proposals(
 
 def rpn_only_model(model: FasterRCNNFPN) -> FasterRCNNFPN:
     """The RPN-only detector of a full one: the same config with `rpn_only = True` and the same backbone, FPN
-    and RPN weights (copied; the RoI heads are left out). An RPN-only model is returned as it is.
+    and RPN weights (copied; the RoI heads, and a Mask R-CNN's mask branch, are left out). An RPN-only model is
+    returned as it is.
 
     Args:
         model: a `FasterRCNNFPN`, e.g. from `fpn.engine.checkpoint.load_detector`.
@@ -148,7 +150,7 @@ def rpn_only_model(model: FasterRCNNFPN) -> FasterRCNNFPN:
     if getattr(model.config, "rpn_only", False):
         return model
     try:
-        config = replace(model.config, rpn_only=True)
+        config = replace(convert_config(model.config, "faster_rcnn"), rpn_only=True)  # Mask R-CNN: its box part
     except TypeError as error:
         raise ValueError("this FasterRCNNConfig has no rpn_only field: cannot build the RPN-only model") from error
     config.backbone = replace(config.backbone, weights=None)  # the weights come from `model`, not ImageNet

@@ -222,9 +222,12 @@ class Trainer:
                         disable=not distributed.is_main_process())
 
         def evaluate(iteration: int, prefix: str) -> dict:
-            # an RPN alone (paper Table 1) is scored by the recall of its proposals, a detector by box AP
-            run, what, table = (evaluate_proposals, "proposal recall", format_recall) if is_rpn_only(model) \
-                else (evaluate_coco, "COCO box evaluation", format_metrics)
+            # an RPN alone (paper Table 1) is scored by the recall of its proposals, a detector by box (and mask) AP
+            if is_rpn_only(model):
+                run, what, table = evaluate_proposals, "proposal recall", format_recall
+            else:
+                masks = isinstance(preset.model, MaskRCNNConfig)
+                run, what, table = evaluate_coco, f"COCO box{' and mask' if masks else ''} evaluation", format_metrics
             result = run(model, val_set, device=device, output_dir=self.output_dir, prefix=prefix,
                          batch_size=preset.eval_batch_size, num_workers=preset.workers, autocast=autocast)
             metrics.write({"iter": iteration, **result})

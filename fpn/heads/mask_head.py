@@ -11,7 +11,7 @@ background at index 0.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -49,10 +49,11 @@ class MaskHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)  # (R, C, S, S) -> (R, conv_channels, S, S)
 
-    def conv_norm_pairs(self) -> List[Tuple[str, str]]:
-        """(conv, norm) module names, relative to this module, for folding the norms at inference."""
-        return [(f"layers.{i}.0", f"layers.{i}.1") for i, block in enumerate(self.layers)
-                if isinstance(block[1], nn.BatchNorm2d)]
+    def conv_norm_pairs(self) -> Iterator[Tuple[nn.Module, str, str]]:
+        """Each conv -> BatchNorm as (block, "0", "1"), for folding at inference (fpn.backbones.norm.ConvNormPair)."""
+        for block in self.layers:
+            if isinstance(block[1], nn.BatchNorm2d):
+                yield block, "0", "1"
 
 
 class MaskPredictor(nn.Module):

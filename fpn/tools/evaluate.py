@@ -278,10 +278,7 @@ def mask_ap_possible(model: torch.nn.Module, dataset: CocoDetection) -> bool:
 def proposals_command(model: torch.nn.Module, dataset: CocoDetection, batching: Batching, device: torch.device,
                       args: argparse.Namespace) -> int:
     """--proposals: the average recall of the proposals of `model`'s RPN (its RPN-only twin for a full detector)."""
-    if arch_of(model) == "mask_rcnn":  # two-stage, but rpn_only_model builds a Faster R-CNN's twin only
-        raise InputError(f"--proposals: {args.checkpoint} holds a mask_rcnn detector, whose proposals cannot be "
-                         "scored alone yet (evaluate its boxes and masks without --proposals)")
-    if arch_of(model) != "faster_rcnn":
+    if arch_of(model) == "fcos":
         raise InputError(f"--proposals: {args.checkpoint} holds a {arch_of(model)} detector, which is one-stage: "
                          "it has no region proposals to score (evaluate its boxes without --proposals)")
     proposer = rpn_only_model(model)

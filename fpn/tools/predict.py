@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="+", help="image files, folders (not recursive) and glob patterns")
     parser.add_argument("--weights", required=True,
-                        help="our checkpoint, or a torchvision fasterrcnn_resnet50_fpn state-dict file")
+                        help="our checkpoint (any detector), or a torchvision detector state-dict file "
+                             "(fasterrcnn_resnet50_fpn, _v2, mobilenet_v3_large_fpn, maskrcnn_resnet50_fpn, _v2, "
+                             "fcos_resnet50_fpn)")
     parser.add_argument("--output-dir", default="runs/predict", help="where detections.json and pictures go")
     parser.add_argument("--score-threshold", type=float, default=0.5,
                         help="minimum score of a drawn box; the JSON keeps every detection of the model")
