@@ -20,7 +20,6 @@ import contextlib
 import io
 from typing import List, Optional, Sequence
 
-import torch
 import torch.nn.functional as F
 from pycocotools.coco import COCO
 from torch import Tensor
