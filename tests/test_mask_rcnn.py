@@ -19,7 +19,8 @@ def tiny_config() -> MaskRCNNConfig:
     return config
 
 
-def _ellipse(height: int, width: int, box) -> torch.Tensor:
+def ellipse(height: int, width: int, box) -> torch.Tensor:
+    """uint8 (height, width): 1 inside the ellipse inscribed in the box (x1, y1, x2, y2), pixel centres."""
     x1, y1, x2, y2 = box
     yy, xx = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
     cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2, (y2 - y1) / 2
@@ -32,7 +33,7 @@ def data():
     boxes = [[[8.0, 10.0, 40.0, 50.0], [44.0, 4.0, 76.0, 30.0]], [[5.0, 5.0, 50.0, 60.0]]]
     targets = [
         {"boxes": torch.tensor(b), "labels": torch.tensor(labels),
-         "masks": torch.stack([_ellipse(image.shape[1], image.shape[2], box) for box in b])}
+         "masks": torch.stack([ellipse(image.shape[1], image.shape[2], box) for box in b])}
         for image, b, labels in zip(images, boxes, [[1, 2], [2]])
     ]
     return images, targets

@@ -82,13 +82,17 @@ def build_models():
                                     **TOP_N)
     _randomise(tv)
     _calibrate_batch_norm(tv)
-    ours = FasterRCNNFPN.from_torchvision(tv.state_dict())
+    return tv.eval(), as_test_model(FasterRCNNFPN.from_torchvision(tv.state_dict())).eval()
+
+
+def as_test_model(ours: nn.Module) -> nn.Module:
+    """Ours at the test's sizes, as torchvision's model was built: (MIN_SIZE, MAX_SIZE), PROPOSALS per image."""
     cfg = ours.config
     cfg.input.min_size, cfg.input.max_size, cfg.input.train_min_sizes = MIN_SIZE, MAX_SIZE, (MIN_SIZE,)
     for mode in ("test", "train"):
         setattr(ours.rpn.cfg, f"pre_nms_top_n_{mode}", TOP_N[f"rpn_pre_nms_top_n_{mode}"])
         setattr(ours.rpn.cfg, f"post_nms_top_n_{mode}", PROPOSALS)
-    return tv.eval(), ours.eval()
+    return ours
 
 
 def test_converted_state_dict_is_ours_key_for_key():

@@ -90,6 +90,8 @@ class FasterRCNNFPN(Detector):
         ['boxes', 'labels', 'scores']
     """
 
+    config_class = FasterRCNNConfig  # what `config` is (MaskRCNNFPN: MaskRCNNConfig), for the torchvision loader
+
     def __init__(
         self, num_classes: int = 91, config: Optional[FasterRCNNConfig] = None, *,
         backbone: Optional[nn.Module] = None, neck: Optional[nn.Module] = None,

@@ -12,7 +12,7 @@ fpn/heads/mask_head.py, the mask targets and pasting fpn/ops/masks.py.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,8 @@ class MaskRCNNFPN(FasterRCNNFPN):
     detection's class pasted into the image at its box (threshold at 0.5 for a binary mask), as torchvision's.
     """
 
+    config_class = MaskRCNNConfig
+
     def __init__(
         self, num_classes: int = 91, config: Optional[MaskRCNNConfig] = None, *,
         backbone: Optional[nn.Module] = None, neck: Optional[nn.Module] = None,
@@ -61,6 +63,19 @@ class MaskRCNNFPN(FasterRCNNFPN):
         )
         if cfg.channels_last:
             self.mask_branch.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_torchvision(cls, path_or_state_dict: Union[str, Dict[str, Tensor]],
+                         num_classes: Optional[int] = None) -> "MaskRCNNFPN":
+        """Build the model from a torchvision `maskrcnn_resnet50_fpn` (v1) or `maskrcnn_resnet50_fpn_v2` checkpoint
+        file or state dict (which one, its keys say), laid out as torchvision builds it with weights (its box part
+        as `FasterRCNNFPN.from_torchvision` builds the Faster R-CNN of that version; v2's mask head with
+        BatchNorm). With `num_classes` different from the file's, the class-specific layers (class scores, box
+        deltas, mask logits) are freshly initialised (fine-tuning). The file is read with
+        `torch.load(weights_only=True)`; a Faster R-CNN file is a ValueError saying so."""
+        from fpn.io.convert import load_torchvision_detector
+
+        return load_torchvision_detector(cls, path_or_state_dict, num_classes)
 
     def check_targets(self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]]) -> None:
         """Faster R-CNN's checks, and one `masks` (N, H, W) uint8 or bool per box at the image's size."""

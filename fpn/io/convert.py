@@ -1,6 +1,7 @@
 """Loading torchvision `fasterrcnn_resnet50_fpn` (v1), `fasterrcnn_resnet50_fpn_v2`,
-`fasterrcnn_mobilenet_v3_large_fpn` and `fasterrcnn_mobilenet_v3_large_320_fpn` checkpoints into `FasterRCNNFPN`, and
-`fcos_resnet50_fpn` checkpoints into `FCOSFPN`.
+`fasterrcnn_mobilenet_v3_large_fpn` and `fasterrcnn_mobilenet_v3_large_320_fpn` checkpoints into `FasterRCNNFPN`,
+`maskrcnn_resnet50_fpn` and `maskrcnn_resnet50_fpn_v2` into `MaskRCNNFPN`, and `fcos_resnet50_fpn` checkpoints into
+`FCOSFPN`.
 
 Only parameter names differ between the two models (the architecture and the maths are the same):
 
@@ -18,6 +19,11 @@ Only parameter names differ between the two models (the architecture and the mat
     rpn.head.conv.{j}.0.*                      -> rpn.head.conv.{j}.*
     roi_heads.box_head.{i}.{0,1}.*  (i < 4)    -> roi_heads.box_head.convs.{i}.{conv,norm}.*
     roi_heads.box_head.5.*  (after Flatten)    -> roi_heads.box_head.fc.*
+  Mask R-CNN (its box part as the Faster R-CNN of the same version, above):
+    roi_heads.mask_head.{i}.{0[,1]}.*          -> mask_branch.head.layers.{i}.{0[,1]}.* (conv[, v2's BatchNorm])
+    roi_heads.mask_head.mask_fcn{i+1}.*        -> mask_branch.head.layers.{i}.0.* (files written before torchvision
+                                                  named them as the others)
+    roi_heads.mask_predictor.*                 -> mask_branch.predictor.* (conv5_mask, mask_fcn_logits)
   FCOS (the backbone and FPN keys as above):
     backbone.fpn.extra_blocks.{p6,p7}.*        -> neck.extra_convs.{0,1}.*
     head.{classification,regression}_head.*    -> head.{classification,regression}_head.* (same layout)
@@ -26,12 +32,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from fpn.config import FasterRCNNConfig, FCOSConfig
+from fpn.config import FasterRCNNConfig, FCOSConfig, MaskRCNNConfig
 
 _RULES = [
     (re.compile(r"^backbone\.body\."), "backbone."),
@@ -69,6 +75,18 @@ _V2_RULES = [
 _V2_KEPT_AS_IS = re.compile(r"^rpn\.head\.(cls_logits|bbox_pred)\.")
 
 
+# torchvision's maskrcnn_resnet50_fpn (v1) and _v2: a Faster R-CNN of that version plus the mask branch
+MASK_KEY = "roi_heads.mask_predictor.mask_fcn_logits.weight"
+MASK_PREFIX = "roi_heads.mask_"
+_MASK_RULES = [
+    (re.compile(r"^roi_heads\.mask_head\.(\d+)\.([01])\."), r"mask_branch.head.layers.\1.\2."),
+    (re.compile(r"^roi_heads\.mask_head\.mask_fcn(\d+)\."),
+     lambda match: f"mask_branch.head.layers.{int(match[1]) - 1}.0."),
+    (re.compile(r"^roi_heads\.mask_predictor\."), "mask_branch.predictor."),
+]
+MASK_LOGITS = "mask_branch.predictor.mask_fcn_logits."
+
+
 _FCOS_RULES = [
     *_RULES[:3],
     (re.compile(r"^backbone\.fpn\.extra_blocks\.p6\."), "neck.extra_convs.0."),
@@ -85,13 +103,18 @@ def convert_torchvision_fcos_state_dict(state_dict: Dict[str, Tensor]) -> Dict[s
 
 
 def convert_torchvision_state_dict(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
-    """Rename a torchvision Faster R-CNN state dict (ResNet-50 FPN v1 or v2, MobileNetV3-Large FPN) into fpn's
-    names; unknown keys raise a ValueError.
+    """Rename a torchvision Faster R-CNN state dict (ResNet-50 FPN v1 or v2, MobileNetV3-Large FPN) or Mask R-CNN
+    state dict (ResNet-50 FPN v1 or v2) into fpn's names; unknown keys raise a ValueError.
 
     torchvision builds the v1 trunk with BatchNorm2d when constructed without pretrained weights and with
     FrozenBatchNorm2d otherwise; both have the same four buffers, which load into fpn's frozen BN. The v2 model
     (`V2_KEY`) has BatchNorm2d everywhere, as ours built from it: its step counters are kept.
     """
+    if MASK_KEY in state_dict:  # the box part as a Faster R-CNN file, then the mask branch
+        box = convert_torchvision_state_dict({k: v for k, v in state_dict.items() if not k.startswith(MASK_PREFIX)})
+        mask = {k: v for k, v in state_dict.items() if k.startswith(MASK_PREFIX)}
+        name = "maskrcnn_resnet50_fpn" + ("_v2" if V2_KEY in state_dict else "")
+        return {**box, **_convert(mask, _MASK_RULES, re.compile("$^"), name, keep_counters=V2_KEY in state_dict)}
     if V2_KEY in state_dict:
         return _convert(state_dict, _V2_RULES, _V2_KEPT_AS_IS, "fasterrcnn_resnet50_fpn_v2", keep_counters=True)
     if MOBILENET_KEY in state_dict:
@@ -148,11 +171,14 @@ def torchvision_detector_config(config_class=FasterRCNNConfig):
     return config
 
 
-def torchvision_v2_config() -> FasterRCNNConfig:
-    """torchvision's `fasterrcnn_resnet50_fpn_v2` as it builds it with weights: ResNet-50 with BatchNorm2d (its v2
-    builder keeps torchvision's ResNet default, not frozen BN), stem and C2 frozen; BatchNorm after every FPN conv,
-    two 3x3 convs in the RPN head, the 4conv1fc box head."""
-    config = torchvision_detector_config()
+def torchvision_v2_config(config_class=FasterRCNNConfig):
+    """torchvision's `fasterrcnn_resnet50_fpn_v2` (or `maskrcnn_resnet50_fpn_v2`, with config_class MaskRCNNConfig:
+    BatchNorm in the mask head too) as it builds it with weights: ResNet-50 with BatchNorm2d (its v2 builders keep
+    torchvision's ResNet default, not frozen BN), stem and C2 frozen; BatchNorm after every FPN conv, two 3x3 convs
+    in the RPN head, the 4conv1fc box head."""
+    config = torchvision_detector_config(config_class)
+    if isinstance(config, MaskRCNNConfig):
+        config.mask.norm = "bn"
     config.backbone.norm = "bn"
     config.fpn.norm = "bn"
     config.rpn.conv_depth = 2
@@ -177,40 +203,54 @@ def torchvision_mobilenet_config(low_resolution: bool = False) -> FasterRCNNConf
 
 def load_torchvision_detector(cls, path_or_state_dict, num_classes: Optional[int] = None,
                               low_resolution: Optional[bool] = None):
-    """Build `cls` (FasterRCNNFPN) as torchvision builds the file's detector (`torchvision_detector_config()`,
-    `torchvision_v2_config()` for a v2 file, `torchvision_mobilenet_config(low_resolution)` for a MobileNetV3 file)
-    and load its weights. A MobileNetV3 file holds no trace of 320 or not: `low_resolution` None takes it from a
-    file name holding "_320_"."""
+    """Build `cls` (FasterRCNNFPN, or MaskRCNNFPN for a Mask R-CNN file) as torchvision builds the file's detector
+    (`torchvision_detector_config()`, `torchvision_v2_config()` for a v2 file, `torchvision_mobilenet_config(
+    low_resolution)` for a MobileNetV3 file) and load its weights. A MobileNetV3 file holds no trace of 320 or not:
+    `low_resolution` None takes it from a file name holding "_320_".
+
+    Raises:
+        ValueError: a Mask R-CNN file for a detector without masks, or a Faster R-CNN file for MaskRCNNFPN (the
+            file's model named), or keys that do not fit.
+    """
     state = read_torchvision_checkpoint(path_or_state_dict)
-    config = torchvision_v2_config() if V2_KEY in state else torchvision_detector_config()
+    config_class = getattr(cls, "config_class", FasterRCNNConfig)  # MaskRCNNFPN's: MaskRCNNConfig
+    if (MASK_KEY in state) != issubclass(config_class, MaskRCNNConfig):
+        model = "a maskrcnn_resnet50_fpn" if MASK_KEY in state else "a Faster R-CNN (no mask branch)"
+        raise ValueError(f"the file holds {model} model: load it with "
+                         f"{'MaskRCNNFPN' if MASK_KEY in state else 'FasterRCNNFPN'}.from_torchvision or "
+                         "fpn.load_detector")
+    config = torchvision_v2_config(config_class) if V2_KEY in state else torchvision_detector_config(config_class)
     if MOBILENET_KEY in state:
         if low_resolution is None:
             low_resolution = not isinstance(path_or_state_dict, dict) and \
                 LOW_RESOLUTION_NAME in os.path.basename(os.fspath(path_or_state_dict))
         config = torchvision_mobilenet_config(low_resolution)
+    class_specific = (PREDICTOR_PREFIX, MASK_LOGITS) if MASK_KEY in state else (PREDICTOR_PREFIX,)
     state = convert_torchvision_state_dict(state)
-    return _build_and_load(cls, config, state, PREDICTOR_PREFIX, "cls_score.weight", num_classes)
+    return _build_and_load(cls, config, state, class_specific, PREDICTOR_PREFIX + "cls_score.weight", num_classes)
 
 
 def load_torchvision_fcos(cls, path_or_state_dict, num_classes: Optional[int] = None):
     """Build `cls` (FCOSFPN) as torchvision builds `fcos_resnet50_fpn` with weights and load its weights."""
     state = read_torchvision_checkpoint(path_or_state_dict, FCOS_LOGITS + "weight", "fcos_resnet50_fpn")
     state = convert_torchvision_fcos_state_dict(state)
-    return _build_and_load(cls, torchvision_detector_config(FCOSConfig), state, FCOS_LOGITS, "weight", num_classes)
+    return _build_and_load(cls, torchvision_detector_config(FCOSConfig), state, (FCOS_LOGITS,), FCOS_LOGITS + "weight",
+                           num_classes)
 
 
-def _build_and_load(cls, config, state: Dict[str, Tensor], class_prefix: str, class_key: str,
+def _build_and_load(cls, config, state: Dict[str, Tensor], class_prefixes: Tuple[str, ...], class_key: str,
                     num_classes: Optional[int]):
-    """The model with every converted tensor loaded. With a `num_classes` other than the file's, the tensors
-    under `class_prefix` (the class-specific outputs) keep their fresh initialisation (fine-tuning)."""
-    file_classes = state[class_prefix + class_key].shape[0]
+    """The model with every converted tensor loaded. With a `num_classes` other than the file's (the rows of
+    `state[class_key]`), the tensors under `class_prefixes` (the class-specific outputs: class scores and box
+    deltas, Mask R-CNN's mask logits) keep their fresh initialisation (fine-tuning)."""
+    file_classes = state[class_key].shape[0]
     num_classes = file_classes if num_classes is None else num_classes
     model = cls(num_classes=num_classes, config=config)
     fresh = num_classes != file_classes
     if fresh:
-        state = {k: v for k, v in state.items() if not k.startswith(class_prefix)}
+        state = {k: v for k, v in state.items() if not k.startswith(class_prefixes)}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (fresh and k.startswith(class_prefix))]
+    missing = [k for k in missing if not (fresh and k.startswith(class_prefixes))]
     if missing or unexpected:
         raise ValueError(f"torchvision checkpoint does not fit: missing {missing[:10]}, unexpected {unexpected[:10]}")
     return model

@@ -17,8 +17,9 @@ from fpn.data.coco_names import COCO_CLASS_NAMES
 from fpn.detectors.build import DEFAULT_ARCH, arch_of, build_detector, check_arch, config_from_dict
 from fpn.detectors.faster_rcnn import FasterRCNNFPN
 from fpn.detectors.fcos import FCOSFPN
+from fpn.detectors.mask_rcnn import MaskRCNNFPN
 from fpn.errors import InputError, first_line
-from fpn.io.convert import V2_KEY
+from fpn.io.convert import MASK_KEY, V2_KEY
 from fpn.io.weights_file import read_weights
 
 PathLike = Union[str, Path]
@@ -103,11 +104,12 @@ def torchvision_detector(obj: Any, path: Path) -> nn.Module:
         kind = f"a {type(obj).__name__}" + (f" with keys {sorted(map(str, obj))[:5]}" if isinstance(obj, dict) else "")
         raise InputError(f"{path} is neither a training checkpoint of this project nor a torchvision detector "
                          f"state dict (it holds {kind})")
-    fcos = any(key.startswith("head.classification_head.") for key in obj)
-    name = "fcos_resnet50_fpn" if fcos else "fasterrcnn_resnet50_fpn_v2" if V2_KEY in obj else "fasterrcnn_resnet50_fpn"
-    detector_class = FCOSFPN if fcos else FasterRCNNFPN
+    fcos, masks = any(key.startswith("head.classification_head.") for key in obj), MASK_KEY in obj
+    name = "fcos_resnet50_fpn" if fcos else ("maskrcnn" if masks else "fasterrcnn") + "_resnet50_fpn" + \
+        ("_v2" if V2_KEY in obj else "")
+    detector_class = FCOSFPN if fcos else MaskRCNNFPN if masks else FasterRCNNFPN
     # a MobileNetV3 file holds no trace of its input size: the 320 model's settings come from its name
-    extra = {} if fcos else {"low_resolution": "_320_" in Path(path).name}
+    extra = {} if fcos or masks else {"low_resolution": "_320_" in Path(path).name}
     try:
         return detector_class.from_torchvision(obj, **extra)
     except (KeyError, ValueError, RuntimeError) as error:
