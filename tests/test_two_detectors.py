@@ -1,5 +1,6 @@
-"""One package, two detectors: checkpoints record the architecture; training (`--arch`, presets), evaluation,
-prediction and export take either kind; a file of one kind where the other is needed is a clear error."""
+"""One package, three detectors (Faster R-CNN, Mask R-CNN, FCOS): checkpoints record the architecture; training
+(`--arch`, presets), evaluation, prediction and export take each kind; a file of one kind where another is needed
+is a clear error."""
 import json
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from fpn import FasterRCNNFPN, FCOSFPN
+from fpn import FasterRCNNFPN, FCOSFPN, MaskRCNNConfig, MaskRCNNFPN
 from fpn.errors import InputError
 from fpn.config import FCOSConfig
 from fpn.detectors.build import arch_of, build_detector, convert_config
@@ -40,7 +41,10 @@ def checkpoints(val_set, tmp_path_factory):  # noqa: F811
     fcos_config = tiny_fcos_config()
     fcos_config.head.gn_groups = 8
     fcos = _save(folder / "fcos.pt", FCOSFPN(val_set.num_classes, fcos_config), val_set)
-    return {"faster_rcnn": faster, "fcos": fcos}
+    mask_config = convert_config(tiny_config(), "mask_rcnn")
+    mask_config.mask.conv_channels = 16
+    mask = _save(folder / "mask.pt", MaskRCNNFPN(val_set.num_classes, mask_config), val_set)
+    return {"faster_rcnn": faster, "fcos": fcos, "mask_rcnn": mask}
 
 
 def test_convert_config_keeps_the_shared_sections():
@@ -55,7 +59,7 @@ def test_convert_config_keeps_the_shared_sections():
         convert_config(faster, "yolo")
 
 
-@pytest.mark.parametrize("arch", ["faster_rcnn", "fcos"])
+@pytest.mark.parametrize("arch", ["faster_rcnn", "fcos", "mask_rcnn"])
 def test_checkpoint_records_the_architecture_and_rebuilds_it(arch, checkpoints):
     assert load_checkpoint(checkpoints[arch])["arch"] == arch
     model, _ = load_detector(checkpoints[arch])
@@ -74,21 +78,25 @@ def test_a_checkpoint_without_arch_is_a_faster_rcnn(checkpoints, tmp_path):
 def test_the_other_kind_where_one_is_needed_is_a_clear_error(checkpoints):
     with pytest.raises(InputError, match=r"holds a fcos detector; a faster_rcnn detector is needed here"):
         load_detector(checkpoints["fcos"], arch="faster_rcnn")
+    with pytest.raises(InputError, match=r"holds a mask_rcnn detector; a faster_rcnn detector is needed here"):
+        load_detector(checkpoints["mask_rcnn"], arch="faster_rcnn")
     fcos_model = build_detector(3, tiny_fcos_config())
     with pytest.raises(InputError, match=r"holds a faster_rcnn detector, but this model is fcos"):
         load_pretrained_weights(fcos_model, checkpoints["faster_rcnn"])
 
 
-@pytest.mark.parametrize("arch", ["faster_rcnn", "fcos"])
-def test_evaluate_and_predict_load_either_kind_without_flags(arch, checkpoints, val_set, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("arch", ["faster_rcnn", "fcos", "mask_rcnn"])
+def test_evaluate_and_predict_load_each_kind_without_flags(arch, checkpoints, val_set, tmp_path):  # noqa: F811
     assert run_evaluate([str(checkpoints[arch]), *_data_flags(val_set)], tmp_path) == 0
     metrics = json.loads((tmp_path / "out" / "evaluate_metrics.json").read_text())
-    assert "AP" in metrics
+    assert "AP" in metrics and ("mask_AP" in metrics) == (arch == "mask_rcnn")
     run = subprocess.run([sys.executable, "-m", "fpn.predict", str(val_set.images_dir), "--weights",
                           str(checkpoints[arch]), "--output-dir", str(tmp_path / "pred"), "--device", "cpu",
                           "--no-progress"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert isinstance(json.loads((tmp_path / "pred" / "detections.json").read_text()), list)
+    results = json.loads((tmp_path / "pred" / "detections.json").read_text())
+    assert isinstance(results, list) and all(("segmentation" in r) == (arch == "mask_rcnn") for r in results)
+    assert results or arch == "fcos"  # the untrained FCOS scores nothing above its 0.2 threshold
 
 
 def test_proposals_of_an_fcos_checkpoint_is_a_clear_error(checkpoints, val_set, tmp_path, capsys):  # noqa: F811
@@ -123,6 +131,19 @@ def test_train_help_shows_the_fcos_config_flags(capsys):
     assert model.backbone.depth == 18  # cpu-demo's trunk
     with pytest.raises(SystemExit):
         train.parse_args(["--preset", "cpu-demo", "--arch", "fcos", "--rpn.nms-thresh", "0.5"])  # no RPN in FCOS
+
+
+def test_train_help_shows_the_mask_config_flags(capsys):
+    train = load_train_script()
+    for argv in (["--preset", "mask-cpu-demo"], ["--preset", "cpu-demo", "--arch", "mask_rcnn"]):
+        model = train.training_job(train.parse_args([*argv, "--mask.num-convs", "2", "--rpn.nms-thresh", "0.6"]))\
+            .preset.model
+        assert isinstance(model, MaskRCNNConfig) and model.mask.num_convs == 2 and model.rpn.nms_thresh == 0.6
+    with pytest.raises(SystemExit):
+        train.parse_args(["--preset", "mask-cpu-demo", "--help"])
+    assert "--mask.conv-channels" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        train.parse_args(["--preset", "cpu-demo", "--mask.num-convs", "2"])  # no mask branch in Faster R-CNN
 
 
 def test_fcos_exports_to_torch_export_and_onnx(tmp_path):
