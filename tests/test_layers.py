@@ -69,6 +69,8 @@ EXCEPTIONS: Dict[Tuple[str, str], str] = {
         "FasterRCNNFPN.from_torchvision, the public constructor torchvision users expect, imports it when called",
     ("fpn.detectors.fcos", "fpn.io.convert"):
         "FCOSFPN.from_torchvision, the public constructor torchvision users expect, imports it when called",
+    ("fpn.detectors.mask_rcnn", "fpn.io.convert"):
+        "MaskRCNNFPN.from_torchvision, the public constructor torchvision users expect, imports it when called",
     ("fpn.detectors.base", "fpn.deploy.inference"):
         "Detector.optimize_for_inference, a shortcut on the model, imports it when called",
 }
