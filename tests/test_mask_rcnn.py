@@ -139,3 +139,17 @@ def test_the_inference_copy_folds_the_mask_heads_batchnorm_and_keeps_the_masks(n
     for e, g in zip(expected, got):
         assert torch.equal(e["labels"], g["labels"]) and torch.allclose(e["boxes"], g["boxes"], atol=1e-3)
         assert (e["masks"] - g["masks"]).abs().max() < 1e-4
+
+
+def test_predict_keeps_each_detections_mask_with_its_box():
+    torch.manual_seed(0)
+    model = MaskRCNNFPN(3, tiny_config())
+    images, _ = data()
+    everything = model.predict(images)
+    threshold = everything[0]["scores"].median().item()  # keeps about half
+    kept = model.predict(images, score_threshold=threshold)
+    for all_of_them, some in zip(everything, kept):
+        count = int((all_of_them["scores"] >= threshold).sum())
+        assert some["masks"].shape[0] == some["boxes"].shape[0] == count
+        assert torch.equal(some["masks"], all_of_them["masks"][:count])
+    assert 0 < kept[0]["boxes"].shape[0] < everything[0]["boxes"].shape[0]
