@@ -1,8 +1,11 @@
-"""Speed and memory of fpn's FasterRCNNFPN next to torchvision's Faster R-CNN: same weights, same inputs, one run.
+"""Speed and memory of fpn's FasterRCNNFPN (or MaskRCNNFPN, --arch mask_rcnn) next to torchvision's: same weights,
+same inputs, one run.
 
 The command line of scripts/benchmark.py. The models and inputs: benchmarks/models.py; what is measured and how:
 benchmarks/side_by_side.py and benchmarks/measure.py; --deploy: benchmarks/deploy.py; --profile:
-benchmarks/profiling.py; the printed report and the JSON file: benchmarks/report.py.
+benchmarks/profiling.py; --mask-memory (a run of its own): benchmarks/mask_memory.py; the printed report and the
+JSON file: benchmarks/report.py. The JSON of an --arch mask_rcnn run says "arch": "mask_rcnn" (no "arch": Faster
+R-CNN, as before the flag).
 """
 from __future__ import annotations
 
@@ -13,16 +16,24 @@ from dataclasses import asdict, replace
 import torch
 
 from benchmarks.deploy import inference_modes, measure_modes
-from benchmarks.models import QUICK, Settings, build_models, memory_formats
+from benchmarks.mask_memory import QUICK_MASK_MEMORY, MaskMemorySettings, measure_mask_memory
+from benchmarks.models import ARCHS, QUICK, Settings, build_models, memory_formats
 from benchmarks.profiling import profile
 from benchmarks.reference import missing_reference_message, torchvision
-from benchmarks.report import machine_info, print_report, write_json
+from benchmarks.report import machine_info, print_mask_memory, print_report, write_json
 from benchmarks.side_by_side import bench_stage
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Benchmark fpn's FasterRCNNFPN against torchvision's.")
+    parser = argparse.ArgumentParser(description="Benchmark fpn's FasterRCNNFPN or MaskRCNNFPN against torchvision's.")
     parser.add_argument("--quick", action="store_true", help="256x320 inputs, batch 2, one repeat (a smoke test)")
+    parser.add_argument("--arch", choices=ARCHS, default="faster_rcnn",
+                        help="the detectors compared: FasterRCNNFPN and fasterrcnn_resnet50_fpn, or MaskRCNNFPN and "
+                             "maskrcnn_resnet50_fpn (training targets with instance masks)")
+    parser.add_argument("--mask-memory", action="store_true",
+                        help="instead: Mask R-CNN's training step and mask targets at COCO scale (batch 2 of 50 "
+                             "instances, originals 480x640 and 800x1333 resized to 800 x at most 1333): time and "
+                             "peak memory (--quick: 96x128, 10 instances)")
     parser.add_argument("--amp", action="store_true", help="also bf16 autocast (CPU: with channels_last)")
     parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
                         help="all: the CPU, and CUDA when present")
@@ -55,25 +66,47 @@ def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     return settings
 
 
+def mask_memory_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> MaskMemorySettings:
+    """--mask-memory's sizes: --quick's or the default ones, with --repeats and --warmup applied."""
+    unused = [flag for flag, value in (("--arch", args.arch != "faster_rcnn"), ("--amp", args.amp),
+                                       ("--size", args.size is not None), ("--profile", args.profile),
+                                       ("--deploy", args.deploy), ("--no-onnx", args.no_onnx)) if value]
+    if unused:
+        parser.error(f"--mask-memory measures Mask R-CNN in fp32 at its own sizes; drop {', '.join(unused)}")
+    settings = replace(QUICK_MASK_MEMORY) if args.quick else MaskMemorySettings()
+    settings.repeats = args.repeats if args.repeats is not None else settings.repeats
+    settings.warmup = args.warmup if args.warmup is not None else settings.warmup
+    if settings.repeats < 1 or settings.warmup < 0:
+        parser.error(f"--repeats must be >= 1 and --warmup >= 0, got {settings.repeats} and {settings.warmup}")
+    return settings
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if torchvision is None:
         print(missing_reference_message("benchmark.py"), file=sys.stderr)
         return 2
-    settings = settings_from(args, parser)
     devices = [torch.device("cpu")] if args.device in ("all", "cpu") else []
     if args.device in ("all", "cuda") and torch.cuda.is_available():
         devices.append(torch.device("cuda"))
     if not devices:
         parser.error("--device cuda: CUDA is not available")
-    ours, tv = build_models(settings)
+    settings = mask_memory_settings(args, parser) if args.mask_memory else settings_from(args, parser)
+    # Seeded random weights can drive float32 into denormals, which x86 computes ~10x slower; trained weights rarely
+    # do. Flushed to zero here, for both models alike.
+    torch.set_flush_denormal(True)
+    if args.mask_memory:
+        return run_mask_memory(settings, devices, args.json)
+    ours, tv = build_models(settings, args.arch)
     report = {"machine": machine_info(), "settings": asdict(settings), "results": [], "detections": [],
               "memory_formats": []}
+    if args.arch != "faster_rcnn":
+        report["arch"] = args.arch
     for device in devices:
         for precision in ("fp32", "bf16") if args.amp else ("fp32",):
             print(f"measuring {device.type} {precision} ...", file=sys.stderr, flush=True)
-            rows, counts = bench_stage(ours, tv, device, precision, settings)
+            rows, counts = bench_stage(ours, tv, device, precision, settings, masks=args.arch == "mask_rcnn")
             report["results"] += rows
             formats = ["channels_last" if f == torch.channels_last else "NCHW"
                        for f in memory_formats(ours, device, precision)]
@@ -92,4 +125,18 @@ def main(argv=None) -> int:
     print_report(report, settings.throughput_batch)
     if args.json:
         write_json(args.json, report, indent=2)
+    return 0
+
+
+def run_mask_memory(settings: MaskMemorySettings, devices, json_path) -> int:
+    """--mask-memory: its rows and target checks on each device, printed and written to json_path."""
+    section = {"settings": asdict(settings), "results": [], "targets": []}
+    for device in devices:
+        rows, checks = measure_mask_memory(settings, device)
+        section["results"] += rows
+        section["targets"] += checks
+    report = {"machine": machine_info(), "mask_memory": section}
+    print_mask_memory(report)
+    if json_path:
+        write_json(json_path, report, indent=2)
     return 0

@@ -25,23 +25,52 @@ def machine_info() -> dict:
     return info
 
 
+ARCH_NAMES = {"mask_rcnn": "MaskRCNNFPN next to torchvision's maskrcnn_resnet50_fpn"}
+
+
+def _machine_line(info: dict) -> str:
+    return (f"Machine: {info['cpu']}, {info['cpu_cores']} cores ({info['torch_threads']} torch threads)"
+            + (f", GPU {info['gpu']}" if "gpu" in info else "")
+            + f"; torch {info['torch']}, torchvision {info['torchvision']}.")
+
+
 def markdown(report: dict) -> str:
-    info = report["machine"]
-    lines = [
-        f"Machine: {info['cpu']}, {info['cpu_cores']} cores ({info['torch_threads']} torch threads)"
-        + (f", GPU {info['gpu']}" if "gpu" in info else "")
-        + f"; torch {info['torch']}, torchvision {info['torchvision']}. Inputs {report['settings']['height']}x"
-        f"{report['settings']['width']}, median of {report['settings']['repeats']} after "
-        f"{report['settings']['warmup']} warm-up.",
-        "",
-        "| device | precision | metric | ours | torchvision | ours / torchvision |",
-        "|---|---|---|---:|---:|---:|",
-    ]
-    for row in report["results"]:
+    settings = report["settings"]
+    title = ((f"{ARCH_NAMES[report['arch']]}. " if "arch" in report else "") + _machine_line(report["machine"])
+             + f" Inputs {settings['height']}x{settings['width']}, median of {settings['repeats']} after "
+             f"{settings['warmup']} warm-up.")
+    return _ratio_table(title, ("precision", "precision"), report["results"])
+
+
+def mask_memory_markdown(report: dict) -> str:
+    """--mask-memory's table: a row per (images, metric), ours, torchvision's and the ratio."""
+    section = report["mask_memory"]
+    settings = section["settings"]
+    title = (f"Mask R-CNN at COCO scale: MaskRCNNFPN next to torchvision's maskrcnn_resnet50_fpn, training in fp32, "
+             f"{settings['positives']} positives per image in the mask-target step. " + _machine_line(report["machine"])
+             + f" Median of {settings['repeats']} after {settings['warmup']} warm-up. Peak memory: growth of the "
+             "resident set; peak tensor memory: the profiler's allocation events (CUDA: both max_memory_allocated).")
+    return _ratio_table(title, ("images (original -> resized)", "images"), section["results"])
+
+
+def _ratio_table(title: str, column: tuple, rows: List[dict]) -> str:
+    """`title`, then a Markdown table of result rows: device, the (header, row key) `column`, metric, ours,
+    torchvision's and the ratio."""
+    lines = [title, "", f"| device | {column[0]} | metric | ours | torchvision | ours / torchvision |",
+             "|---|---|---|---:|---:|---:|"]
+    for row in rows:
         ours, tv, ratio = (_fmt(row[k]) for k in ("ours", "torchvision", "ratio"))
-        lines.append(f"| {row['device']} | {row['precision']} | {row['metric']} ({row['unit']}, "
+        lines.append(f"| {row['device']} | {row[column[1]]} | {row['metric']} ({row['unit']}, "
                      f"{row['better']} is better) | {ours} | {tv} | {ratio} |")
     return "\n".join(lines)
+
+
+def print_mask_memory(report: dict) -> None:
+    """--mask-memory's report on stdout: its table, then how far apart the two models' mask targets are."""
+    print(mask_memory_markdown(report))
+    for check in report["mask_memory"]["targets"]:
+        print(f"{check['device']} {check['images']}: mask targets of {check['positives']} positives, ours within "
+              f"{check['target_max_abs_difference']:.1e} of torchvision's")
 
 
 def deploy_markdown(rows: List[dict], batch: int) -> str:

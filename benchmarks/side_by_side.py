@@ -1,9 +1,9 @@
 """Ours and torchvision's side by side at one (device, precision): inference and a training step, time and memory.
 
 Measured: inference latency at batch 1, throughput at batch `throughput_batch`, one training step (forward +
-backward + SGD step) at batch `train_batch` with a few boxes per image, and the peak memory of inference and of
-the step. Each figure is the median of `repeats` runs after `warmup` runs, ours and torchvision's interleaved
-(benchmarks/measure.py says how peak memory is taken).
+backward + SGD step) at batch `train_batch` with a few boxes per image (Mask R-CNN: each with its mask at the
+image's size), and the peak memory of inference and of the step. Each figure is the median of `repeats` runs after
+`warmup` runs, ours and torchvision's interleaved (benchmarks/measure.py says how peak memory is taken).
 """
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ def train_step_fn(model, images, targets, autocast):
     return step
 
 
-def bench_stage(ours, tv, device, precision, settings):
-    """All measurements of one (device, precision): result rows and the detection counts."""
+def bench_stage(ours, tv, device, precision, settings, masks: bool = False):
+    """All measurements of one (device, precision): result rows and the detection counts. masks: the training
+    targets hold instance masks (Mask R-CNN)."""
     bf16 = precision == "bf16"
     for model, formats in zip((ours, tv), memory_formats(ours, device, precision)):
         model.to(device=device, memory_format=formats).eval()
@@ -50,7 +51,7 @@ def bench_stage(ours, tv, device, precision, settings):
 
     one, _ = make_batch(settings, 1, device)
     many, _ = make_batch(settings, settings.throughput_batch, device, offset=1)
-    train_images, targets = make_batch(settings, settings.train_batch, device, offset=2)
+    train_images, targets = make_batch(settings, settings.train_batch, device, offset=2, masks=masks)
     w, r = settings.warmup, settings.repeats
     latency, mem_infer = measure_pair(infer(ours, one, "ours"), infer(tv, one, "torchvision"), device, w, r)
     batch_time, _ = measure_pair(infer(ours, many), infer(tv, many), device, w, r)
@@ -71,10 +72,11 @@ def bench_stage(ours, tv, device, precision, settings):
         ("peak memory, inference batch 1", "MiB", "lower", mem_infer),
         (f"peak memory, training step batch {settings.train_batch}", "MiB", "lower", mem_train),
     ]
-    return [_row(device, precision, *row) for row in rows], counts
+    return [result_row(device, precision, *row) for row in rows], counts
 
 
-def _row(device, precision, metric, unit, better, values):
+def result_row(device, precision, metric, unit, better, values) -> dict:
+    """One row of a results table: (ours, torchvision's) `values` and their ratio (None where one is missing)."""
     ours, tv = values
     ratio = ours / tv if ours is not None and tv not in (None, 0) else None
     return {"device": device.type, "precision": precision, "metric": metric, "unit": unit, "better": better,

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 
@@ -76,6 +78,69 @@ def test_quick_benchmark_writes_complete_json(tmp_path):
     printed = [line for line in done.stdout.splitlines() if line.startswith("| cpu | ") and "/" not in line[:8]]
     assert all(any(line.startswith(f"| cpu | {name} |") for line in printed) for name in names)
 
+
+def run_quick(tmp_path, *flags):
+    """`scripts/benchmark.py --quick --device cpu *flags`: (its JSON report, its stdout)."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--device", "cpu", *flags, "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text(encoding="utf-8")), done.stdout
+
+
+def check_ratio_row(row):
+    for key in ("ours", "torchvision", "ratio"):
+        assert isinstance(row[key], (int, float)) and math.isfinite(row[key]), (row["metric"], key, row[key])
+    assert math.isclose(row["ratio"], row["ours"] / row["torchvision"], rel_tol=1e-9)
+    assert row["ours"] > 0 and row["torchvision"] > 0
+
+
+def test_quick_mask_rcnn_benchmark_has_the_same_rows(tmp_path):
+    """--arch mask_rcnn: MaskRCNNFPN and maskrcnn_resnet50_fpn, training targets with masks, the same table (at
+    160x224: the rows' code is the Faster R-CNN test's, and this keeps the file's time down)."""
+    report, stdout = run_quick(tmp_path, "--arch", "mask_rcnn", "--size", "160x224")
+    assert set(report) == {"machine", "settings", "results", "detections", "memory_formats", "arch"}
+    assert report["arch"] == "mask_rcnn"
+    assert [(r["metric"], r["unit"], r["better"]) for r in report["results"]] == METRICS
+    for row in report["results"]:
+        check_ratio_row(row)
+    assert report["detections"] == [{"device": "cpu", "precision": "fp32", "ours": 100, "torchvision": 100}]
+    assert stdout.startswith("MaskRCNNFPN next to torchvision's maskrcnn_resnet50_fpn. Machine: ")
+    assert len([line for line in stdout.splitlines() if line.startswith("| cpu | fp32 |")]) == len(METRICS)
+
+
+MASK_MEMORY_METRICS = [
+    ("training step, batch 2", "ms"),
+    ("peak memory, training step batch 2", "MiB"),
+    ("peak tensor memory, training step batch 2", "MiB"),
+    ("mask targets, batch 2", "ms"),
+    ("peak tensor memory, mask targets batch 2", "MiB"),
+]
+
+
+def test_quick_mask_memory_writes_its_section(tmp_path):
+    """--mask-memory: its own run; rows per original size, and the two models' mask targets agree."""
+    report, stdout = run_quick(tmp_path, "--mask-memory")
+    assert set(report) == {"machine", "mask_memory"}
+    section = report["mask_memory"]
+    assert set(section) == {"settings", "results", "targets"}
+    assert section["settings"]["originals"] == [[96, 128]] and section["settings"]["instances"] == 10
+    rows = section["results"]
+    assert [(r["metric"], r["unit"]) for r in rows] == MASK_MEMORY_METRICS
+    for row in rows:
+        assert row["images"] == "96x128 -> 160x213, 10 instances" and row["device"] == "cpu"
+        check_ratio_row(row)
+    [check] = section["targets"]
+    assert check["positives"] == 2 * 32 and check["target_max_abs_difference"] < 1e-5
+    assert len([line for line in stdout.splitlines() if line.startswith("| cpu | 96x128 -> 160x213")]) == 5
+
+
+def test_mask_memory_refuses_the_flags_it_does_not_use(capsys):
+    from benchmarks.detector import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--mask-memory", "--amp", "--deploy"])
+    assert exit_info.value.code == 2 and "drop --amp, --deploy" in capsys.readouterr().err
 
 
 def check_missing_torchvision_is_reported(script: Path) -> None:
