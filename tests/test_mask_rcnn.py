@@ -153,3 +153,23 @@ def test_predict_keeps_each_detections_mask_with_its_box():
         assert some["masks"].shape[0] == some["boxes"].shape[0] == count
         assert torch.equal(some["masks"], all_of_them["masks"][:count])
     assert 0 < kept[0]["boxes"].shape[0] < everything[0]["boxes"].shape[0]
+
+
+def test_bf16_autocast_trains_and_detects_with_float32_mask_targets():
+    """Under bf16 autocast the mask targets stay float32 (their products would otherwise run in bf16) and the mask
+    loss is within bf16's rounding of the float32 one."""
+    images, targets = data()
+    losses = []
+    for autocast in (False, True):
+        torch.manual_seed(0)
+        model = MaskRCNNFPN(3, tiny_config())
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            losses.append(model(images, targets))
+    assert all(value.dtype == torch.float32 and torch.isfinite(value) for value in losses[1].values())
+    assert abs(losses[1]["loss_mask"].item() - losses[0]["loss_mask"].item()) < 0.05 * losses[0]["loss_mask"].item()
+    sum(losses[1].values()).backward()
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images)
+    assert all(d["masks"].dtype == torch.float32 and torch.isfinite(d["masks"]).all() for d in out)

@@ -114,10 +114,11 @@ class MaskBranch(nn.Module):
         boxes = [roi[keep] for roi, keep in zip(rois, positive)]
         logits = self(features, boxes)  # (P, K, M, M)
         resolution = logits.shape[-1]
-        mask_target = torch.cat([
-            mask_targets(target["masks"], size, box.detach(), match[keep], resolution)
-            for target, size, box, match, keep in zip(targets, image_sizes, boxes, matched, positive)
-        ])  # (P, M, M)
+        with torch.autocast(logits.device.type, enabled=False):  # the targets in float32 under bf16 / fp16 training
+            mask_target = torch.cat([
+                mask_targets(target["masks"], size, box.detach().float(), match[keep], resolution)
+                for target, size, box, match, keep in zip(targets, image_sizes, boxes, matched, positive)
+            ])  # (P, M, M)
         if mask_target.numel() == 0:
             return logits.sum() * 0
         label = torch.cat([label[keep] for label, keep in zip(labels, positive)])  # (P,)
