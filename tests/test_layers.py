@@ -55,6 +55,8 @@ FLOORS: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
         "fpn.tools",
         "fpn.predict",        # `python -m fpn.predict`, a door to fpn.tools.predict
         "fpn.export",         # `python -m fpn.export`, a door to fpn.tools.export
+        "fpn.data.convert",   # `python -m fpn.data.convert`, a door to fpn.tools.convert_data
+        "fpn.data.report",    # `python -m fpn.data.report`, a door to fpn.tools.data_report
     )),
 )
 
