@@ -31,10 +31,13 @@ setup(
         # The ONNX export tests run in CI, so `test` holds the `export` extra's packages too (written out: the
         # extras are literals, which tests/test_model_defaults.py reads).
         "test": ["pytest>=9.2", "torchvision>=0.29", "matplotlib>=3.11", "onnx>=1.23", "onnxscript>=0.7",
-                 "onnxruntime>=1.32"],
+                 "onnxruntime>=1.32", "tensorboard>=2.21"],
         "viz": ["matplotlib>=3.11"],
         # `python -m fpn.export --output model.onnx`: torch.onnx's exporter (onnx, onnxscript) and the runtime that
         # checks the written model against the eager one (onnxruntime).
         "export": ["onnx>=1.23", "onnxscript>=0.7", "onnxruntime>=1.32"],
+        # `--tensorboard`: the training scalars and pictures as TensorBoard event files (torch.utils.tensorboard
+        # writes them with this package).
+        "tensorboard": ["tensorboard>=2.21"],
     },
 )
