@@ -13,6 +13,8 @@ A checkpoint file `checkpoint_0001234.pt` (the number is the iterations complete
     label_to_category                     {label: COCO category id}
     class_names                           {label: name}
     args                                  the training arguments, as a dict of plain values
+    best                                  the best evaluation so far, fpn.engine.best.BestMetric.state_dict()
+                                          (absent in older files); in best.pt: {metric, value, iter, path}
 
 Everything is a tensor, dict, list, number, string, bool or None, so `torch.load(path, weights_only=True)` reads
 it. A file is written to a temporary name in the same directory, flushed to disk, then renamed over the final
@@ -193,6 +195,7 @@ def save_checkpoint(
     class_names: Dict[int, str],
     args: Optional[Dict[str, Any]] = None,
     rng_per_rank: Optional[List[Dict[str, Any]]] = None,
+    best: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Write a training checkpoint atomically (see the module docstring for its contents).
 
@@ -205,6 +208,7 @@ def save_checkpoint(
         class_names: {contiguous label: name}.
         args: training arguments (dict); values are stored as plain types.
         rng_per_rank: every process's `capture_rng_state()`, index = rank (None: this process's only).
+        best: the best-evaluation record to store as `best` (plain values; None: not stored).
     Returns:
         Path of the written file.
     """
@@ -225,6 +229,8 @@ def save_checkpoint(
         # the parts passed in by their author (FasterRCNNFPN(..., box_head=MyHead())): the config cannot rebuild them
         "given_modules": list(getattr(model, "given_modules", ())),
     }
+    if best is not None:
+        payload["best"] = to_plain(dict(best))
     atomic_save(payload, path)
     return Path(path)
 

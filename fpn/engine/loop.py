@@ -110,10 +110,15 @@ def train_step(
 
 
 class MetricsLog:
-    """Appends JSON lines to `metrics.jsonl` on rank 0 (a no-op on the other ranks and when path is None)."""
+    """Appends JSON lines to `metrics.jsonl` on rank 0 (a no-op on the other ranks and when path is None).
 
-    def __init__(self, path: Optional[Union[str, Path]]):
+    `board`: anything with `add_record(record)` (fpn.engine.tensorboard.TrainingBoard) that gets every record
+    written too, so the event files hold the same numbers as the file.
+    """
+
+    def __init__(self, path: Optional[Union[str, Path]], board=None):
         self.path = Path(path) if path is not None and distributed.is_main_process() else None
+        self.board = board if distributed.is_main_process() else None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -121,6 +126,8 @@ class MetricsLog:
         if self.path is not None:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
+        if self.board is not None:
+            self.board.add_record(record)
 
     def drop_after(self, iteration: int) -> int:
         """Remove the lines of iterations after `iteration` (and any line cut short by a crash); returns how many.
@@ -161,6 +168,7 @@ def train_iterations(
     metrics: Optional[MetricsLog] = None,
     progress=None,
     watch: Optional[FiniteWatch] = None,
+    postfix: Optional[Dict[str, str]] = None,
 ) -> int:
     """Train from `start_iter` completed iterations up to `end_iter`; the scheduler steps once per iteration.
 
@@ -176,6 +184,7 @@ def train_iterations(
         progress: a tqdm-like bar (update(n), set_postfix(dict)) or None.
         watch: NaN/inf check of gradients and parameters (see `train_step`); the last step's flags are read
             before returning, so whatever the caller saves next is finite.
+        postfix: more values shown after the loss and LR on the progress bar (e.g. the last `val_loss`).
     Returns:
         int, `end_iter`.
     Raises:
@@ -202,7 +211,8 @@ def train_iterations(
             window.setdefault(key, []).append(value)
         if progress is not None:
             progress.update(1)
-            progress.set_postfix({"loss": f"{losses['loss']:.3f}", "lr": f"{lr:.2e}"}, refresh=False)
+            progress.set_postfix({"loss": f"{losses['loss']:.3f}", "lr": f"{lr:.2e}", **(postfix or {})},
+                                 refresh=False)
         done = iteration + 1
         if metrics is not None and (done % log_every == 0 or done == end_iter):
             record = {"iter": done, "lr": lr}

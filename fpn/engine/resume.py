@@ -26,7 +26,7 @@ from fpn.engine.rng_state import restore_rng_state
 OPERATIONAL = frozenset({
     "resume", "debug", "output_dir", "init_from", "backbone_weights", "model_config", "threads", "workers",
     "device", "log_every", "skip_bad_images", "keep_checkpoints", "dist_timeout_min", "synthetic_dir",
-    "check_images",
+    "check_images", "tensorboard",
 })
 
 

@@ -31,16 +31,17 @@ from fpn.engine import distributed
 from fpn.engine.checkpoint import (
     checkpoint_path, load_pretrained_weights, prepare_output_dir, prune_checkpoints, save_checkpoint, to_plain,
 )
-from fpn.engine.evaluation import evaluate_coco, format_metrics
+from fpn.engine.best import BestMetric, check_best_metric
 from fpn.engine.interrupts import interrupts_deferred, sigterm_as_interrupt
 from fpn.engine.loop import MetricsLog, autocast_factory, build_grad_scaler, train_iterations
 from fpn.engine.nonfinite import FiniteWatch, NonFiniteError
 from fpn.engine.plots import plot_metrics
 from fpn.engine.presets import TrainingPreset, synthetic_recipe
-from fpn.engine.proposal_eval import evaluate_proposals, format_recall
 from fpn.engine.resume import apply_changed_arguments, check_resumable, find_resume_checkpoint, restore_training_state
 from fpn.engine.rng_state import capture_rng_state
+from fpn.engine.run_evaluation import RunEvaluation, evaluation_keys, loss_dataset, on_main_or_raise
 from fpn.engine.schedule import build_lr_scheduler, build_optimizer, scaled_lr
+from fpn.engine.tensorboard import open_board, require_tensorboard
 from fpn.engine.training_data import DataSource, build_datasets, check_data_paths, dataset_paths, training_loader
 from fpn.errors import InputError, TrainingInterrupted, TrainingStopped, describe_os_error
 from fpn.deploy.visualize import save_detection_picture
@@ -151,6 +152,8 @@ class Trainer:
         self.started = False  # True once the checks are done and work (data generation, training) begins
         # (path, checkpoint, passed-over lines) found for --resume before any work
         self.resume_from: Tuple[Optional[Path], Optional[dict], List[str]] = (None, None, [])
+        # the best evaluation so far (best.pt) and the early-stop count; in every checkpoint
+        self.best = BestMetric(job.preset.best_metric, job.preset.early_stop)
 
     def close_progress(self) -> None:
         if self.bar is not None and not self.bar.disable:
@@ -184,6 +187,11 @@ class Trainer:
             build_backbone(config.backbone)
         config.backbone.weights = None
         probe = job.build(2, config)  # a bad config value (e.g. --backbone.depth 19) fails here
+        check_best_metric(self.preset.best_metric, evaluation_keys(self.preset.model, is_rpn_only(probe)))
+        if self.preset.early_stop < 0:
+            raise InputError(f"--early-stop must be >= 0 (0: off), got {self.preset.early_stop}")
+        if self.preset.tensorboard:
+            require_tensorboard()
         if job.init_from:
             load_pretrained_weights(probe, job.init_from)  # only the class-specific layers may differ
         if job.resume:
@@ -215,45 +223,54 @@ class Trainer:
         batches = iter(training_loader(train_set, batch_size=preset.batch_size, workers=preset.workers,
                                        seed=job.seed, start_iter=self.iteration))
         autocast = autocast_factory(device, preset.amp)
-        metrics = MetricsLog(self.output_dir / "metrics.jsonl")
+        board = open_board(preset.tensorboard, self.output_dir, self.iteration, distributed.is_main_process())
+        metrics = MetricsLog(self.output_dir / "metrics.jsonl", board=board)
         metrics.drop_after(self.iteration)  # a resumed run redoes the iterations after its checkpoint: log them once
         watch = FiniteWatch(model, check_gradients=preset.amp != "fp16")  # fp16: the grad scaler skips inf steps
         self.bar = tqdm(total=preset.iters, initial=self.iteration, desc="train", dynamic_ncols=True,
                         disable=not distributed.is_main_process())
-
-        def evaluate(iteration: int, prefix: str) -> dict:
-            # an RPN alone (paper Table 1) is scored by the recall of its proposals, a detector by box (and mask) AP
-            if is_rpn_only(model):
-                run, what, table = evaluate_proposals, "proposal recall", format_recall
-            else:
-                masks = isinstance(preset.model, MaskRCNNConfig)
-                run, what, table = evaluate_coco, f"COCO box{' and mask' if masks else ''} evaluation", format_metrics
-            result = run(model, val_set, device=device, output_dir=self.output_dir, prefix=prefix,
-                         batch_size=preset.eval_batch_size, num_workers=preset.workers, autocast=autocast)
-            metrics.write({"iter": iteration, **result})
-            distributed.log(f"\n{what} at iteration {iteration} ({len(val_set)} images):\n" + table(result))
-            return result
-
+        evaluate = RunEvaluation(
+            model=model, val_set=val_set, loss_set=loss_dataset(val_set, isinstance(preset.model, MaskRCNNConfig)),
+            train_set=train_set, output_dir=self.output_dir, device=device, batch_size=preset.eval_batch_size,
+            workers=preset.workers, autocast=autocast, metrics=metrics, best=self.best, args=job.record(),
+            board=board)
+        postfix, final = {}, {}
+        # An evaluation comes before the checkpoint of the same iteration, so that the checkpoint holds its
+        # best-so-far and early-stop count: a run resumed from it continues the same decisions.
         for end in block_ends(self.iteration, preset.iters, (preset.checkpoint_every, preset.eval_every)):
             self.iteration = train_iterations(
                 net, optimizer, scheduler, scaler, batches, start_iter=self.iteration, end_iter=end, device=device,
                 autocast=autocast, clip_grad_norm=preset.clip_grad_norm, log_every=preset.log_every,
-                metrics=metrics, progress=self.bar, watch=watch,
+                metrics=metrics, progress=self.bar, watch=watch, postfix=postfix,
             )
-            if end % preset.checkpoint_every == 0 or end == preset.iters:
+            last = end == preset.iters
+            evaluated = last or bool(preset.eval_every and end % preset.eval_every == 0)
+            if evaluated:
+                final = evaluate(end, "eval_final" if last else f"eval_{end:07d}")
+                postfix["val_loss"] = f"{final['val_loss']:.3f}" if "val_loss" in final else "-"
+            stop = evaluated and not last and self.best.exhausted
+            if end % preset.checkpoint_every == 0 or last or stop:
                 self.save(model, optimizer, scheduler, scaler, train_set)
-            if preset.eval_every and end % preset.eval_every == 0 and end != preset.iters:
-                evaluate(end, f"eval_{end:07d}")
+            if stop:
+                self.close_progress()
+                distributed.log(self.best.stop_line(end))
+                break
         self.close_progress()
-
-        final = evaluate(preset.iters, "eval_final")
         if distributed.is_main_process():
-            (self.output_dir / "final_metrics.json").write_text(json.dumps({"iter": preset.iters, **final},
-                                                                           indent=2))
-            if not is_rpn_only(model):  # proposals have no classes to draw
-                picture = save_detection_picture(model, val_set, self.output_dir / "detections.png", device=device)
-                distributed.log(f"detections on validation images: {picture}")
-            plot_curves(self.output_dir / "metrics.jsonl", self.output_dir)
+            self.write_final(model, val_set, final, evaluate.best_path, board)
+        distributed.log(self.best.summary(evaluate.best_path))
+
+    def write_final(self, model, val_set, final: dict, best_path: Path, board) -> None:
+        """final_metrics.json (the last evaluation and `best`), detections.png and the plots (rank 0)."""
+        record = {"iter": self.iteration, **final, "best": self.best.record(best_path)}
+        (self.output_dir / "final_metrics.json").write_text(json.dumps(record, indent=2))
+        if not is_rpn_only(model):  # proposals have no classes to draw
+            picture = save_detection_picture(model, val_set, self.output_dir / "detections.png", device=self.device)
+            distributed.log(f"detections on validation images: {picture}")
+        paths = plot_curves(self.output_dir / "metrics.jsonl", self.output_dir)
+        if board is not None:
+            board.add_plots(paths, self.iteration)
+            board.close()
 
     def save(self, model, optimizer, scheduler, scaler, train_set) -> None:
         """Checkpoint after `self.iteration` (every rank's RNG states in it), then drop the oldest ones.
@@ -266,19 +283,15 @@ class Trainer:
         with interrupts_deferred():
             rng_per_rank = distributed.all_gather_objects(capture_rng_state())  # a collective: every rank calls it
             path = checkpoint_path(self.output_dir, self.iteration)
-            failure = None
-            if distributed.is_main_process():
-                try:
-                    save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                                    iteration=self.iteration, label_to_category=train_set.label_to_category,
-                                    class_names=train_set.class_names, rng_per_rank=rng_per_rank,
-                                    args=self.job.record())
-                    prune_checkpoints(self.output_dir, preset.keep_checkpoints, protect=(preset.iters,))
-                except OSError as error:
-                    failure = (error.errno, error.strerror or str(error), str(error.filename or path))
-            failure = distributed.broadcast_object(failure)  # also the barrier: every rank waits for the write
-            if failure is not None:
-                raise OSError(*failure)
+
+            def write() -> None:
+                save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                                iteration=self.iteration, label_to_category=train_set.label_to_category,
+                                class_names=train_set.class_names, rng_per_rank=rng_per_rank,
+                                args=self.job.record(), best=self.best.state_dict())
+                prune_checkpoints(self.output_dir, preset.keep_checkpoints, protect=(preset.iters,))
+
+            on_main_or_raise(write, path)  # also the barrier: every rank waits for the write
             self.last_saved, self.last_saved_iteration = path, self.iteration
 
     def build_model(self, train_set: CocoDetection):
@@ -319,6 +332,7 @@ class Trainer:
                                            scaler=scaler, rank=distributed.get_rank(),
                                            world_size=distributed.get_world_size())
             self.iteration = self.last_saved_iteration = int(checkpoint["iteration"])
+            self.best.load_state_dict(checkpoint.get("best") or {})
             self.last_saved = path
             distributed.log(f"resumed from {path} at iteration {self.iteration}")
             for note in notes:
@@ -333,12 +347,14 @@ class Trainer:
         return model, optimizer, scheduler, scaler
 
 
-def plot_curves(metrics_file: Path, output_dir: Path) -> None:
-    """losses.png, lr.png and ap.png beside metrics.jsonl; without matplotlib (the `viz` extra), one line says so."""
+def plot_curves(metrics_file: Path, output_dir: Path) -> List[Path]:
+    """losses.png, lr.png and ap.png beside metrics.jsonl, their paths; without matplotlib (the `viz` extra), one
+    line says so and none is written."""
     try:
         paths = plot_metrics(metrics_file, output_dir)
     except ImportError:
         distributed.log('plots skipped (losses.png, lr.png, ap.png): matplotlib is not installed; pip install -e '
                         '".[viz]", then python scripts/plot_metrics.py ' + str(metrics_file))
-        return
+        return []
     distributed.log("plots: " + ", ".join(str(p) for p in paths))
+    return paths

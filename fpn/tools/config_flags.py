@@ -70,8 +70,9 @@ def add_preset_flags(parser: argparse.ArgumentParser, preset: TrainingPreset, *,
         if item.name != "model":
             flag, hint = _flag((item.name,)), hints[item.name]
             value = getattr(preset, item.name)
+            switch = {"nargs": "?", "const": True} if hint is bool else {}  # `--tensorboard` alone means true
             group.add_argument(flag, dest=item.name, type=_parser_for(hint, flag), default=argparse.SUPPRESS,
-                               metavar=_metavar(hint), help=_help(TrainingPreset, item.name, value))
+                               metavar=_metavar(hint), help=_help(TrainingPreset, item.name, value), **switch)
 
 
 def apply_preset_flags(preset: TrainingPreset, args: argparse.Namespace) -> TrainingPreset:
