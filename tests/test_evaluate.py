@@ -87,7 +87,7 @@ def test_detections_without_a_category_are_left_out_with_one_warning(val_set, tm
                         f"known labels: {sorted(val_set.label_to_category)})"]
     results = json.loads((tmp_path / "eval_results.json").read_text())
     assert len(results) == n and {r["category_id"] for r in results} == {val_set.label_to_category[1]}
-    assert set(metrics) == set(METRIC_NAMES)
+    assert list(metrics) == [*METRIC_NAMES, "per_class"]
 
 
 def test_coco_scale_maps_model_pixels_to_original_pixels():
@@ -176,7 +176,12 @@ def test_evaluate_coco_with_oracle_model_scores_one_and_writes_files(val_set, tm
 
 def test_evaluate_coco_with_no_detections(val_set):
     metrics = evaluate_coco(_Oracle(val_set, blind=True), val_set, device=torch.device("cpu"))
+    per_class = metrics.pop("per_class")
     assert metrics == {name: 0.0 for name in METRIC_NAMES}
+    instances = Counter(val_set.class_names[int(label)] for i in range(len(val_set)) for label in val_set[i][1]["labels"])
+    assert per_class == {name: {"AP": 0.0 if instances[name] else None, "AP50": 0.0 if instances[name] else None,
+                                "AP75": 0.0 if instances[name] else None, "instances": instances[name]}
+                         for name in (val_set.class_names[k] for k in sorted(val_set.label_to_category))}
 
 
 def test_run_inference_reports_progress(val_set):

@@ -79,7 +79,7 @@ def test_evaluation_gives_the_training_final_ap(tmp_path, capsys):
 def test_evaluate_script_writes_results_and_metrics(val_set, checkpoint, tmp_path, capsys):
     assert _run([str(checkpoint), *_data_flags(val_set)], tmp_path) == 0
     metrics = json.loads((tmp_path / "out" / "evaluate_metrics.json").read_text())
-    assert set(metrics) == set(METRIC_NAMES)
+    assert list(metrics) == [*METRIC_NAMES, "per_class"]
     results = json.loads((tmp_path / "out" / "evaluate_results.json").read_text())
     assert all(r["category_id"] in val_set.label_to_category.values() for r in results)
     out = capsys.readouterr().out
@@ -282,7 +282,7 @@ def test_skip_bad_images_evaluates_the_others_and_counts_the_bad(set_with_a_corr
         assert _run([str(checkpoint), *_data_flags(dataset), "--skip-bad-images"], tmp_path) == 0
     assert "(2 images, 1 unreadable left out)" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "out" / "evaluate_metrics.json").read_text())
-    assert set(metrics) == set(METRIC_NAMES)
+    assert list(metrics) == [*METRIC_NAMES, "per_class"]
     results = json.loads((tmp_path / "out" / "evaluate_results.json").read_text())
     bad_id = next(i["id"] for i in dataset.coco.dataset["images"] if i["file_name"] == bad.name)
     assert results and bad_id not in {r["image_id"] for r in results}
@@ -300,8 +300,10 @@ def mask_checkpoint(val_set, tmp_path_factory):
 def test_a_mask_rcnn_checkpoint_gets_box_and_mask_ap(val_set, mask_checkpoint, tmp_path, capsys):
     assert _run([str(mask_checkpoint), *_data_flags(val_set)], tmp_path) == 0
     metrics = json.loads((tmp_path / "out" / "evaluate_metrics.json").read_text())
-    assert list(metrics) == [*METRIC_NAMES, *MASK_METRIC_NAMES]
-    assert format_metrics(metrics) in capsys.readouterr().out  # two rows: box, mask
+    assert list(metrics) == [*METRIC_NAMES, *MASK_METRIC_NAMES, "per_class"]
+    assert all(set(entry) == {"AP", "AP50", "AP75", "instances", "mask_AP", "mask_AP50"}
+               for entry in metrics["per_class"].values())
+    assert format_metrics(metrics) in capsys.readouterr().out  # two rows: box, mask; the per-class table
     results = json.loads((tmp_path / "out" / "evaluate_results.json").read_text())
     assert results and all(set(r["segmentation"]) == {"size", "counts"} for r in results)
 
@@ -318,7 +320,7 @@ def test_a_box_only_annotation_file_gives_box_ap_after_one_warning_line(val_set,
     assert [line for line in captured.err.splitlines() if "warning" in line] == [
         f"evaluate.py: warning: {boxes}: annotation id 1 has no segmentation ({count} of the {count} annotations of "
         "the 3 images evaluated lack a usable one): the masks cannot be scored, box AP only"]
-    assert list(json.loads((tmp_path / "out" / "evaluate_metrics.json").read_text())) == list(METRIC_NAMES)
+    assert list(json.loads((tmp_path / "out" / "evaluate_metrics.json").read_text())) == [*METRIC_NAMES, "per_class"]
     assert "| mask |" not in captured.out and "|    AP |" in captured.out
 
 

@@ -55,7 +55,8 @@ def test_ground_truth_masks_score_one_and_the_results_hold_them(sets, tmp_path):
     val, with_masks = sets
     metrics = evaluate_coco(_Oracle(with_masks, lambda m: m * 0.9), val, device=CPU, output_dir=tmp_path,
                             batch_size=3)
-    assert list(metrics) == [*METRIC_NAMES, *MASK_METRIC_NAMES]
+    assert list(metrics) == [*METRIC_NAMES, *MASK_METRIC_NAMES, "per_class"]
+    assert all(entry["mask_AP"] == entry["AP"] == pytest.approx(1.0) for entry in metrics["per_class"].values())
     assert metrics["AP"] == metrics["mask_AP"] == pytest.approx(1.0)
     assert metrics["AP75"] == metrics["mask_AP75"] == pytest.approx(1.0)
     results = json.loads((tmp_path / "eval_results.json").read_text())
@@ -72,6 +73,7 @@ def test_ground_truth_masks_score_one_and_the_results_hold_them(sets, tmp_path):
 def test_degraded_masks_lower_the_mask_ap_and_leave_the_box_ap(sets):
     val, with_masks = sets
     boxes_only = evaluate_coco(_Oracle(with_masks, masks=None), val, device=CPU, batch_size=2)
+    assert list(boxes_only.pop("per_class")) == [val.class_names[k] for k in sorted(val.label_to_category)]
     assert list(boxes_only) == list(METRIC_NAMES)
 
     def every_other_column(m):
@@ -81,6 +83,7 @@ def test_degraded_masks_lower_the_mask_ap_and_leave_the_box_ap(sets):
 
     degraded = evaluate_coco(_Oracle(with_masks, every_other_column), val, device=CPU, batch_size=2)
     assert {name: degraded[name] for name in METRIC_NAMES} == boxes_only
+    assert all(entry["mask_AP"] < 0.2 for entry in degraded["per_class"].values() if entry["instances"])
     assert degraded["mask_AP"] < 0.2 and degraded["mask_AP75"] == 0.0
     below = evaluate_coco(_Oracle(with_masks, lambda m: m * 0.5), val, device=CPU)  # 0.5 is not above 0.5
     assert below["mask_AP"] == 0.0 and below["AP"] == pytest.approx(1.0)
@@ -88,8 +91,9 @@ def test_degraded_masks_lower_the_mask_ap_and_leave_the_box_ap(sets):
 
 def test_a_mask_model_detecting_nothing_has_mask_keys(sets):
     val, with_masks = sets
-    assert evaluate_coco(_Oracle(with_masks, count=0), val, device=CPU) == \
-        {name: 0.0 for name in (*METRIC_NAMES, *MASK_METRIC_NAMES)}
+    metrics = evaluate_coco(_Oracle(with_masks, count=0), val, device=CPU)
+    assert all(entry["mask_AP"] in (0.0, None) for entry in metrics.pop("per_class").values())
+    assert metrics == {name: 0.0 for name in (*METRIC_NAMES, *MASK_METRIC_NAMES)}
 
 
 def test_mask_rcnn_boxes_score_as_they_would_alone(sets, tmp_path):
@@ -107,7 +111,10 @@ def test_mask_rcnn_boxes_score_as_they_would_alone(sets, tmp_path):
 
     with_masks = evaluate_coco(model, val, device=CPU, batch_size=2, output_dir=tmp_path, prefix="masks")
     alone = evaluate_coco(BoxesOnly(), val, device=CPU, batch_size=2, output_dir=tmp_path, prefix="alone")
-    assert {name: with_masks[name] for name in METRIC_NAMES} == alone and set(MASK_METRIC_NAMES) <= set(with_masks)
+    assert {name: with_masks[name] for name in METRIC_NAMES} == {name: alone[name] for name in METRIC_NAMES}
+    assert set(MASK_METRIC_NAMES) <= set(with_masks)
+    assert {name: {k: entry[k] for k in ("AP", "AP50", "AP75", "instances")}
+            for name, entry in with_masks["per_class"].items()} == alone["per_class"]
     records = [json.loads((tmp_path / f"{prefix}_results.json").read_text()) for prefix in ("masks", "alone")]
     assert len(records[0]) > 0 and all("counts" in r["segmentation"] for r in records[0])
     assert [{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in records[0]] == \
@@ -159,7 +166,7 @@ def test_a_file_without_segmentations_gives_box_ap_and_one_warning(sets, tmp_pat
         warnings.simplefilter("always")
         metrics = evaluate_coco(_Oracle(with_masks), boxes, device=CPU, output_dir=tmp_path)
     assert [str(w.message) for w in caught] == [f"no mask AP: {boxes_file}: {reason}"]
-    assert list(metrics) == list(METRIC_NAMES) and metrics["AP"] == pytest.approx(1.0)
+    assert list(metrics) == [*METRIC_NAMES, "per_class"] and metrics["AP"] == pytest.approx(1.0)
     assert all("segmentation" in r for r in json.loads((tmp_path / "eval_results.json").read_text()))
     assert segmentation_problem_in(val.coco, val.image_ids) is None
 

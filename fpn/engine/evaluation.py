@@ -32,6 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from fpn.engine import distributed
 from fpn.engine.mask_eval import detection_rles, segm_ground_truth, segm_results, segmentation_problem_in
+from fpn.engine.eval_plots import write_evaluation_plots
+from fpn.engine.per_class import PrecisionTable, empty_table, format_per_class, per_class_metrics, precision_table
 from fpn.errors import InputError
 from fpn.data.coco import collate
 from fpn.data.samplers import InferenceSampler
@@ -199,7 +201,13 @@ def flatten_results(per_image: Mapping[int, List[dict]]) -> List[dict]:
 
 def coco_evaluate(coco_gt: COCO, results: List[dict], image_ids: Optional[Sequence[int]] = None,
                   iou_type: str = "bbox") -> Dict[str, float]:
-    """COCO box AP (or mask AP) of `results` against `coco_gt`.
+    """COCO box AP (or mask AP) of `results` against `coco_gt`: `coco_evaluation`'s summary alone."""
+    return coco_evaluation(coco_gt, results, image_ids, iou_type)[0]
+
+
+def coco_evaluation(coco_gt: COCO, results: List[dict], image_ids: Optional[Sequence[int]] = None,
+                    iou_type: str = "bbox") -> Tuple[Dict[str, float], PrecisionTable]:
+    """COCO box AP (or mask AP) of `results` against `coco_gt`, and the per-class curves of the same COCOeval run.
 
     Args:
         coco_gt: the ground-truth COCO object.
@@ -208,8 +216,9 @@ def coco_evaluate(coco_gt: COCO, results: List[dict], image_ids: Optional[Sequen
         iou_type: "bbox" scores the records' `bbox`; "segm" their `segmentation`, against the ground truth's (every
             annotation of those images needs one: `fpn.engine.mask_eval.segmentation_problem_in` says which lack).
     Returns:
-        {AP, AP50, AP75, APs, APm, APl} (`METRIC_NAMES`; "segm": `MASK_METRIC_NAMES`, mask_AP, ...): floats in
-        [0, 1]; -1.0 where COCOeval has no ground truth (e.g. no small objects in the set).
+        ({AP, AP50, AP75, APs, APm, APl} (`METRIC_NAMES`; "segm": `MASK_METRIC_NAMES`, mask_AP, ...): floats in
+        [0, 1], -1.0 where COCOeval has no ground truth (e.g. no small objects in the set); the precision-recall
+        curves of every category (`fpn.engine.per_class.PrecisionTable`)).
     """
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
@@ -217,7 +226,7 @@ def coco_evaluate(coco_gt: COCO, results: List[dict], image_ids: Optional[Sequen
     image_ids = sorted(int(i) for i in (image_ids if image_ids is not None else coco_gt.getImgIds()))
     if not results:
         # COCO.loadRes cannot load an empty list; nothing detected scores 0 wherever there is ground truth.
-        return {name: 0.0 for name in names}
+        return {name: 0.0 for name in names}, empty_table(coco_gt, image_ids)
     if iou_type == "segm":
         coco_gt, results = segm_ground_truth(coco_gt, image_ids), segm_results(results)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
@@ -227,15 +236,21 @@ def coco_evaluate(coco_gt: COCO, results: List[dict], image_ids: Optional[Sequen
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: float(value) for name, value in zip(names, np.asarray(evaluator.stats[:6]))}
+    summary = {name: float(value) for name, value in zip(names, np.asarray(evaluator.stats[:6]))}
+    return summary, precision_table(evaluator)
 
 
-def format_metrics(metrics: Mapping[str, float]) -> str:
+def format_metrics(metrics: Mapping[str, object]) -> str:
     """A Markdown table of the six COCO box metrics (fractions, 3 decimals; '-' where undefined); with mask
-    metrics (`MASK_METRIC_NAMES`), two rows: box and mask."""
+    metrics (`MASK_METRIC_NAMES`), two rows: box and mask. With a `per_class` entry, its table follows, after a
+    blank line (`fpn.engine.per_class.format_per_class`)."""
     if not any(name in metrics for name in MASK_METRIC_NAMES):
-        return format_table(metrics, METRIC_NAMES)
-    return format_table(metrics, METRIC_NAMES, rows={"box": "", "mask": "mask_"})
+        table = format_table(metrics, METRIC_NAMES)
+    else:
+        table = format_table(metrics, METRIC_NAMES, rows={"box": "", "mask": "mask_"})
+    if metrics.get("per_class"):
+        table += "\n\nper class:\n" + format_per_class(metrics["per_class"])
+    return table
 
 
 def format_table(metrics: Mapping[str, float], names: Sequence[str],
@@ -283,8 +298,9 @@ def evaluate_coco(
     prefix: str = "eval",
     label_to_category: Optional[Mapping[int, int]] = None,
     mask_ap: bool = True,
+    curves: bool = False,
     **inference_kwargs,
-) -> Optional[Dict[str, float]]:
+) -> Optional[Dict[str, object]]:
     """Run `inference_records` then `coco_evaluate` (box AP; mask AP too when the model returns masks); on rank 0 also
     write the results and metrics JSON files.
 
@@ -298,10 +314,15 @@ def evaluate_coco(
         mask_ap: score a model's masks when it returns some (False: box AP only; the results keep their
             `segmentation`). An annotation file whose segmentations cannot be scored gets box AP only, with one
             warning naming the first annotation lacking one.
+        curves: with `output_dir`, also write pr_curves.png, confusion.png and confusion.json there
+            (`fpn.engine.eval_plots`; without matplotlib confusion.json alone, after one line saying so).
         **inference_kwargs: batch_size, num_workers, autocast, progress of `inference_records`.
     Returns:
-        the metrics dict on every rank (rank 0 computes it and broadcasts it): `METRIC_NAMES`, and with mask AP
-        `MASK_METRIC_NAMES`.
+        the metrics dict on every rank (rank 0 computes it and broadcasts it): the floats `METRIC_NAMES`, with mask
+        AP `MASK_METRIC_NAMES`, then "per_class": {class name: {"AP", "AP50", "AP75", "instances"}, with mask AP also
+        "mask_AP", "mask_AP50"} in the category order, from the same COCOeval runs (`fpn.engine.per_class`); a
+        class without ground truth in the images evaluated has None (JSON null) for its APs. A reader wanting
+        numbers only skips the values that are not.
     """
     mapping = dataset.label_to_category if label_to_category is None else label_to_category
     answer = inference_records(model, dataset, mapping, device=device, **inference_kwargs)
@@ -310,22 +331,30 @@ def evaluate_coco(
         per_image, with_masks = answer
         warn_unevaluated(dataset, per_image)
         results, image_ids = flatten_results(per_image), sorted(per_image)
-        metrics = coco_evaluate(dataset.coco, results, image_ids)
+        metrics, table = coco_evaluation(dataset.coco, results, image_ids)
+        mask_table = None
         if with_masks and mask_ap:
-            metrics.update(mask_metrics(dataset, results, image_ids))
+            mask_summary, mask_table = mask_metrics(dataset, results, image_ids)
+            metrics.update(mask_summary)
+        names = {int(c): category["name"] for c, category in dataset.coco.cats.items()}
+        metrics["per_class"] = per_class_metrics(table, names, mask_table)
+        if curves and output_dir is not None:
+            write_evaluation_plots(output_dir, dataset.coco, per_image, table, names)
         write_json_files(output_dir, {f"{prefix}_results.json": results, f"{prefix}_metrics.json": metrics})
     return distributed.broadcast_object(metrics)
 
 
-def mask_metrics(dataset: Dataset, results: List[dict], image_ids: Sequence[int]) -> Dict[str, float]:
-    """The mask AP (`MASK_METRIC_NAMES`) of the records' `segmentation`s against the annotation file's; {} with one
-    warning when the file's segmentations cannot be scored (box AP only, rather than a pycocotools traceback)."""
+def mask_metrics(dataset: Dataset, results: List[dict],
+                 image_ids: Sequence[int]) -> Tuple[Dict[str, float], Optional[PrecisionTable]]:
+    """The mask AP (`MASK_METRIC_NAMES`) of the records' `segmentation`s against the annotation file's, and its
+    per-class curves; ({}, None) with one warning when the file's segmentations cannot be scored (box AP only,
+    rather than a pycocotools traceback)."""
     problem = segmentation_problem_in(dataset.coco, image_ids)
     if problem:
         warnings.warn(f"no mask AP: {getattr(dataset, 'annotations_file', 'the annotation file')}: {problem}",
                       stacklevel=3)
-        return {}
-    return coco_evaluate(dataset.coco, results, image_ids, iou_type="segm")
+        return {}, None
+    return coco_evaluation(dataset.coco, results, image_ids, iou_type="segm")
 
 
 def check_categories(
