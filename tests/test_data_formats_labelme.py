@@ -7,6 +7,7 @@ import json
 import pytest
 from PIL import Image
 
+from fpn.data.coco import CocoDetection
 from fpn.data.formats.labelme import read_labelme
 from fpn.errors import InputError
 
@@ -176,3 +177,24 @@ def test_folder_level_errors(tmp_path):
     with pytest.raises(InputError) as caught:
         read_labelme(root)
     assert str(caught.value) == f"{root / 'copy' / 'a.json'}: imagePath names a.jpg, which {root / 'a.json'} names too"
+
+
+def test_file_with_a_byte_order_mark(tmp_path):
+    _image(tmp_path / "a.jpg", 8, 6)
+    _labelme(tmp_path / "a.json", "a.jpg", 8, 6, [_shape("dog", [[1, 1], [3, 2]], "rectangle")])
+    (tmp_path / "a.json").write_bytes("\ufeff".encode("utf-8") + (tmp_path / "a.json").read_bytes())
+    assert read_labelme(tmp_path).coco["annotations"][0]["bbox"] == [1.0, 1.0, 2.0, 1.0]
+
+
+def test_dataset_reads_the_dict_with_masks(tmp_path):
+    """The dict goes through CocoDetection(masks=True): the two-part person is one mask covering both parts."""
+    data = read_labelme(_folder(tmp_path))
+    annotations_file = tmp_path / "instances.json"
+    annotations_file.write_text(json.dumps(data.coco))
+    dataset = CocoDetection(data.images_root, annotations_file, train=False, masks=True)
+    image, target = dataset[0]
+    assert image.shape == (3, 10, 20)
+    assert target["labels"].tolist() == [2, 1, 3, 1]
+    person = target["masks"][2]  # (H, W) uint8
+    assert (person[0, 11], person[6, 15], person[4, 12]) == (1, 1, 0)  # the triangle, the rectangle, between them
+    assert target["masks"][0][1:8, 2:12].all() and target["masks"][0].sum() == 70  # the 10 x 7 rectangle

@@ -1,9 +1,12 @@
 """fpn.data.formats.voc: a small Pascal VOC folder read into the exact COCO dict expected (1 taken off xmin/ymin,
 difficult -> crowd, sorted images and classes, classes.txt order), its splits, the image found by the xml's stem, and
 every malformed input as its one-line message naming the file."""
+import json
+
 import pytest
 from PIL import Image
 
+from fpn.data.coco import CocoDetection
 from fpn.data.formats.voc import read_voc
 from fpn.errors import InputError
 
@@ -186,3 +189,31 @@ def test_classes_txt_errors(tmp_path):
     with pytest.raises(InputError) as caught:
         read_voc(root)
     assert str(caught.value) == f"{classes}: no class names (one per line)"
+
+
+def test_text_files_with_a_byte_order_mark_and_not_utf8(tmp_path):
+    root = _two_images(tmp_path)
+    (root / "classes.txt").write_bytes("\ufeffperson\ndog\ncat\n".encode("utf-8"))
+    main = root / "ImageSets" / "Main"
+    main.mkdir(parents=True)
+    (main / "test.txt").write_bytes("\ufeffa\n".encode("utf-8"))
+    data = read_voc(root)
+    assert [c["name"] for c in data.coco["categories"]] == ["person", "dog", "cat"]
+    assert data.splits == {"test": [1]}
+    (main / "test.txt").write_bytes(b"a\n\xff\n")
+    with pytest.raises(InputError) as caught:
+        read_voc(root)
+    assert str(caught.value) == f"{main / 'test.txt'}: not UTF-8 text (invalid start byte at byte 2)"
+
+
+def test_dataset_reads_the_dict(tmp_path):
+    """The dict goes through CocoDetection as a COCO file does: the difficult object is a crowd region left out."""
+    data = read_voc(_two_images(tmp_path))
+    annotations_file = tmp_path / "instances.json"
+    annotations_file.write_text(json.dumps(data.coco))
+    dataset = CocoDetection(data.images_root, annotations_file, train=False)
+    assert dataset.num_crowd_annotations == 1
+    image, target = dataset[1]
+    assert image.shape == (3, 30, 40)
+    assert target["boxes"].tolist() == [[0.0, 1.0, 10.0, 20.0]]
+    assert target["labels"].tolist() == [2]

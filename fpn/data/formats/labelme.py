@@ -119,7 +119,7 @@ def parse_labelme_file(path: Path, root: Path) -> Optional[LabelmeImage]:
         InputError: see `read_labelme`.
     """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: skips a BOM
     except json.JSONDecodeError as err:
         raise InputError(f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg})") from err
     except UnicodeDecodeError as err:

@@ -39,7 +39,7 @@ from fpn.data.formats.common import CocoBuilder, LabelledData
 from fpn.errors import InputError
 
 SPLIT_NAMES = ("train", "val", "trainval", "test")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -161,8 +161,7 @@ def read_class_names(path: Path) -> List[str]:
         InputError: a name listed twice (naming file:line), or no name at all.
     """
     names: List[str] = []
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        name = line.strip()
+    for line_number, name in _stripped_lines(path):
         if name in names:
             raise InputError(f"{path}:{line_number}: '{name}' is listed twice")
         if name:
@@ -179,14 +178,22 @@ def read_split_file(path: Path, ids_by_stem: Dict[str, int]) -> List[int]:
         InputError: "<file>:<line>: image id '<id>' has no Annotations/<id>.xml".
     """
     ids: Dict[int, None] = {}  # an ordered set
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        stem = line.strip()
+    for line_number, stem in _stripped_lines(path):
         if not stem:
             continue
         if stem not in ids_by_stem:
             raise InputError(f"{path}:{line_number}: image id '{stem}' has no Annotations/{stem}.xml")
         ids[ids_by_stem[stem]] = None
     return list(ids)
+
+
+def _stripped_lines(path: Path) -> List[Tuple[int, str]]:
+    """(line number from 1, stripped text) of each line of a text file (UTF-8, a BOM skipped)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1)]
 
 
 def _image_names_by_stem(images_dir: Path) -> Dict[str, List[str]]:
