@@ -142,7 +142,8 @@ def _voc_object(obj: ET.Element, number: int, path: Path) -> VocObject:
     bndbox = obj.find("bndbox")
     if bndbox is None:
         raise InputError(f"{path}: object {number} ('{name}') has no <bndbox>")
-    xmin, ymin, xmax, ymax = (_coordinate(bndbox, key, f"object {number} ('{name}')", path) for key in ("xmin", "ymin", "xmax", "ymax"))
+    what = f"object {number} ('{name}')"
+    xmin, ymin, xmax, ymax = (_coordinate(bndbox, key, what, path) for key in ("xmin", "ymin", "xmax", "ymax"))
     if xmax < xmin or ymax < ymin:
         raise InputError(f"{path}: object {number} ('{name}') has an inverted <bndbox>: xmin {xmin:g}, "
                          f"ymin {ymin:g}, xmax {xmax:g}, ymax {ymax:g}")
