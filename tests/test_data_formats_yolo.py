@@ -198,6 +198,13 @@ def test_format_detection_and_the_undetectable_folder(tmp_path):
     (tmp_path / "voc/Annotations").mkdir(parents=True)
     (tmp_path / "voc/JPEGImages").mkdir()
     assert detect_format(tmp_path / "voc") == "voc"
+    write_text(tmp_path / "lm/sub/a.json", '{"shapes": [], "imagePath": "a.png", "imageWidth": 8, "imageHeight": 8}')
+    assert detect_format(tmp_path / "lm") == "labelme"
+    assert detect_format(tmp_path / "lm/sub/a.json") == "coco"  # a file is named by its suffix
+    (tmp_path / "yolo/Annotations").mkdir()
+    (tmp_path / "yolo/JPEGImages").mkdir()
+    with pytest.raises(InputError, match=r"yolo: holds yolo and voc data; choose one with --data-format$"):
+        read_dataset(tmp_path / "yolo")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError) as error:
         read_dataset(tmp_path / "empty")

@@ -1,29 +1,38 @@
 """A training run's data: where it is (`DataSource`), checked before any work, the synthetic set generated when no
-data is given, the two COCO-format datasets and the endless, resumable training loader."""
+data is given, the two COCO-format datasets and the endless, resumable training loader.
+
+Data in another label format (`--train-data` / `--val-data`: YOLO, Pascal VOC, LabelMe or a COCO JSON, see
+`fpn.data.formats`) is read and checked with the other paths, before the output folder exists, and written as two
+COCO files (OUTPUT_DIR/data/train.json, val.json) that the rest of training reads as it reads COCO's own.
+"""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
 
 from fpn.data.coco import CocoDetection, collate
 from fpn.data.file_check import check_image_files, handle_bad_images
+from fpn.data.formats import LabelledData, read_dataset, select_split, split_by_fraction
 from fpn.data.samplers import GroupedBatchSampler, TrainingSampler
 from fpn.data.synthetic import generate_synthetic_coco
 from fpn.engine import distributed
 from fpn.errors import InputError
 
 SPLIT_KEYS = ("train_images", "train_annotations", "val_images", "val_annotations")
+OWN_DATA_KEYS = ("train_data", "val_data", "data_format", "val_split")
+DEFAULT_VAL_SPLIT = 0.2  # the fraction of --train-data kept for validation when it has no val split of its own
 
 
 @dataclass
 class DataSource:
     """Where a run's images and COCO annotation files are. Either `coco_root` (COCO 2017's layout), or all four
-    explicit paths, or nothing: then the synthetic shapes set is generated into `synthetic_dir`."""
+    explicit paths, or `train_data` (any label format, with `val_data` or a split of it), or nothing: then the
+    synthetic shapes set is generated into `synthetic_dir`."""
     coco_root: Optional[str] = None  # DIR with train2017/, val2017/, annotations/instances_{train,val}2017.json
     train_images: Optional[str] = None  # training images folder
     train_annotations: Optional[str] = None  # training COCO json
@@ -32,10 +41,15 @@ class DataSource:
     synthetic_dir: Optional[str] = None  # where the synthetic set goes; None: OUTPUT_DIR/synthetic
     skip_bad_images: bool = False  # leave out (and count) unreadable images instead of stopping
     check_images: str = "header"  # before training, check every image file: header, decode or off
+    train_data: Optional[str] = None  # a labelled set: YOLO, Pascal VOC, LabelMe folder or COCO JSON (detected)
+    val_data: Optional[str] = None  # the validation set, in any format; None: train_data's val split or a fraction
+    data_format: Optional[str] = None  # the format of train_data and val_data: coco, yolo, voc, labelme; None: detected
+    val_split: Optional[float] = None  # the fraction of train_data for validation (None: its own val split, else 0.2)
+    split_seed: int = 0  # seed of the val_split draw, apart from the training seed: another --seed keeps the split
 
     def given(self) -> bool:
         """True when any data path was given (no synthetic set then)."""
-        return any([self.coco_root, *(getattr(self, key) for key in SPLIT_KEYS)])
+        return any([self.coco_root, self.train_data, *(getattr(self, key) for key in SPLIT_KEYS)])
 
 
 # The synthetic set's file format, stored with its recipe: a set written in an older format is generated again.
@@ -51,7 +65,12 @@ def coco_layout(root: Path) -> Dict[str, Path]:
 
 
 def check_data_paths(data: DataSource) -> None:
-    """InputError naming the first data flag whose folder or file is missing (before anything is generated or read)."""
+    """InputError naming the first data flag whose folder or file is missing (before anything is generated or read);
+    `train_data` / `val_data` are read in full here, so a malformed label file stops the run before it starts."""
+    check_data_flags(data)
+    if data.train_data:
+        own_data_sets(data)
+        return
     if data.coco_root:
         root = Path(data.coco_root)
         if not root.is_dir():
@@ -75,6 +94,8 @@ def dataset_paths(data: DataSource, output_dir: Path, recipe: Dict[str, Any]) ->
     `generate_synthetic_coco`) when no data path was given, once per recipe."""
     if data.coco_root:
         return coco_layout(Path(data.coco_root))
+    if data.train_data:
+        return write_own_data(data, Path(output_dir) / "data")
     if data.given():
         check_data_paths(data)  # all four or none
         return {key: Path(getattr(data, key)) for key in SPLIT_KEYS}
@@ -89,6 +110,104 @@ def dataset_paths(data: DataSource, output_dir: Path, recipe: Dict[str, Any]) ->
 
     distributed.run_on_main(generate)  # the other ranks wait until rank 0 has written the files
     return coco_layout(root)
+
+
+def check_data_flags(data: DataSource) -> None:
+    """InputError for data flags that do not go together (each named)."""
+    others = [f"--{key.replace('_', '-')}" for key in ("coco_root", *SPLIT_KEYS) if getattr(data, key)]
+    if data.train_data and others:
+        raise InputError(f"--train-data and {others[0]} both name the training data: give one of them")
+    for key in OWN_DATA_KEYS[1:]:
+        if getattr(data, key) is not None and not data.train_data:
+            raise InputError(f"--{key.replace('_', '-')} goes with --train-data, which is not given")
+    if data.val_data and data.val_split is not None:
+        raise InputError("--val-split and --val-data both say what to validate on: give one of them")
+
+
+def own_data_sets(data: DataSource) -> Tuple[LabelledData, LabelledData, List[str]]:
+    """The training and validation sets of `data.train_data` (and `data.val_data`), with one category list.
+
+    `val_data` given: train_data's "train" split (or all of it) and val_data's "val" split (or all of it).
+    Otherwise: train_data's own "train" and "val" splits when it has both, else `val_split` (default 0.2) of its
+    "train" split (or of all of it), drawn with `split_seed`.
+
+    Returns:
+        (train, val, notes): the sets, and what was read and chosen, one line each, for the log.
+    Raises:
+        InputError: an unreadable or malformed set (naming the file and line), --val-split where the set has its
+            own train and val splits, too few images to split.
+    """
+    source = read_dataset(data.train_data, data.data_format)
+    notes = list(source.notes)
+    base = select_split(source, "train") if "train" in source.splits else source
+    if data.val_data:
+        val_source = read_dataset(data.val_data, data.data_format)
+        notes += val_source.notes
+        train, val = base, select_split(val_source, "val") if "val" in val_source.splits else val_source
+    elif {"train", "val"} <= set(source.splits):
+        if data.val_split is not None:
+            raise InputError(f"--val-split: {data.train_data} has its own train and val splits; leave --val-split "
+                             "out to use them (or give --val-data)")
+        train, val = base, select_split(source, "val")
+        notes.append(f"{data.train_data}: its own train and val splits")
+    else:
+        fraction = DEFAULT_VAL_SPLIT if data.val_split is None else data.val_split
+        train, val = split_by_fraction(base, fraction, data.split_seed)
+        notes.append(f"{data.train_data} has no val split: " + val.notes[-1]
+                     + (" (the default; --val-split F to change it)" if data.val_split is None else ""))
+    train.coco, val.coco, united = unite_categories(train.coco, val.coco)
+    if united:
+        notes.append(united)
+    return train, val, notes
+
+
+def unite_categories(train: dict, val: dict) -> Tuple[dict, dict, str]:
+    """The two COCO dicts with one category list: the training set's categories in id order, then the
+    validation set's other names, numbered from 1, every annotation's category_id mapped by name (so a class
+    named in both sets is one class, whatever its id in each). Unchanged when both lists are already equal.
+
+    Returns:
+        (train, val, note): the dicts (new ones when renumbered) and a line saying what changed ("" when nothing).
+    """
+    if train["categories"] == val["categories"]:
+        return train, val, ""
+    names: List[str] = []
+    for categories in (train["categories"], val["categories"]):
+        names += [c["name"] for c in sorted(categories, key=lambda c: c["id"]) if c["name"] not in names]
+    new_id = {name: index + 1 for index, name in enumerate(names)}
+    categories = [{"id": new_id[name], "name": name} for name in names]
+
+    def renumbered(coco: dict) -> dict:
+        name_of = {c["id"]: c["name"] for c in coco["categories"]}
+        annotations = [{**ann, "category_id": new_id[name_of[ann["category_id"]]]} for ann in coco["annotations"]]
+        return {**coco, "annotations": annotations, "categories": categories}
+
+    only_val = [name for name in names if name not in {c["name"] for c in train["categories"]}]
+    note = (f"the training and validation categories are united by name: {len(names)} categories"
+            + (f" ({', '.join(only_val)} only in the validation set)" if only_val else ""))
+    return renumbered(train), renumbered(val), note
+
+
+def write_own_data(data: DataSource, folder: Path) -> Dict[str, Path]:
+    """Read `data.train_data` (and `val_data`), write them as `folder`/train.json and val.json (rank 0; the
+    other ranks wait) and return the paths of the usual four."""
+    train, val, notes = own_data_sets(data)
+    paths = {"train_images": train.images_root, "train_annotations": folder / "train.json",
+             "val_images": val.images_root, "val_annotations": folder / "val.json"}
+
+    def write() -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for labelled, key in ((train, "train_annotations"), (val, "val_annotations")):
+            temporary = paths[key].with_name(paths[key].name + ".tmp")
+            temporary.write_text(json.dumps(labelled.coco, indent=1), encoding="utf-8")
+            temporary.replace(paths[key])
+
+    distributed.run_on_main(write)
+    for note in notes:
+        distributed.log(note)
+    distributed.log(f"training on {len(train.coco['images'])} images, validating on {len(val.coco['images'])}: "
+                    f"written as COCO files to {folder}")
+    return paths
 
 
 def build_datasets(paths: Dict[str, Path], data: DataSource, seed: int,

@@ -36,7 +36,8 @@ from fpn.tools.config_flags import (
     add_config_flags, add_preset_flags, apply_config_flags, apply_preset_flags, arch_in, preset_name_in,
 )
 from fpn.engine.trainer import TrainingJob, run_training
-from fpn.engine.training_data import DataSource
+from fpn.engine.training_data import DEFAULT_VAL_SPLIT, DataSource
+from fpn.data.formats import FORMATS
 from fpn.errors import TrainingInterrupted, TrainingStopped
 
 
@@ -60,6 +61,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--train-annotations", help="training COCO json")
     parser.add_argument("--val-images", help="validation images folder")
     parser.add_argument("--val-annotations", help="validation COCO json")
+    parser.add_argument("--train-data", metavar="PATH",
+                        help="training data in any label format: a YOLO folder or data YAML, a Pascal VOC folder, "
+                             "a LabelMe folder or a COCO JSON (format detected; see python -m fpn.data.convert)")
+    parser.add_argument("--val-data", metavar="PATH", help="validation data in any label format (default: "
+                        "--train-data's own val split, else --val-split of it)")
+    parser.add_argument("--data-format", choices=FORMATS, help="the format of --train-data / --val-data "
+                        "(default: detected from what is on disk)")
+    parser.add_argument("--val-split", type=float, metavar="F", help="the fraction of --train-data's images kept "
+                        f"for validation when it has no val split of its own (default {DEFAULT_VAL_SPLIT})")
+    parser.add_argument("--split-seed", type=int, default=0, metavar="N", help="seed of the --val-split draw "
+                        "(apart from --seed, so another --seed keeps the same split)")
     parser.add_argument("--synthetic-dir", help="where to generate the synthetic set (default OUTPUT_DIR/synthetic)")
     parser.add_argument("--skip-bad-images", action="store_true", help="warn and skip unreadable images")
     parser.add_argument("--check-images", choices=("header", "decode", "off"), default="header",
@@ -99,11 +111,11 @@ def check_preset_fits_data(parser: argparse.ArgumentParser, args: argparse.Names
     (A small CPU preset with data flags is a legitimate choice: the small model on a small set.)
     """
     has_data = any([args.coco_root, args.train_images, args.train_annotations, args.val_images,
-                    args.val_annotations])
+                    args.val_annotations, args.train_data])
     if args.preset in COCO_PRESETS and not has_data:
         parser.error(f"--preset {args.preset} trains ResNet-50 at 800 px on COCO: give --coco-root DIR (or "
-                     "--train-images/--train-annotations/--val-images/--val-annotations); for the synthetic "
-                     "demo choose --preset cpu-demo")
+                     "--train-images/--train-annotations/--val-images/--val-annotations, or --train-data PATH); "
+                     "for the synthetic demo choose --preset cpu-demo")
 
 
 def training_job(args: argparse.Namespace) -> TrainingJob:
@@ -115,7 +127,9 @@ def training_job(args: argparse.Namespace) -> TrainingJob:
     data = DataSource(coco_root=args.coco_root, train_images=args.train_images,
                       train_annotations=args.train_annotations, val_images=args.val_images,
                       val_annotations=args.val_annotations, synthetic_dir=args.synthetic_dir,
-                      skip_bad_images=args.skip_bad_images, check_images=args.check_images)
+                      skip_bad_images=args.skip_bad_images, check_images=args.check_images,
+                      train_data=args.train_data, val_data=args.val_data, data_format=args.data_format,
+                      val_split=args.val_split, split_seed=args.split_seed)
     return TrainingJob(preset=preset, output_dir=args.output_dir, data=data, resume=args.resume,
                        init_from=args.init_from, device=args.device, seed=args.seed, preset_name=args.preset)
 

@@ -14,23 +14,13 @@ from typing import Callable, Dict, List, Optional
 from fpn.errors import InputError
 from fpn.data.formats.coco_json import read_coco_json
 from fpn.data.formats.common import LabelledData
+from fpn.data.formats.labelme import read_labelme
+from fpn.data.formats.voc import read_voc
 from fpn.data.formats.yolo import YAML_SUFFIXES, find_data_yaml, read_yolo
 
 FORMATS = ("coco", "yolo", "voc", "labelme")
-
-
-def _read_voc(path: Path) -> LabelledData:
-    from fpn.data.formats.voc import read_voc
-    return read_voc(path)
-
-
-def _read_labelme(path: Path) -> LabelledData:
-    from fpn.data.formats.labelme import read_labelme
-    return read_labelme(path)
-
-
 READERS: Dict[str, Callable[[Path], LabelledData]] = {
-    "coco": read_coco_json, "yolo": read_yolo, "voc": _read_voc, "labelme": _read_labelme,
+    "coco": read_coco_json, "yolo": read_yolo, "voc": read_voc, "labelme": read_labelme,
 }
 NEEDS = ("coco: a .json file or a folder with one; yolo: images/ + labels/ or a data YAML; voc: Annotations/ + "
          "JPEGImages/; labelme: LabelMe .json files (shapes, imagePath)")
@@ -85,7 +75,8 @@ def formats_in(folder: Path) -> List[str]:
     """Every format whose layout `folder` has."""
     found = []
     jsons = sorted(folder.glob("*.json"))
-    if jsons and _is_labelme(jsons[0]):
+    first = jsons[0] if jsons else next(folder.rglob("*.json"), None)  # LabelMe files may sit in subfolders
+    if first is not None and _is_labelme(first):
         found.append("labelme")
     elif jsons or list((folder / "annotations").glob("*.json")):
         found.append("coco")
@@ -96,8 +87,13 @@ def formats_in(folder: Path) -> List[str]:
     return found
 
 
+_LABELME_MAX_BYTES = 64 << 20  # a larger JSON is not one image's shapes (and is not read in full to find out)
+
+
 def _is_labelme(json_file: Path) -> bool:
     try:
+        if json_file.stat().st_size > _LABELME_MAX_BYTES:
+            return False
         content = json.loads(json_file.read_text(encoding="utf-8-sig"))
     except (ValueError, OSError):
         return False
