@@ -178,7 +178,8 @@ def test_evaluate_coco_with_no_detections(val_set):
     metrics = evaluate_coco(_Oracle(val_set, blind=True), val_set, device=torch.device("cpu"))
     per_class = metrics.pop("per_class")
     assert metrics == {name: 0.0 for name in METRIC_NAMES}
-    instances = Counter(val_set.class_names[int(label)] for i in range(len(val_set)) for label in val_set[i][1]["labels"])
+    instances = Counter(val_set.class_names[int(label)] for i in range(len(val_set))
+                        for label in val_set[i][1]["labels"])
     assert per_class == {name: {"AP": 0.0 if instances[name] else None, "AP50": 0.0 if instances[name] else None,
                                 "AP75": 0.0 if instances[name] else None, "instances": instances[name]}
                          for name in (val_set.class_names[k] for k in sorted(val_set.label_to_category))}

@@ -85,6 +85,23 @@ def test_evaluate_script_writes_results_and_metrics(val_set, checkpoint, tmp_pat
     out = capsys.readouterr().out
     assert "|    AP |" in out
     assert "batch size 2 (the checkpoint does not say), amp none (the checkpoint does not say)" in out
+    names = [val_set.class_names[k] for k in sorted(val_set.label_to_category)]
+    assert list(metrics["per_class"]) == names and format_metrics(metrics) in out  # the per-class table too
+    assert "per class:\n| class " in out
+    confusion = json.loads((tmp_path / "out" / "confusion.json").read_text())
+    assert confusion["classes"] == [*names, "background"] and confusion["score_threshold"] == 0.5
+    assert sum(map(sum, confusion["matrix"])) >= sum(e["instances"] for e in metrics["per_class"].values())
+    assert (tmp_path / "out" / "pr_curves.png").is_file() and (tmp_path / "out" / "confusion.png").is_file()
+    assert f"evaluation plots: {tmp_path / 'out' / 'confusion.json'}, " in out
+
+
+def test_curve_flags(val_set, checkpoint, tmp_path):
+    assert _run([str(checkpoint), *_data_flags(val_set), "--confusion-threshold", "0.01"], tmp_path) == 0
+    assert json.loads((tmp_path / "out" / "confusion.json").read_text())["score_threshold"] == 0.01
+    assert _run([str(checkpoint), *_data_flags(val_set), "--no-curves"], tmp_path / "plain") == 0
+    assert (tmp_path / "plain" / "out" / "evaluate_metrics.json").is_file()
+    assert not any((tmp_path / "plain" / "out" / name).exists()
+                   for name in ("confusion.json", "pr_curves.png", "confusion.png"))
 
 
 def _write(path, text):
@@ -93,7 +110,8 @@ def _write(path, text):
 
 
 @pytest.mark.parametrize("case", ["missing checkpoint", "empty checkpoint", "foreign torch file", "no annotations",
-                                  "malformed annotations", "no images folder", "no data flags", "batch size 0"])
+                                  "malformed annotations", "no images folder", "no data flags", "batch size 0",
+                                  "confusion threshold"])
 def test_input_errors_exit_two_with_one_line(case, val_set, checkpoint, tmp_path, capsys):
     data, weights = _data_flags(val_set), str(checkpoint)
     if case == "missing checkpoint":
@@ -111,6 +129,8 @@ def test_input_errors_exit_two_with_one_line(case, val_set, checkpoint, tmp_path
         data[1], expected = str(tmp_path / "nowhere"), f"images folder {tmp_path / 'nowhere'}: no such directory"
     elif case == "no data flags":
         data, expected = [], "give --coco-root, or both --images and --annotations"
+    elif case == "confusion threshold":
+        data, expected = data + ["--confusion-threshold", "1.5"], "--confusion-threshold must be in [0, 1], got 1.5"
     else:
         data, expected = data + ["--batch-size", "0"], "--batch-size must be >= 1, got 0"
     assert _run([weights, *data], tmp_path) == 2

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fpn.engine import distributed
 from fpn.engine.mask_eval import detection_rles, segm_ground_truth, segm_results, segmentation_problem_in
+from fpn.engine.confusion import SCORE_THRESHOLD
 from fpn.engine.eval_plots import write_evaluation_plots
 from fpn.engine.per_class import PrecisionTable, empty_table, format_per_class, per_class_metrics, precision_table
 from fpn.errors import InputError
@@ -299,6 +300,7 @@ def evaluate_coco(
     label_to_category: Optional[Mapping[int, int]] = None,
     mask_ap: bool = True,
     curves: bool = False,
+    confusion_threshold: float = SCORE_THRESHOLD,
     **inference_kwargs,
 ) -> Optional[Dict[str, object]]:
     """Run `inference_records` then `coco_evaluate` (box AP; mask AP too when the model returns masks); on rank 0 also
@@ -316,6 +318,7 @@ def evaluate_coco(
             warning naming the first annotation lacking one.
         curves: with `output_dir`, also write pr_curves.png, confusion.png and confusion.json there
             (`fpn.engine.eval_plots`; without matplotlib confusion.json alone, after one line saying so).
+        confusion_threshold: the score a detection needs to enter the confusion matrix (`fpn.engine.confusion`).
         **inference_kwargs: batch_size, num_workers, autocast, progress of `inference_records`.
     Returns:
         the metrics dict on every rank (rank 0 computes it and broadcasts it): the floats `METRIC_NAMES`, with mask
@@ -339,7 +342,8 @@ def evaluate_coco(
         names = {int(c): category["name"] for c, category in dataset.coco.cats.items()}
         metrics["per_class"] = per_class_metrics(table, names, mask_table)
         if curves and output_dir is not None:
-            write_evaluation_plots(output_dir, dataset.coco, per_image, table, names)
+            write_evaluation_plots(output_dir, dataset.coco, per_image, table, names,
+                                   score_threshold=confusion_threshold)
         write_json_files(output_dir, {f"{prefix}_results.json": results, f"{prefix}_metrics.json": metrics})
     return distributed.broadcast_object(metrics)
 

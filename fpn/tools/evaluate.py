@@ -14,6 +14,15 @@ Several GPUs (the images are split over the processes, the detections gathered o
 CHECKPOINT is one of our training checkpoints or a torchvision `fasterrcnn_resnet50_fpn` file (whose labels are
 the COCO category ids). Writes OUTPUT_DIR/{PREFIX}_results.json (COCO results format) and {PREFIX}_metrics.json.
 
+Per class: below the summary table, one row per class (ground-truth instances, AP, AP50, AP75; mask AP and mask
+AP50 of a Mask R-CNN), the same numbers under "per_class" in the metrics JSON (null for a class without ground
+truth in the images evaluated). OUTPUT_DIR also gets pr_curves.png (each class's precision-recall curve at IoU 0.5
+and 0.5:0.95), confusion.png and confusion.json (the confusion matrix at IoU 0.5 of the detections scoring at
+least --confusion-threshold: rows the ground truth, columns the prediction, a background column for the missed
+objects and a background row for the false positives; these three names take no PREFIX); --no-curves leaves them
+out. The pictures need matplotlib (pip install -e ".[viz]"); without it one line says so and confusion.json is still
+written.
+
 Mask R-CNN: the table has two rows, box and mask; the metrics JSON has the box keys (AP, AP50, AP75, APs, APm,
 APl) and mask_AP, mask_AP50, ... of COCOeval's iouType "segm"; each result also holds its `segmentation` (the mask
 above 0.5 as COCO compressed RLE). The ground-truth masks are the annotation file's `segmentation`s: a file
@@ -73,6 +82,7 @@ from fpn.data.coco import CocoDetection
 from fpn.data.file_check import check_image_files, handle_bad_images
 from fpn.device import select_device
 from fpn.engine.loop import AMP_DTYPES, autocast_factory
+from fpn.engine.confusion import SCORE_THRESHOLD
 from fpn.engine.evaluation import check_categories, evaluate_coco, format_metrics
 from fpn.engine.mask_eval import segmentation_problem_in
 from fpn.deploy.predictions import label_map_of
@@ -110,6 +120,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="evaluate the inference-optimized copy of the model (fpn.deploy.inference.optimize_for_inference)")
     parser.add_argument("--fast-dtype", choices=sorted(FAST_DTYPES), default="fp32",
                         help="with --fast: the dtype of the convolutions and linear layers (default fp32)")
+    parser.add_argument("--no-curves", action="store_true",
+                        help="do not write pr_curves.png, confusion.png and confusion.json")
+    parser.add_argument("--confusion-threshold", type=float, default=SCORE_THRESHOLD,
+                        help=f"the score a detection needs to enter the confusion matrix (default {SCORE_THRESHOLD}, "
+                             "the threshold at which predict draws boxes)")
     parser.add_argument("--allow-missing-categories", action="store_true",
                         help="evaluate even when the data has categories the model cannot predict (AP 0 for them)")
     parser.add_argument("--skip-bad-images", action="store_true",
@@ -129,6 +144,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.threads is not None and args.threads < 0:
         raise InputError(f"--threads must be >= 0, got {args.threads}")
+    if not 0.0 <= args.confusion_threshold <= 1.0:
+        raise InputError(f"--confusion-threshold must be in [0, 1], got {args.confusion_threshold}")
     if args.workers < 0:
         raise InputError(f"--workers must be >= 0, got {args.workers}")
     if args.fast_dtype != "fp32" and not args.fast:
@@ -251,7 +268,8 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> int:
         bar = tqdm(total=len(dataset), desc="evaluate", disable=not distributed.is_main_process())
         metrics = evaluate_coco(
             model, dataset, device=device, output_dir=output_dir, prefix=args.prefix, label_to_category=mapping,
-            mask_ap=mask_ap, batch_size=batching.batch_size, num_workers=args.workers,
+            mask_ap=mask_ap, curves=not args.no_curves, confusion_threshold=args.confusion_threshold,
+            batch_size=batching.batch_size, num_workers=args.workers,
             autocast=autocast_factory(device, batching.amp),
             progress=lambda n: bar.update(n * distributed.get_world_size()),
         )
