@@ -242,3 +242,13 @@ def test_fraction_split_is_seeded_disjoint_and_independent_of_listing_order(tmp_
     assert len(split_by_fraction(data, 0.01, seed=0)[1].coco["images"]) == 1  # at least one
     with pytest.raises(InputError, match=r"--val-split must be between 0 and 1 .*, got 1.5"):
         split_by_fraction(data, 1.5)
+
+
+def test_an_unreadable_image_is_listed_with_size_0_and_no_objects(tmp_path):
+    root = flat_yolo(tmp_path / "set")
+    (root / "images/a.png").write_bytes(b"not a png")
+    data = read_dataset(root)
+    assert data.coco["images"][0] == {"id": 1, "file_name": "a.png", "width": 0, "height": 0}
+    assert data.coco["annotations"] == []
+    assert data.notes[-1] == ("1 image(s) whose header Pillow cannot read (e.g. images/a.png) are listed with size 0 "
+                              "and no objects: the image check reports them (--skip-bad-images drops them)")

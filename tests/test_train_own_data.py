@@ -194,3 +194,27 @@ def test_check_data_paths_reads_the_labels(tmp_path):
     (root / "labels/img3.txt").write_text("0 0.5 0.5 0.5 0.5\n9 0.5 0.5 0.5 0.5\n")
     with pytest.raises(InputError, match=r"^labels/img3.txt:2: class 9 is not among the 2 classes \(0 to 1\)$"):
         check_data_paths(DataSource(train_data=str(root)))
+
+
+def test_an_unreadable_image_is_left_to_the_image_check(tmp_path, capsys):
+    root = yolo_set(tmp_path / "y")
+    (root / "images/img2.png").write_bytes(b"not a png")
+    code, run = train_on(tmp_path, "--train-data", str(root), "--val-split", "0.34")
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"train.py: error: 1 of 4 images in {root / 'images'} cannot be read, e.g. img2.png: not an image file "
+        f"Pillow can read; fix them or remove them from {run / 'data/train.json'}, or pass --skip-bad-images to "
+        "leave them out")
+    with pytest.warns(UserWarning, match=r"skipping bad image files: 1 of 4 images"):
+        code, run = train_on(tmp_path, "--train-data", str(root), "--val-split", "0.34", "--skip-bad-images")
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "1 image(s) whose header Pillow cannot read (e.g. images/img2.png) are listed with size 0" in out.out
+
+
+def test_resume_notes_a_changed_split_seed(tmp_path, capsys):
+    root = yolo_set(tmp_path / "y")
+    assert train_on(tmp_path, "--train-data", str(root))[0] == 0
+    code, _ = train_on(tmp_path, "--train-data", str(root), "--split-seed", "1", "--resume", iters=3)
+    out = capsys.readouterr().out
+    assert code == 0 and "--split-seed changed from 0 to 1: applied from iteration 3 on" in out

@@ -62,6 +62,11 @@ def read_yolo(path: Path) -> LabelledData:
                    key=lambda image: image.relative_to(images_root).as_posix())
     _check_no_orphan_labels(files, sets, root)
     labelled = [(image, *_read_image_labels(image, root)) for image in files]
+    unreadable = [image for image, size, _ in labelled if size == (0, 0)]
+    if unreadable:
+        notes.append(f"{len(unreadable)} image(s) whose header Pillow cannot read (e.g. {_shown(unreadable[0], root)}) "
+                     "are listed with size 0 and no objects: the image check reports them (--skip-bad-images drops "
+                     "them)")
     names = _check_classes(labelled, names, notes, root)
     builder = CocoBuilder(names)
     image_ids = {}
@@ -179,7 +184,13 @@ def label_file_of(image: Path) -> Path:
 
 
 def _read_image_labels(image: Path, root: Path) -> Tuple[Tuple[int, int], List[YoloObject]]:
-    width, height = upright_size(image, _shown(image, root))
+    """((width, height), objects) of an image; ((0, 0), []) when its header cannot be read: the label file needs
+    the size, and the bad file is left for the image check (`fpn.data.file_check`) to name or skip as it does
+    for every format."""
+    try:
+        width, height = upright_size(image, _shown(image, root))
+    except InputError:
+        return (0, 0), []
     label = label_file_of(image)
     objects = read_label_file(label, _shown(label, root), width, height) if label.is_file() else []
     return (width, height), objects

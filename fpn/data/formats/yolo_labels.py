@@ -6,6 +6,7 @@ further out, a wrong field count, a non-number, a width or height <= 0 is an Inp
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -87,6 +88,6 @@ def _number(token: str, where: str) -> float:
         value = float(token)
     except ValueError:
         raise InputError(f"{where}: {token!r} is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise InputError(f"{where}: {token!r} is not a finite number")
     return value
