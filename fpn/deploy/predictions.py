@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fpn.io.loading import is_training_checkpoint
+from fpn.detectors.tiling import Tiling, detection_limits, predict_tiled
 from fpn.data.image_io import load_rgb_image, pil_to_tensor01
 from fpn.deploy.mask_rle import binary_masks, mask_rles
 from fpn.deploy.visualize import draw_detections
@@ -174,6 +175,7 @@ def predict_files(
     batch_size: int = 1,
     progress: bool = True,
     write_dir: Optional[Path] = None,
+    tiling: Optional[Tiling] = None,
 ) -> PredictionRun:
     """Detect objects in every image file, write its picture with boxes to `output_dir` and collect results.
 
@@ -190,6 +192,8 @@ def predict_files(
         batch_size: images per forward pass.
         progress: show a tqdm bar on stderr.
         write_dir: write the pictures here instead, named as they will be in `output_dir` (`staged_output`).
+        tiling: cut each image into overlapping tiles and merge their detections (`fpn.detectors.tiling`,
+            `model.predict(..., tile=)`); `batch_size` images are tiled together. None: whole images only.
 
     Returns:
         A `PredictionRun` with the results entries, the pictures (their paths in `output_dir`), the failures
@@ -215,8 +219,14 @@ def predict_files(
                 run.failures.append((str(path), str(err)))
                 bar.write(f"predict: error: {err}", file=sys.stderr)
         if batch:
+            tensors = [pil_to_tensor01(image).to(device) for _, _, image in batch]
             with torch.no_grad():
-                detections = model([pil_to_tensor01(image).to(device) for _, _, image in batch])
+                if tiling is None:
+                    detections = model(tensors)
+                else:
+                    nms_thresh, detections_per_img = detection_limits(model.config)
+                    detections = predict_tiled(model, tensors, tiling, nms_thresh=nms_thresh,
+                                               detections_per_img=detections_per_img)
             for (path, image_id, image), detection in zip(batch, detections):
                 detection = known_labels_only(
                     {k: (binary_masks(v) if k == "masks" else v).cpu() for k, v in detection.items()},

@@ -6,7 +6,8 @@
                               each input image's pixels
     forward_batch(batch, targets)  the detector itself: training losses, or per-image detections in the
                               ImageBatch frame (what `fpn.export` traces)
-    predict(images)           uint8 / float tensors or PIL images, eval mode, optional score threshold
+    predict(images)           uint8 / float tensors or PIL images, eval mode, optional score threshold; `tile=`
+                              cuts large images into overlapping tiles (fpn/detectors/tiling.py)
     optimize_for_inference()  the faster inference copy (fpn/deploy/inference.py)
 
 Modules handed to a detector in place of the configured ones (`FasterRCNNFPN(..., backbone=MyTrunk())`) are
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from fpn.spec import FeatureSpec
+from fpn.detectors.tiling import Tiling, detection_limits, predict_tiled
 from fpn.detectors.transform import ImageBatch, postprocess, preprocess
 from fpn.detectors.validation import check_images, check_targets, check_value_range
 
@@ -95,20 +97,51 @@ class Detector(nn.Module):
 
     @torch.no_grad()
     def predict(
-        self, images: Sequence[Union[Tensor, "Image.Image"]], score_threshold: Optional[float] = None
+        self, images: Sequence[Union[Tensor, "Image.Image"]], score_threshold: Optional[float] = None, *,
+        tile: Optional[int] = None, overlap: float = 0.25, tile_whole: bool = True, tile_batch: int = 4,
+        tile_drop_edge: bool = True,
     ) -> List[Dict[str, Tensor]]:
         """Detect objects in uint8 (3, H, W) tensors, float (3, H, W) tensors in [0, 1], or PIL images.
 
         Runs in eval mode (the previous mode is restored) and keeps detections with score >= score_threshold
         (default: the config's threshold). Returns the same list of dicts as the eval-mode forward.
+
+        With `tile`, small objects in large images (fpn/detectors/tiling.py): each image is cut into tile x tile
+        windows overlapping by `overlap`, each window is run as an image of its own, so it is resized to the
+        model's `input.min_size` like any input: a 512 px tile on an 800 px model is upsampled 1.56x, which is
+        where small objects gain. The detections are shifted back to image pixels and merged with the whole
+        image's (`tile_whole`) by per-class NMS at the model's threshold, keeping `detections_per_img`. A tile
+        detection touching a tile side inside the image is an object the tile cuts and is dropped
+        (`tile_drop_edge`): the overlap must exceed the largest object wanted whole from the tiles. An image no
+        larger than one tile is run whole. A Mask R-CNN's masks come back at the image's size (every tile's
+        masks are held until the merge: about detections x tile^2 floats per tile).
+
+        Args:
+            images: one image or a list of them.
+            score_threshold: minimum score kept (None: the model's own threshold).
+            tile: tile side in pixels (>= 32); None: no tiling.
+            overlap: fraction of a tile shared with its neighbour, in [0, 1); stride = floor(tile * (1 - overlap)).
+            tile_whole: also run the whole image (large objects).
+            tile_batch: tiles per forward pass.
+            tile_drop_edge: drop tile detections cut by an inner tile side (False: keep them for the NMS).
+        Returns:
+            Per image `boxes` (D, 4) float xyxy in its pixels, `scores` (D,), `labels` (D,) int64 (and a Mask
+            R-CNN's `masks` (D, 1, H, W)).
+        Raises:
+            InputError: a bad tile, overlap or tile_batch (the message names the value).
         """
         if not isinstance(images, (list, tuple)):
             images = [images]
+        tiling = None if tile is None else Tiling(tile, overlap, tile_whole, tile_batch, tile_drop_edge)
         device = next(self.parameters()).device
         tensors = [_to_float_tensor(img, i).to(device) for i, img in enumerate(images)]
         was_training = self.training
         self.eval()
         try:
+            if tiling is not None:
+                nms_thresh, detections_per_img = detection_limits(self.config)
+                return predict_tiled(self, tensors, tiling, nms_thresh=nms_thresh,
+                                     detections_per_img=detections_per_img, score_threshold=score_threshold)
             detections = self(tensors)
         finally:
             self.train(was_training)

@@ -15,6 +15,12 @@ naming the file and the reason, exit code 2 (`--debug` shows the traceback inste
 folded into the convolutions, channels-last; the same detections in fp32) and prints one line saying what it did;
 `--fast-dtype bf16` also runs the convolutions and linear layers in bf16 (close, not identical, detections).
 
+`--tile SIZE` finds small objects in large images: each image is also cut into SIZE x SIZE tiles overlapping by
+`--overlap` (default 0.25), each tile run as an image of its own (so upsampled to the model's input size), and the
+detections merged with the whole image's by per-class NMS (fpn/detectors/tiling.py; `model.predict(images,
+tile=SIZE, overlap=F)` in Python). `--tile-batch` tiles go through the model at once; `--no-tile-whole` skips the
+whole-image pass.
+
 `<output-dir>/detections.json` (default `runs/predict/detections.json`) is a list with one entry per detection:
 
     {"image_id": 397133, "file_name": "val2017/000000397133.jpg", "category_id": 1, "category_name": "person",
@@ -51,6 +57,7 @@ import torch
 from torch import nn
 
 from fpn.detectors.build import is_rpn_only
+from fpn.detectors.tiling import Tiling
 from fpn.device import select_device
 from fpn.io.loading import load_detector
 from fpn.tools.cli import ArgumentParser, run_cli
@@ -95,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fast-dtype", choices=sorted(FAST_DTYPES), default="fp32",
                         help="with --fast: the dtype of the convolutions and linear layers (bf16: close, not equal, "
                              "detections; fp16: GPU only)")
+    parser.add_argument("--tile", type=int, default=None, metavar="SIZE",
+                        help="small objects in large images: also run SIZE x SIZE tiles of each image (each resized "
+                             "to the model's input size like an image) and merge their detections by per-class NMS "
+                             "(>= 32; an image no larger than a tile is run whole)")
+    parser.add_argument("--overlap", type=float, default=None, metavar="F",
+                        help="with --tile: fraction of a tile shared with its neighbour, in [0, 1) (default 0.25); "
+                             "must exceed the largest object wanted whole from the tiles")
+    parser.add_argument("--tile-batch", type=int, default=None, metavar="N",
+                        help="with --tile: tiles per forward pass (default 4)")
+    parser.add_argument("--no-tile-whole", action="store_true",
+                        help="with --tile: run the tiles only, not the whole (downscaled) image too")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
@@ -111,6 +129,23 @@ def fast_model(model: nn.Module, dtype: Optional[torch.dtype]) -> nn.Module:
     return fast
 
 
+def tiling_from(args: argparse.Namespace) -> Optional[Tiling]:
+    """The `Tiling` of --tile, --overlap, --tile-batch and --no-tile-whole (None without --tile); a bad value or a
+    tiling flag without --tile is an `InputError` naming the flag."""
+    if args.tile is None:
+        given = [flag for flag, value in (("--overlap", args.overlap), ("--tile-batch", args.tile_batch),
+                                          ("--no-tile-whole", args.no_tile_whole or None)) if value is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} needs --tile SIZE")
+        return None
+    options = {"overlap": args.overlap, "batch": args.tile_batch}
+    try:
+        return Tiling(args.tile, whole=not args.no_tile_whole,
+                      **{name: value for name, value in options.items() if value is not None})
+    except InputError as err:  # "tile must be ...", "overlap ...", "tile_batch ...": the flag's name instead
+        raise InputError(f"--{str(err).replace('tile_batch', 'tile-batch')}") from None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line; returns the exit code (0 all fine, 1 some input failed, 2 usage or input error: a bad
     flag value, no image, weights that cannot be loaded; 130 interrupted). Errors are one line on stderr."""
@@ -124,6 +159,7 @@ def predict_command(argv: Optional[Sequence[str]] = None) -> int:
         raise InputError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    tiling = tiling_from(args)
     paths, failures = resolve_inputs(args.inputs)
     for arg, reason in failures:
         print(f"predict: error: {arg}: {reason}", file=sys.stderr)
@@ -143,6 +179,7 @@ def predict_command(argv: Optional[Sequence[str]] = None) -> int:
             model, paths, class_names, output_dir,
             label_to_category=label_to_category, write_dir=staging,
             score_threshold=args.score_threshold, batch_size=args.batch_size, progress=not args.no_progress,
+            tiling=tiling,
         )
         (staging / RESULTS_FILE).write_text(json.dumps(run.results), encoding="utf-8")
     results_path = output_dir / RESULTS_FILE
