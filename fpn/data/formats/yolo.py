@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from PIL import Image
 
@@ -60,8 +60,9 @@ def read_yolo(path: Path) -> LabelledData:
         images_root = root / "images"
     files = sorted({image for images in sets.values() for image in images},
                    key=lambda image: image.relative_to(images_root).as_posix())
-    _check_no_orphan_labels(files, sets, root)
-    labelled = [(image, *_read_image_labels(image, root)) for image in files]
+    label_files = {image: label_file_of(image) for image in files}
+    _check_no_orphan_labels(label_files, root)
+    labelled = [(image, *_read_image_labels(image, label_files[image], root)) for image in files]
     unreadable = [image for image, size, _ in labelled if size == (0, 0)]
     if unreadable:
         notes.append(f"{len(unreadable)} image(s) whose header Pillow cannot read (e.g. {_shown(unreadable[0], root)}) "
@@ -183,7 +184,7 @@ def label_file_of(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def _read_image_labels(image: Path, root: Path) -> Tuple[Tuple[int, int], List[YoloObject]]:
+def _read_image_labels(image: Path, label: Path, root: Path) -> Tuple[Tuple[int, int], List[YoloObject]]:
     """((width, height), objects) of an image; ((0, 0), []) when its header cannot be read: the label file needs
     the size, and the bad file is left for the image check (`fpn.data.file_check`) to name or skip as it does
     for every format."""
@@ -191,7 +192,6 @@ def _read_image_labels(image: Path, root: Path) -> Tuple[Tuple[int, int], List[Y
         width, height = upright_size(image, _shown(image, root))
     except InputError:
         return (0, 0), []
-    label = label_file_of(image)
     objects = read_label_file(label, _shown(label, root), width, height) if label.is_file() else []
     return (width, height), objects
 
@@ -210,11 +210,10 @@ def upright_size(image: Path, shown: str) -> Tuple[int, int]:
         raise InputError(f"{shown}: not an image Pillow can read ({type(err).__name__})") from err
 
 
-def _check_no_orphan_labels(files: Sequence[Path], sets: Dict[Optional[str], List[Path]], root: Path) -> None:
-    """InputError naming the first label file (under the labels folders of the images) that has no image."""
-    wanted = {label_file_of(image) for image in files}
-    folders = {label_file_of(image).parent for image in files}
-    for folder in sorted(folders):
+def _check_no_orphan_labels(label_files: Dict[Path, Path], root: Path) -> None:
+    """InputError naming the first label file (in the labels folders of the images) that has no image."""
+    wanted = set(label_files.values())
+    for folder in sorted({label.parent for label in wanted}):
         for label in sorted(folder.glob("*.txt")):
             if label not in wanted and label.name != "classes.txt":
                 raise InputError(f"{_shown(label, root)}: a label file with no image (no image named "
