@@ -183,3 +183,33 @@ def test_mask_ap_is_drawn_beside_the_box_ap(tmp_path):
     assert [line.get_color() for line in box_axes.get_lines()] == [line.get_color() for line in mask_axes.get_lines()]
     assert [t.get_text() for t in box_axes.texts + mask_axes.texts] == ["AP 0.250", "mask AP 0.200"]
     assert mask_axes.get_ylim() == box_axes.get_ylim()  # one AP scale
+
+
+def _validation_line(it, ap, val_loss):
+    return {**_eval_line(it, ap), "per_class": {"circle": {"AP": ap, "instances": 3}}, "val_loss": val_loss,
+            "val_loss_classifier": val_loss / 2, "val_loss_box_reg": val_loss / 4}
+
+
+def test_validation_losses_pair_with_their_training_losses_and_nested_values_are_ignored(tmp_path):
+    from matplotlib.figure import Figure
+
+    rows = [_train_line(i, 2.0 / (1 + i)) for i in range(0, 40, 5)] + \
+        [_validation_line(20, 0.1, 1.2), _validation_line(40, 0.2, 0.9)]
+    metrics = _write(tmp_path / "metrics.jsonl", rows)
+    parsed = plot_metrics_module.read_metrics(metrics)
+    assert plot_metrics_module.collect_series(parsed, ["per_class", "val_loss"]) == \
+        {"val_loss": ([20.0, 40.0], [1.2, 0.9])}  # the nested per-class table is not a series
+    keys = plot_metrics_module.loss_keys(parsed) + plot_metrics_module.validation_keys(parsed)
+    series = plot_metrics_module.collect_series(parsed, keys)
+    assert list(series)[-3:] == ["val_loss", "val_loss_classifier", "val_loss_box_reg"]
+    axes = plot_metrics_module.make_plot(Figure(), "losses", "loss", series, "-").axes[0]
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    for key in ("loss", "loss_classifier", "loss_box_reg"):
+        train, val = lines[key], lines[f"val_{key}"]
+        assert val.get_color() == train.get_color(), key  # the same colour
+        assert (train.get_linestyle(), train.get_marker()) == ("-", "None")
+        assert (val.get_linestyle(), val.get_marker()) == ("--", "o")  # dashed, a marker at each evaluation
+        assert list(val.get_xdata()) == [20.0, 40.0]
+    assert len({lines[key].get_color() for key in ("loss", "loss_classifier", "loss_box_reg")}) == 3
+    paths = plot_metrics_module.plot_metrics(metrics, tmp_path / "plots")
+    assert [p.name for p in paths] == ["losses.png", "lr.png", "ap.png"]

@@ -11,6 +11,10 @@ def _train_lines(path):
     return {r["iter"]: r for r in map(json.loads, path.read_text().splitlines()) if "loss" in r}
 
 
+def _eval_lines(path):
+    return {r["iter"]: r for r in map(json.loads, path.read_text().splitlines()) if "val_loss" in r}
+
+
 @pytest.mark.parametrize("arch, losses", [
     ("faster_rcnn", ()),
     ("mask_rcnn", ("loss_mask",)),  # the mask branch's weights, momentum and loss resume exactly too
@@ -50,3 +54,10 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, arch, losses):
         assert part_lines[it]["lr"] == full_lines[it]["lr"]
         for name in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", *losses):
             assert abs(part_lines[it][name] - full_lines[it][name]) < 1e-5, (it, name)
+
+    # the final evaluation's validation loss (seeded sampling, the same weights) agrees too
+    full_eval, part_eval = _eval_lines(full / "metrics.jsonl"), _eval_lines(part / "metrics.jsonl")
+    assert sorted(full_eval) == [4] and sorted(part_eval) == [2, 4]
+    for name in ("val_loss_objectness", "val_loss_rpn_box_reg", "val_loss_classifier", "val_loss_box_reg",
+                 *(f"val_{loss}" for loss in losses), "val_loss"):
+        assert abs(part_eval[4][name] - full_eval[4][name]) < 1e-5, name

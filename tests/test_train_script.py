@@ -150,6 +150,8 @@ def test_an_rpn_only_run_is_scored_by_proposal_recall(tmp_path):
     run = tmp_path / "run"
     assert load_train_script().main(tiny_args(run, "--rpn-only", "true", "--variant", "c5", iters=2)) == 0
     final = json.loads((run / "final_metrics.json").read_text())
-    assert set(final) == {"iter", "AR100", "AR1k", "AR_s", "AR_m", "AR_l"}
-    assert all(-1.0 <= final[k] <= 1.0 for k in final if k != "iter")
+    recall = {"AR100", "AR1k", "AR_s", "AR_m", "AR_l"}
+    assert set(final) == {"iter", "best", "val_loss_objectness", "val_loss_rpn_box_reg", "val_loss", *recall}
+    assert all(-1.0 <= final[k] <= 1.0 for k in recall)
+    assert final["best"]["metric"] == "AR1k" and final["best"]["iter"] == 2  # an RPN's default: AR1k, not AP
     assert not (run / "detections.png").exists()  # proposals have no classes to draw

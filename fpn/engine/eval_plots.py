@@ -31,6 +31,7 @@ from fpn.engine.per_class import PrecisionTable, average_precision
 MOST_CLASSES = 10  # classes drawn in pr_curves.png (the most frequent), beside the mean
 MOST_NUMBERS = 30  # classes up to which confusion.png writes its counts in the cells
 INSTALL_HINT = 'matplotlib is not installed; pip install -e ".[viz]"'
+FAST_PNG = {"compress_level": 1}  # PIL's default 6 took ~0.1 s more per picture for ~20 % smaller files
 
 
 def write_evaluation_plots(output_dir: Union[str, Path], coco_gt, per_image: Mapping[int, Sequence[dict]],
@@ -60,10 +61,10 @@ def write_evaluation_plots(output_dir: Union[str, Path], coco_gt, per_image: Map
         distributed.log(f"pr_curves.png and confusion.png skipped: {error} (confusion matrix: {written[0]})")
         return written
     figure = draw_pr_curves(figure_class(figsize=(13, 5), dpi=100), table, classes)
-    figure.savefig(output / "pr_curves.png")
+    figure.savefig(output / "pr_curves.png", pil_kwargs=FAST_PNG)
     size = min(max(6.0, 0.4 * len(classes) + 3), 30.0)  # inches: the cells stay readable up to ~70 classes
     draw_confusion(figure_class(figsize=(size + 1.5, size), dpi=100), matrix, classes, score_threshold) \
-        .savefig(output / "confusion.png")
+        .savefig(output / "confusion.png", pil_kwargs=FAST_PNG)
     written += [output / "pr_curves.png", output / "confusion.png"]
     distributed.log("evaluation plots: " + ", ".join(str(p) for p in written))
     return written
@@ -107,7 +108,8 @@ def draw_pr_curves(figure, table: PrecisionTable, classes: Sequence[str]):
         axes.grid(True, alpha=0.3)
         if present:
             axes.legend(loc="lower left", fontsize="small")
-    figure.tight_layout()
+    # fixed margins (the axis labels are fixed): tight_layout's extra drawing pass cost ~0.1 s of each evaluation
+    figure.subplots_adjust(left=0.05, right=0.985, bottom=0.1, top=0.93, wspace=0.12)
     return figure
 
 

@@ -9,8 +9,10 @@ metrics.jsonl has one JSON object per line, of two kinds, in any order:
   sum); any other key starting with `loss` is plotted too;
 - evaluation lines: `iter` and COCO's `AP`, `AP50`, `AP75`, `APs`, `APm`, `APl` (in [0, 1] or in %), a Mask
   R-CNN's `mask_AP`, `mask_AP50`, ... too, or the proposal recall of an RPN-only run, `AR100`, `AR1k`, `AR_s`,
-  `AR_m`, `AR_l` (ar.png).
-Lines without `iter` (e.g. a run summary) are ignored. Writes `losses.png`, `lr.png` and `ap.png` (each only when
+  `AR_m`, `AR_l` (ar.png); and the validation loss, `val_<term>` of each training loss term and `val_loss`.
+Lines without `iter` (e.g. a run summary) are ignored, and so are values that are not numbers (e.g. a nested
+per-class table). In losses.png each validation loss is drawn in its training loss's colour, dashed, with a
+marker at each evaluation. Writes `losses.png`, `lr.png` and `ap.png` (each only when
 the file has that data). With mask AP, ap.png has two panels side by side on one AP axis, boxes left and masks
 right, each metric in the same colour in both: twelve lines on one plot would not read, and two files would not
 show the gap between box and mask AP at a glance. Needs matplotlib: `pip install -e ".[viz]"`. From Python (e.g. at the end of training):
@@ -86,6 +88,11 @@ def loss_keys(rows: Sequence[dict]) -> List[str]:
     return list(LOSS_KEYS) + others
 
 
+def validation_keys(rows: Sequence[dict]) -> List[str]:
+    """The validation counterparts (`val_<key>`) of the loss keys, in `loss_keys` order."""
+    return [f"val_{key}" for key in loss_keys(rows)]
+
+
 def plot_metrics(metrics_file, output_dir) -> List[Path]:
     """Write losses.png, lr.png and ap.png (those with data; ap.png with a mask AP panel when the log has mask AP)
     for a metrics.jsonl.
@@ -105,10 +112,13 @@ def plot_metrics(metrics_file, output_dir) -> List[Path]:
     figure_class = _figure_class()
     output = Path(output_dir)
     box_ap, mask_ap = collect_series(rows, AP_KEYS), collect_series(rows, MASK_AP_KEYS)
+    losses = collect_series(rows, loss_keys(rows) + validation_keys(rows))
+    validated = any(key.startswith("val_") for key in losses)
+    losses_title = "Training (solid) and validation (dashed) losses" if validated else "Training losses"
     ap_panels = [("Boxes (COCO AP)", "AP", box_ap), ("Masks (COCO mask AP)", "mask AP", unprefixed(mask_ap))] \
         if mask_ap else [("Evaluation (COCO AP)", "AP", box_ap)]
     plots = (  # (file, [(title, y label, series) of each panel], style)
-        ("losses.png", [("Training losses", "loss", collect_series(rows, loss_keys(rows)))], "-"),
+        ("losses.png", [(losses_title, "loss", losses)], "-"),
         ("lr.png", [("Learning rate", "learning rate", collect_series(rows, ("lr",)))], "-"),
         ("ap.png", ap_panels, "o-"),
         ("ar.png", [("Proposal recall (COCO AR)", "AR", collect_series(rows, AR_KEYS))], "o-"),
@@ -158,14 +168,19 @@ def draw_series(axes, title: str, ylabel: str, series: Series, style: str):
     `style` is a matplotlib format: "-" for lines (training lines, logged every few iterations), "o-" for lines
     with a marker on every point (evaluations, a few per run: even a run evaluated once shows its dot). A plot
     with markers or more than one series has a legend, and the last "AP" point is labelled "<ylabel> <value>".
+    A `val_<key>` series (a validation loss) is drawn dashed with markers in `<key>`'s colour (drawn first).
     The iteration axis starts at 0, so a single evaluation sits where it happened in the run.
     """
+    colours = {}  # key -> the colour its line got, for its validation counterpart
     for key, (iters, values) in series.items():
         # The total loss and the AP stand out; the other terms are thinner.
-        width = 2.0 if key in ("loss", "AP") else 1.2
+        width = 2.0 if key in ("loss", "AP", "val_loss") else 1.2
         headline = key == "AP"  # drawn larger and on top
-        axes.plot(iters, values, style, label=key, linewidth=width, markersize=6 if headline else 4,
-                  zorder=3 if headline else 2)
+        paired = key.startswith("val_") and key[len("val_"):] in colours
+        extra = {"color": colours[key[len("val_"):]]} if paired else {}
+        line, = axes.plot(iters, values, "o--" if key.startswith("val_") else style, label=key, linewidth=width,
+                          markersize=6 if headline else 4, zorder=3 if headline else 2, **extra)
+        colours[key] = line.get_color()
     finite = [v for _, values in series.values() for v in values if math.isfinite(v)]
     if ylabel == "loss" and finite and min(finite) > 0 and max(finite) / min(finite) > 100:
         axes.set_yscale("log")  # losses spanning decades read better on a log axis

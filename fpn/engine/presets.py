@@ -54,7 +54,7 @@ class TrainingPreset:
     synthetic_image_size: int = 320  # smallest side of the synthetic images, px (sides drawn up to 64 px more)
     synthetic_min_object_size: int = 12  # longer side of the smallest synthetic object, px
     synthetic_max_object_fraction: float = 0.6  # longer side of the largest synthetic object / the image's shorter side
-    best_metric: str = "AP"  # evaluation key that picks best.pt: AP, AP50, ..., mask_AP, AR1k (RPN only) or val_loss
+    best_metric: str = "AP"  # evaluation key picking best.pt: AP, AP50, ..., mask_AP, val_loss (RPN only: AR1k, ...)
     early_stop: int = 0  # stop after this many evaluations without a better best_metric; 0: train all iterations
     tensorboard: bool = False  # also write OUTPUT_DIR/tensorboard event files (the tensorboard extra)
 

@@ -13,7 +13,6 @@ Only rank 0 writes. A resumed run purges the events after its checkpoint's itera
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -28,8 +27,10 @@ INSTALL_HINT = '--tensorboard needs the tensorboard package: pip install -e ".[t
 
 def require_tensorboard() -> None:
     """InputError (the one-line install hint) when the tensorboard package is not installed."""
-    if importlib.util.find_spec("tensorboard") is None:
-        raise InputError(INSTALL_HINT)
+    try:
+        import tensorboard  # noqa: F401 (torch.utils.tensorboard writes with it)
+    except ImportError:
+        raise InputError(INSTALL_HINT) from None
 
 
 def scalar_tags(record: Mapping[str, Any]) -> dict:

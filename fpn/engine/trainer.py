@@ -187,7 +187,9 @@ class Trainer:
             build_backbone(config.backbone)
         config.backbone.weights = None
         probe = job.build(2, config)  # a bad config value (e.g. --backbone.depth 19) fails here
-        check_best_metric(self.preset.best_metric, evaluation_keys(self.preset.model, is_rpn_only(probe)))
+        if is_rpn_only(probe) and self.best.metric == "AP":  # the default; an RPN alone is scored by recall
+            self.best.metric = "AR1k"
+        check_best_metric(self.best.metric, evaluation_keys(self.preset.model, is_rpn_only(probe)))
         if self.preset.early_stop < 0:
             raise InputError(f"--early-stop must be >= 0 (0: off), got {self.preset.early_stop}")
         if self.preset.tensorboard:
@@ -236,7 +238,9 @@ class Trainer:
             board=board)
         postfix, final = {}, {}
         # An evaluation comes before the checkpoint of the same iteration, so that the checkpoint holds its
-        # best-so-far and early-stop count: a run resumed from it continues the same decisions.
+        # best-so-far and early-stop count: a run resumed from it continues the same decisions. The final
+        # checkpoint is also written before the final evaluation, so that a failure or Ctrl-C in it loses no
+        # training, and written again after it with the final evaluation counted.
         for end in block_ends(self.iteration, preset.iters, (preset.checkpoint_every, preset.eval_every)):
             self.iteration = train_iterations(
                 net, optimizer, scheduler, scaler, batches, start_iter=self.iteration, end_iter=end, device=device,
@@ -245,6 +249,8 @@ class Trainer:
             )
             last = end == preset.iters
             evaluated = last or bool(preset.eval_every and end % preset.eval_every == 0)
+            if last:
+                self.save(model, optimizer, scheduler, scaler, train_set)
             if evaluated:
                 final = evaluate(end, "eval_final" if last else f"eval_{end:07d}")
                 postfix["val_loss"] = f"{final['val_loss']:.3f}" if "val_loss" in final else "-"
