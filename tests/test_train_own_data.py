@@ -218,3 +218,15 @@ def test_resume_notes_a_changed_split_seed(tmp_path, capsys):
     code, _ = train_on(tmp_path, "--train-data", str(root), "--split-seed", "1", "--resume", iters=3)
     out = capsys.readouterr().out
     assert code == 0 and "--split-seed changed from 0 to 1: applied from iteration 3 on" in out
+
+
+def test_two_iterations_from_a_converted_coco_json_beside_its_images_folder(tmp_path, capsys):
+    from fpn.tools.convert_data import main as convert
+
+    root = yolo_set(tmp_path / "y")
+    assert convert([str(root), str(root / "shapes.json")]) == 0  # file names relative to y/images
+    code, run = train_on(tmp_path, "--train-data", str(root / "shapes.json"), "--val-split", "0.34")
+    assert code == 0, capsys.readouterr().err
+    train, val = written(run)
+    assert len(train["images"]) == 4 and len(val["images"]) == 2
+    assert f"{root / 'shapes.json'}: coco format (detected)" in capsys.readouterr().out
