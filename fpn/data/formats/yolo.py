@@ -46,7 +46,8 @@ def read_yolo(path: Path) -> LabelledData:
         LabelledData: images_root = the common folder of the images; splits from split subfolders or the YAML.
     Raises:
         InputError: a missing folder, a malformed YAML or label file ("<file>:<line>: ..."), a class index
-            outside the names, a label file without its image, an image Pillow cannot read.
+            outside the names, a label file without its image. An image whose header Pillow cannot read is
+            listed with size 0 and no objects (noted) for the image check to name or skip.
     """
     path = Path(path)
     yaml_file = path if path.is_file() else find_data_yaml(path)
