@@ -33,7 +33,7 @@ _PROGRESS_MIN_IMAGES = 2000  # smaller sets are checked in well under a second: 
 _CHUNK = 128  # files per task: few futures for 118k files, still an even spread over the threads
 _EXAMPLES = 3  # bad files named in a message
 _REASON_CHARS = 100  # a reason longer than this is cut (messages stay a line or two)
-_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that exif_transpose turns by 90 degrees (W and H swap)
+TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that exif_transpose turns by 90 degrees (W and H swap)
 
 
 def check_image_files(dataset, *, decode: bool = False, workers: int = 8,
@@ -103,7 +103,7 @@ def check_image_file(path: Path, size_hw: Optional[Tuple[int, int]] = None, *,
     else:
         try:
             with Image.open(path) as img:
-                rotated = _orientation(img) in _TRANSPOSED
+                rotated = exif_orientation(img) in TRANSPOSED_ORIENTATIONS
                 width, height = img.size[::-1] if rotated else img.size
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
             return _reason("unreadable header", err, path)
@@ -153,7 +153,7 @@ def check_dataset_images(dataset, *, decode: bool = False, workers: int = 8,
     return bad
 
 
-def _orientation(img: Image.Image) -> int:
+def exif_orientation(img: Image.Image) -> int:
     """The EXIF orientation tag (1: upright) from what the header holds, without decoding the pixels."""
     # PngImageFile.getexif decodes the whole image to look for an eXIf chunk after the pixel data; the base
     # class reads only what was met before it (writers put eXIf there), which keeps the header check cheap.

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+# The image files the folder readers look for (Pillow reads them all).
+IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp"})
+
 
 @dataclass
 class LabelledData:
@@ -49,15 +52,18 @@ class CocoBuilder:
         return image_id
 
     def add_box(self, image_id: int, category_id: int, x0: float, y0: float, x1: float, y1: float, *,
-                iscrowd: bool = False, polygon: Optional[Sequence[float]] = None) -> int:
+                iscrowd: bool = False, polygon: Optional[Sequence[float]] = None,
+                polygons: Sequence[Sequence[float]] = ()) -> int:
         """Adds a box given by its corners (pixels, x1 > x0, y1 > y0) and, optionally, its outline as one COCO polygon
-        [x0, y0, x1, y1, ...]; returns the annotation's id. `area` is the polygon's area when there is one (as
-        COCO's own files have it), else the box's."""
+        [x0, y0, x1, y1, ...] (`polygon`) or as several, an object drawn in parts (`polygons`); returns the
+        annotation's id. `area` is the polygons' summed area when there are any (as COCO's own files have it), else
+        the box's."""
         annotation = {"id": len(self.annotations) + 1, "image_id": image_id, "category_id": category_id,
                       "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": int(iscrowd)}
-        if polygon is not None:
-            annotation["segmentation"] = [list(polygon)]
-            annotation["area"] = polygon_area(polygon)
+        outline = [list(polygon)] if polygon is not None else [list(part) for part in polygons]
+        if outline:
+            annotation["segmentation"] = outline
+            annotation["area"] = sum(polygon_area(part) for part in outline)
         self.annotations.append(annotation)
         return annotation["id"]
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from fpn.data.formats.common import CocoBuilder, LabelledData, polygon_area
+from fpn.data.formats.common import CocoBuilder, LabelledData
 from fpn.errors import InputError
 
 BOX_SHAPES = ("rectangle", "polygon")
@@ -102,12 +102,8 @@ def read_labelme(root: Path) -> LabelledData:
     for image in images:
         image_id = builder.add_image(image.file_name, image.width, image.height)
         for obj in image.objects:
-            annotation_id = builder.add_box(image_id, builder.category_ids[obj.label], *obj.box,
-                                            polygon=obj.polygons[0])
-            if len(obj.polygons) > 1:  # drawn in parts: every part's polygon, their areas summed
-                annotation = builder.annotations[annotation_id - 1]
-                annotation["segmentation"] = [list(polygon) for polygon in obj.polygons]
-                annotation["area"] = sum(polygon_area(polygon) for polygon in obj.polygons)
+            # an object drawn in parts keeps every part's polygon, their areas summed
+            builder.add_box(image_id, builder.category_ids[obj.label], *obj.box, polygons=obj.polygons)
     return LabelledData(images_root=root, coco=builder.build(), data_format="labelme",
                         notes=_notes(images, others, root))
 

@@ -35,11 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from fpn.data.formats.common import CocoBuilder, LabelledData
+from fpn.data.formats.common import IMAGE_SUFFIXES, CocoBuilder, LabelledData
 from fpn.errors import InputError
 
 SPLIT_NAMES = ("train", "val", "trainval", "test")
-IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)

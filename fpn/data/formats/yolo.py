@@ -27,12 +27,11 @@ from typing import Dict, List, Optional, Tuple
 from PIL import Image
 
 from fpn.errors import InputError
-from fpn.data.file_check import _TRANSPOSED, _orientation
-from fpn.data.formats.common import CocoBuilder, LabelledData
+from fpn.data.file_check import TRANSPOSED_ORIENTATIONS, exif_orientation
+from fpn.data.formats.common import IMAGE_SUFFIXES, CocoBuilder, LabelledData
 from fpn.data.formats.yaml_subset import read_yaml_subset
 from fpn.data.formats.yolo_labels import YoloObject, read_label_file
 
-IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp"})
 YAML_SUFFIXES = (".yaml", ".yml")
 SPLIT_KEYS = ("train", "val", "test")
 
@@ -206,7 +205,7 @@ def upright_size(image: Path, shown: str) -> Tuple[int, int]:
     try:
         with Image.open(image) as img:
             width, height = img.size
-            return (height, width) if _orientation(img) in _TRANSPOSED else (width, height)
+            return (height, width) if exif_orientation(img) in TRANSPOSED_ORIENTATIONS else (width, height)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
         raise InputError(f"{shown}: not an image Pillow can read ({type(err).__name__})") from err
 
