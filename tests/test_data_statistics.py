@@ -73,10 +73,12 @@ def test_max_images_skips_the_rest():
     (lambda d: d["annotations"][0].update(category_id=7), "annotation id 100 has category_id 7"),
     (lambda d: d["annotations"][0].update(image_id=9), "annotation id 100 has unknown image_id 9"),
     (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), "annotation id 100 has bbox [1, 2, 3]"),
+    (lambda d: d["annotations"][1].update(bbox=[1, 2, 3, None]), "annotation id 101 has bbox [1, 2, 3, None]"),
+    (lambda d: d["annotations"][1].update(bbox=[1, 2, float("nan"), 4]), "annotation id 101 has bbox [1, 2, nan, 4]"),
     (lambda d: d["images"][0].pop("width"), "image id 1 (im0.jpg) has height, width (300, None)"),
 ])
 def test_errors_name_the_annotation_or_image(change, message):
-    data = coco_dict([(400, 300)], [(0, 0, [10, 10, 50, 50], 0)])
+    data = coco_dict([(400, 300)], [(0, 0, [10, 10, 50, 50], 0), (0, 1, [5, 5, 9, 9], 0)])
     change(data)
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         describe_dataset(data, FasterRCNNConfig())
