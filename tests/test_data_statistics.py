@@ -18,7 +18,8 @@ from fpn.ops import AnchorGenerator, box_iou
 def coco_dict(images, boxes, categories=("cat", "dog")):
     """images: [(width, height)]; boxes: [(image index, category index, [x, y, w, h], iscrowd)]."""
     return {
-        "images": [{"id": i + 1, "file_name": f"im{i}.jpg", "width": w, "height": h} for i, (w, h) in enumerate(images)],
+        "images": [{"id": i + 1, "file_name": f"im{i}.jpg", "width": w, "height": h}
+                   for i, (w, h) in enumerate(images)],
         "annotations": [{"id": 100 + j, "image_id": i + 1, "category_id": c + 1, "bbox": list(b), "iscrowd": crowd}
                         for j, (i, c, b, crowd) in enumerate(boxes)],
         "categories": [{"id": k + 1, "name": name} for k, name in enumerate(categories)],
@@ -63,6 +64,13 @@ def test_objects_per_image_crowd_and_empty_boxes():
     assert data["objects_per_image"] == {"0": 1, "1": 1, "2": 1} and data["num_crowd"] == 1
 
 
+def test_an_empty_set():
+    report = describe_dataset({"images": [], "annotations": [], "categories": []}, FasterRCNNConfig())
+    assert report.num_images == 0 and report.best_iou.shape == (0,) and report.poorly_covered == []
+    assert report.text().startswith("0 images (0 without objects), 0 objects in 0 classes")
+    assert report.to_json()["objects_per_image"] == {}
+
+
 def test_max_images_skips_the_rest():
     boxes = [(0, 0, [10, 10, 50, 50], 0), (1, 1, [5, 5, 30, 30], 0)]
     report = describe_dataset(coco_dict([(400, 300), (300, 300)], boxes), FasterRCNNConfig(), max_images=1)
@@ -76,12 +84,15 @@ def test_max_images_skips_the_rest():
     (lambda d: d["annotations"][1].update(bbox=[1, 2, 3, None]), "annotation id 101 has bbox [1, 2, 3, None]"),
     (lambda d: d["annotations"][1].update(bbox=[1, 2, float("nan"), 4]), "annotation id 101 has bbox [1, 2, nan, 4]"),
     (lambda d: d["images"][0].pop("width"), "image id 1 (im0.jpg) has height, width (300, None)"),
+    (lambda d: d["categories"].append({"name": "bird"}), "category {'name': 'bird'} has no id"),
 ])
 def test_errors_name_the_annotation_or_image(change, message):
     data = coco_dict([(400, 300)], [(0, 0, [10, 10, 50, 50], 0), (0, 1, [5, 5, 9, 9], 0)])
     change(data)
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         describe_dataset(data, FasterRCNNConfig())
+    with pytest.raises(InputError, match="config must be a FasterRCNNConfig, MaskRCNNConfig or FCOSConfig, got dict"):
+        describe_dataset(coco_dict([(400, 300)], []), {})
 
 
 def test_resize_and_box_scaling_equal_the_transform():

@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from fpn.config import EVERY_SIZE_ON_EVERY_LEVEL, FCOSConfig, InputConfig
+from fpn.config import EVERY_SIZE_ON_EVERY_LEVEL, FasterRCNNConfig, FCOSConfig, InputConfig
 from fpn.errors import InputError
 from fpn.ops import AnchorGenerator, assign_fpn_levels, box_iou
 
@@ -206,9 +206,12 @@ def describe_dataset(coco: dict, config, *, max_images: Optional[int] = None) ->
     Returns:
         the DatasetReport.
     Raises:
-        InputError: an image without a positive width / height, an annotation with an unknown image or category
-            or a malformed bbox (each named by its id).
+        InputError: an image without a positive width / height or resized to nothing, a category without an id,
+            an annotation with an unknown image or category or a malformed bbox (each named by its id).
     """
+    if not isinstance(config, (FasterRCNNConfig, FCOSConfig)):
+        raise InputError(f"config must be a FasterRCNNConfig, MaskRCNNConfig or FCOSConfig, got "
+                         f"{type(config).__name__}")
     threads = torch.get_num_threads()
     # one thread: these element-wise ops are too small to share; on 2 busy cores two threads took 0.8-5 s for the
     # anchor IoUs of 40k boxes, one 0.14 s
@@ -288,6 +291,9 @@ def _read_coco(coco: dict, max_images: Optional[int]) -> Dict[str, object]:
         row_of[image.get("id")] = len(hw)
         hw.append(size)
         file_names.append(image.get("file_name"))
+    unnamed = [c for c in coco.get("categories") or [] if not isinstance(c, dict) or "id" not in c]
+    if unnamed:
+        raise InputError(f"category {unnamed[0]!r} has no id")
     categories = sorted(coco.get("categories") or [], key=lambda c: c["id"])
     label_of = {c["id"]: i for i, c in enumerate(categories)}
     rows, labels, ann_ids, bboxes = [], [], [], []

@@ -26,7 +26,8 @@ def save_dataset_plot(report: DatasetReport, path) -> Path:
     figure = _figure_class()(figsize=(16, 9), dpi=100)
     grid = figure.subplots(2, 3)
     order = np.argsort(-np.asarray(report.instances_per_class), kind="stable")[:MAX_CLASSES_SHOWN]
-    shown = f" ({len(order)} most frequent of {len(report.class_names)})" if len(order) < len(report.class_names) else ""
+    total = len(report.class_names)
+    shown = f" ({len(order)} most frequent of {total})" if len(order) < total else ""
     names = [report.class_names[i] for i in order]
     _class_bars(grid[0, 0], names, np.asarray(report.instances_per_class)[order], f"instances per class{shown}")
     _box_sizes(grid[0, 1], report)
