@@ -10,6 +10,10 @@ compressed RLE, encoded per image as the detections arrive) and the metrics add 
 under `MASK_METRIC_NAMES`, beside the box AP's unchanged `METRIC_NAMES`; fpn.engine.mask_eval has the details.
 The box AP of such a model is the one its boxes alone would score.
 
+Per class: the metrics' "per_class" entry holds each category's AP, AP50, AP75 and instance count, read from the
+same COCOeval run as the summary (`fpn.engine.per_class`); `evaluate_coco(curves=True)` also writes pr_curves.png,
+confusion.png and confusion.json (`fpn.engine.eval_plots`, `fpn.engine.confusion`).
+
 Proposal recall (AR100, AR1k, AR_s/m/l of an RPN-only model, the paper's Table 1) is in `fpn.engine.proposal_eval`, which
 scores the same inference output with COCOeval class-agnostically.
 """
