@@ -125,9 +125,13 @@ def tiny_model(arch_config):
     return build_detector(3, config).eval()
 
 
-@pytest.mark.parametrize("variant, size_divisible", [("fpn", 32), ("fpn", 1), ("c4", 32), ("p2_only", 32)])
-def test_best_iou_equals_every_anchor_of_the_model(variant, size_divisible):
+@pytest.mark.parametrize("variant, size_divisible, trunk", [
+    ("fpn", 32, "resnet"), ("fpn", 1, "resnet"), ("c4", 32, "resnet"), ("p2_only", 32, "resnet"),
+    ("fpn", 32, "mobilenet_v3_large"), ("fpn", 32, "regnet_x_400mf"),
+])
+def test_best_iou_equals_every_anchor_of_the_model(variant, size_divisible, trunk):
     config = FasterRCNNConfig(variant=variant)
+    config.backbone.name = trunk
     config.input = InputConfig(min_size=160, max_size=250, size_divisible=size_divisible)
     model = tiny_model(config)
     pyramid = model_pyramid(model.config)
@@ -167,7 +171,7 @@ def test_best_iou_clamps_to_the_grid():
 
 def test_mobilenet_and_single_map_pyramids():
     config = FasterRCNNConfig()
-    config.backbone.name = "mobilenet_v3_large"
+    config.backbone.name = "mobilenet_v3_large"  # unresolved (every_size_on_every_level None) as the model's
     pyramid = model_pyramid(config)
     assert pyramid.level_names == ("p4",) and pyramid.anchor_strides == (32, 32, 64)
     assert pyramid.anchor_sizes == ((32, 64, 128, 256, 512),) * 3
