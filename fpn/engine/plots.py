@@ -193,7 +193,8 @@ def draw_series(axes, title: str, ylabel: str, series: Series, style: str):
     axes.set(title=title, xlabel="iteration", ylabel=ylabel)
     axes.grid(True, alpha=0.3)
     if len(series) > 1 or "o" in style:
-        axes.legend(loc="best")
+        crowded = len(series) > 6  # training and validation losses: two short columns cover less of the lines
+        axes.legend(loc="best", ncol=2 if crowded else 1, fontsize="small" if crowded else None)
     return axes
 
 
