@@ -6,7 +6,8 @@
 The detector benchmark's parts, one concept a file: models.py (the two models with the same weights, and their
 inputs), measure.py (timing and peak memory, for both benchmarks), side_by_side.py (inference and a training step
 at one device and precision), deploy.py (every inference path, --deploy), profiling.py (where the time goes,
---profile), mask_memory.py (Mask R-CNN training memory at COCO scale, --mask-memory), report.py (the machine, the
+--profile), mask_memory.py (Mask R-CNN training memory at COCO scale, --mask-memory), tiling.py (small objects
+in large images, whole against tiled inference, --tiling), report.py (the machine, the
 Markdown tables, the printed report). ops_workloads.py holds the NMS boxes
 and RoIs that ops.py times; reference.py imports torchvision, or says in one line how to install it.
 

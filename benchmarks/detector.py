@@ -3,7 +3,8 @@ same inputs, one run.
 
 The command line of scripts/benchmark.py. The models and inputs: benchmarks/models.py; what is measured and how:
 benchmarks/side_by_side.py and benchmarks/measure.py; --deploy: benchmarks/deploy.py; --profile:
-benchmarks/profiling.py; --mask-memory (a run of its own): benchmarks/mask_memory.py; the printed report and the
+benchmarks/profiling.py; --mask-memory (a run of its own): benchmarks/mask_memory.py; --tiling (a run of its own):
+benchmarks/tiling.py; the printed report and the
 JSON file: benchmarks/report.py. The JSON of an --arch mask_rcnn run says "arch": "mask_rcnn" (no "arch": Faster
 R-CNN, as before the flag).
 """
@@ -22,6 +23,7 @@ from benchmarks.profiling import profile
 from benchmarks.reference import missing_reference_message, torchvision
 from benchmarks.report import machine_info, print_mask_memory, print_report, write_json
 from benchmarks.side_by_side import bench_stage
+from benchmarks.tiling import QUICK_TILING, TilingSettings, run_tiling
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="instead: Mask R-CNN's training step and mask targets at COCO scale (batch 2 of 50 "
                              "instances, originals 480x640 and 800x1333 resized to 800 x at most 1333): time and "
                              "peak memory (--quick: 96x128, 10 instances)")
+    parser.add_argument("--tiling", action="store_true",
+                        help="instead: recall of small objects in large images, whole-image against tiled inference "
+                             "(a detector trained here on CPU for a few minutes), see benchmarks/tiling.py")
     parser.add_argument("--amp", action="store_true", help="also bf16 autocast (CPU: with channels_last)")
     parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
                         help="all: the CPU, and CUDA when present")
@@ -87,6 +92,8 @@ def main(argv=None) -> int:
     if torchvision is None:
         print(missing_reference_message("benchmark.py"), file=sys.stderr)
         return 2
+    if args.tiling:
+        return run_tiling(replace(QUICK_TILING) if args.quick else TilingSettings(), args.json)
     devices = [torch.device("cpu")] if args.device in ("all", "cpu") else []
     if args.device in ("all", "cuda") and torch.cuda.is_available():
         devices.append(torch.device("cuda"))

@@ -8,6 +8,7 @@
     python scripts/benchmark.py --arch mask_rcnn               # MaskRCNNFPN vs maskrcnn_resnet50_fpn, same table
     python scripts/benchmark.py --mask-memory --json runs/mask_memory.json  # Mask R-CNN training at COCO scale:
                                                                # 50 instances per image, memory of the mask targets
+    python scripts/benchmark.py --tiling --json runs/tiling.json  # small objects in a large image: whole vs tiled
 
 The flags: `--help`; what is measured and how: benchmarks/ (benchmarks/detector.py first). Needs torchvision,
 the reference (the "test" extra); without it, exits 2 with one line saying how to install it.
