@@ -12,7 +12,9 @@ from fpn.detectors.tiling import (
     tile_starts,
     touches_inner_edge,
 )
+from fpn.config import FCOSConfig
 from fpn.errors import InputError
+from fpn.ops.host_sync import HostSyncCounter
 from fpn.ops.boxes import box_iou
 from test_predict import tiny_model as full_tiny_model
 
@@ -164,6 +166,7 @@ def test_masks_are_placed_at_the_tile_in_an_image_size_canvas():
 def test_detection_limits_of_each_detector_kind():
     model = tiny_model()
     assert detection_limits(model.config) == (0.5, 100)
+    assert detection_limits(FCOSConfig()) == (0.6, 100)
     model.config.rpn_only = True
     assert detection_limits(model.config) == (model.config.rpn.nms_thresh, model.config.rpn.post_nms_top_n_test)
 
@@ -209,3 +212,16 @@ def test_an_image_no_larger_than_a_tile_gives_the_plain_prediction():
     assert len(plain["boxes"]) > 0
     for key in ("boxes", "scores", "labels"):
         assert torch.equal(plain[key], tiled[key])
+
+
+def test_merge_host_syncs_one_selection_plus_one_read_for_masks():
+    whole = _part([[10.0, 10, 40, 40], [100, 100, 120, 120]], [0.9, 0.3], [1, 2], (0, 0, 200, 200))
+    tile = _part([[5.0, 5, 35, 35], [60, 60, 70, 70]], [0.8, 0.2], [1, 1], (5, 5, 105, 105))
+    with HostSyncCounter() as counter:
+        merge_detections([whole, tile], (200, 200), nms_thresh=0.5, detections_per_img=100, score_threshold=0.25)
+    ours = {site: count for (_, site), count in counter.by_site.items() if "fpn/detectors/tiling.py" in site}
+    assert sum(ours.values()) == 1  # the selection; the rest is the merge NMS's own (fpn/ops/nms.py)
+    whole[1]["masks"], tile[1]["masks"] = torch.zeros(2, 1, 200, 200), torch.zeros(2, 1, 100, 100)
+    with HostSyncCounter() as counter:
+        merge_detections([whole, tile], (200, 200), nms_thresh=0.5, detections_per_img=100)
+    assert sum(count for (_, site), count in counter.by_site.items() if "fpn/detectors/tiling.py" in site) == 2
