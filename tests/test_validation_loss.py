@@ -51,15 +51,15 @@ def test_images_go_in_at_the_test_size_with_norms_in_eval_mode_and_modes_are_res
     model = FasterRCNNFPN(num_classes=3, config=config).train()
     model.backbone.eval()  # a mode of its own, restored as it was
     seen = []
-    real = model.forward_batch
+    real = model.forward_heads
 
-    def forward_batch(batch, targets):
+    def forward_heads(batch, features, targets):
         seen.append(list(batch.image_sizes))
         norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         assert norms and not any(m.training for m in norms) and model.rpn.training
-        return real(batch, targets)
+        return real(batch, features, targets)
 
-    model.forward_batch = forward_batch
+    model.forward_heads = forward_heads
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     losses = validation_losses(model, samples(), device=CPU, batch_size=2)
     assert seen == [[(96, 120), (120, 96)], [(96, 96)]]  # shorter side 96 (test), not 64 (training)
@@ -96,3 +96,32 @@ def test_fcos_and_an_rpn_alone_give_their_own_terms():
 def test_an_empty_set_has_no_validation_loss():
     model = FasterRCNNFPN(num_classes=3, config=tiny_config())
     assert validation_losses(model, [], device=CPU) == {}
+
+
+@pytest.mark.parametrize("make", ["faster", "mask"])
+def test_evaluate_coco_takes_the_loss_from_its_own_forward_passes(tmp_path, make):
+    """evaluate_coco(val_loss=True) runs the backbone once per batch: its detections (and so its APs) are those
+    of the plain evaluation, and its loss terms equal a validation-loss pass of their own, draw for draw."""
+    from fpn.data.coco import CocoDetection
+    from fpn.data.synthetic import generate_synthetic_coco
+    from fpn.engine.evaluation import evaluate_coco
+
+    paths = generate_synthetic_coco(tmp_path / "syn", 2, num_val=5, seed=3, min_size=64, max_size=96,
+                                    progress=False)
+    data = CocoDetection(paths["val_images"], paths["val_annotations"], train=False, masks=make == "mask")
+    torch.manual_seed(0)
+    config = mask_config() if make == "mask" else tiny_config()
+    model = (MaskRCNNFPN if make == "mask" else FasterRCNNFPN)(num_classes=data.num_classes, config=config).eval()
+    model.roi_heads.cfg.score_thresh = 0.0  # detections from random weights, so that the APs compare something
+    plain = evaluate_coco(model, data, device=CPU, batch_size=2, output_dir=tmp_path / "plain")
+    shared = evaluate_coco(model, data, device=CPU, batch_size=2, output_dir=tmp_path / "shared", val_loss=True,
+                           loss_seed=4)
+    alone = validation_losses(model, data, device=CPU, batch_size=2, seed=4)
+    assert not model.training and set(alone) == {key for key in shared if key.startswith("val_")}
+    terms = BOX_TERMS + (["loss_mask"] if make == "mask" else [])
+    assert sorted(alone) == sorted([f"val_{term}" for term in terms] + ["val_loss"])
+    for key, value in alone.items():
+        assert shared[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    assert {k: v for k, v in shared.items() if not k.startswith("val_")} == plain
+    results = [(tmp_path / folder / "eval_results.json").read_text() for folder in ("plain", "shared")]
+    assert results[0] == results[1] and len(results[0]) > 2  # the same detections, and some

@@ -141,6 +141,13 @@ class FasterRCNNFPN(Detector):
     def forward_batch(self, batch: ImageBatch, targets: Optional[List[Dict[str, Tensor]]] = None):
         """Losses (training) or per-image detections in the ImageBatch frame (eval); see `Detector`."""
         features = self.features(batch)  # {"p2": (N, 256, Hp/4, Wp/4), ..., "p6"}; c4, c5: C2..C4 / C2..C5
+        return self.forward_heads(batch, features, targets)
+
+    def forward_heads(self, batch: ImageBatch, features: Dict[str, Tensor],
+                      targets: Optional[List[Dict[str, Tensor]]] = None):
+        """`forward_batch` after the pyramid: the RPN and the RoI heads on `features` (what `self.features(batch)`
+        returns), losses or detections as the heads' mode says (an evaluation with the validation loss runs them
+        twice on one pyramid: fpn/engine/validation_loss.py)."""
         rpn_features = {name: features[name] for name in self.rpn_maps}
         if self.roi_heads is None:  # the RPN alone (paper Table 1): its proposals are the detections
             proposals, rpn_losses = self.rpn(batch, rpn_features, targets, with_scores=True)

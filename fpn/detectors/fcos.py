@@ -96,6 +96,11 @@ class FCOSFPN(Detector):
     def forward_batch(self, batch: ImageBatch, targets: Optional[List[Dict[str, Tensor]]] = None):
         """Losses (training) or per-image detections in the ImageBatch frame (eval); see `Detector`."""
         features = self.features(batch)  # {"p3": (N, d, Hp/8, Wp/8), ..., "p7": (N, d, Hp/128, Wp/128)}
+        return self.forward_heads(batch, features, targets)
+
+    def forward_heads(self, batch: ImageBatch, features: Dict[str, Tensor],
+                      targets: Optional[List[Dict[str, Tensor]]] = None):
+        """`forward_batch` after the pyramid: the head on `features`, losses or detections as its mode says."""
         detections, losses = self.head(batch, features, targets)
         return losses if self.training else detections
 

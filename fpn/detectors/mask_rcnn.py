@@ -86,6 +86,11 @@ class MaskRCNNFPN(FasterRCNNFPN):
         """Losses (training) or per-image detections with their 28x28 `masks` (D, 1, 28, 28) probabilities, in
         the ImageBatch frame (eval; `Detector.forward` pastes them into each image)."""
         features = self.features(batch)  # {"p2": (N, 256, Hp/4, Wp/4), ..., "p6"}
+        return self.forward_heads(batch, features, targets)
+
+    def forward_heads(self, batch: ImageBatch, features: Dict[str, Tensor],
+                      targets: Optional[List[Dict[str, Tensor]]] = None):
+        """`forward_batch` after the pyramid: the RPN, box and mask heads on `features`."""
         proposals, rpn_losses = self.rpn(batch, {name: features[name] for name in self.rpn_maps}, targets)
         pooled = {name: features[name] for name in self.pooled_levels}
         if self.training:

@@ -5,14 +5,35 @@ negative thresholds marked; FCOS has no anchors and says so). Needs matplotlib: 
 """
 from __future__ import annotations
 
+import json
+import os
 import textwrap
 from pathlib import Path
+from typing import List, Optional, Tuple
 
 import numpy as np
 
 from fpn.data.statistics import DatasetReport
 
 MAX_CLASSES_SHOWN = 40  # the class panels show the most frequent classes; more would not read
+REPORT_FILE, PLOT_FILE = "dataset_report.json", "dataset.png"
+
+
+def write_dataset_report(report: DatasetReport, output_dir) -> Tuple[List[Path], Optional[str]]:
+    """`output_dir`/dataset_report.json (atomically: a reader never sees half a file) and dataset.png.
+
+    Returns:
+        (the paths written, None), or without matplotlib (the JSON alone, the one-line hint of what to install).
+    """
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    temporary = output / f".{REPORT_FILE}.tmp"
+    temporary.write_text(json.dumps(report.to_json(), indent=1) + "\n", encoding="utf-8")
+    os.replace(temporary, output / REPORT_FILE)
+    try:
+        return [output / REPORT_FILE, save_dataset_plot(report, output / PLOT_FILE)], None
+    except ImportError as missing:
+        return [output / REPORT_FILE], str(missing)
 
 
 def save_dataset_plot(report: DatasetReport, path) -> Path:

@@ -14,8 +14,8 @@ Per class: the metrics' "per_class" entry holds each category's AP, AP50, AP75 a
 same COCOeval run as the summary (`fpn.engine.per_class`); `evaluate_coco(curves=True)` also writes pr_curves.png,
 confusion.png and confusion.json (`fpn.engine.eval_plots`, `fpn.engine.confusion`).
 
-Proposal recall (AR100, AR1k, AR_s/m/l of an RPN-only model, the paper's Table 1) is in `fpn.engine.proposal_eval`, which
-scores the same inference output with COCOeval class-agnostically.
+Proposal recall (AR100, AR1k, AR_s/m/l of an RPN-only model, the paper's Table 1) is in `fpn.engine.proposal_eval`,
+which scores the same inference output with COCOeval class-agnostically.
 """
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ from fpn.engine import distributed
 from fpn.engine.mask_eval import detection_rles, segm_ground_truth, segm_results, segmentation_problem_in
 from fpn.engine.confusion import SCORE_THRESHOLD
 from fpn.engine.eval_plots import write_evaluation_plots
+from fpn.engine.loop import move_to_device
+from fpn.engine.validation_loss import LossMeter, detections_and_losses, seeded_draws
 from fpn.engine.per_class import PrecisionTable, empty_table, format_per_class, per_class_metrics, precision_table
 from fpn.errors import InputError
 from fpn.data.coco import collate
@@ -127,6 +129,16 @@ def run_inference(model: nn.Module, dataset: Dataset, label_to_category: Mapping
     return None if answer is None else answer[0]
 
 
+def _detect(model: nn.Module, images: List[Tensor], targets: List[dict], device: torch.device,
+            losses: Optional[LossMeter]) -> List[Dict[str, Tensor]]:
+    """`model(images)`; with a meter, the detections and loss terms of one pyramid, the losses added to it."""
+    if losses is None:
+        return model([image.to(device) for image in images])
+    outputs, terms = detections_and_losses(model, *move_to_device(images, targets, device))
+    losses.add(terms, len(images))
+    return outputs
+
+
 @torch.no_grad()
 def inference_records(
     model: nn.Module,
@@ -138,6 +150,8 @@ def inference_records(
     num_workers: int = 0,
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
     progress: Optional[Callable[[int], None]] = None,
+    losses: Optional[LossMeter] = None,
+    loss_seed: int = 0,
 ) -> Optional[Tuple[Dict[int, List[dict]], bool]]:
     """Detect on this rank's shard of `dataset` and gather every rank's COCO records on rank 0.
 
@@ -150,6 +164,9 @@ def inference_records(
         num_workers: DataLoader worker processes.
         autocast: a factory of the autocast context (mixed precision) or nullcontext.
         progress: called with the number of images done after each batch (rank 0 progress bars).
+        losses: also the validation loss: each batch's loss terms from the detections' own pyramid
+            (`fpn.engine.validation_loss.detections_and_losses`; the targets need `boxes`, `labels` and for a Mask
+            R-CNN's mask term `masks`) are added to this meter; its sampling draws come from `loss_seed`.
     Returns:
         on rank 0, ({image_id: COCO result dicts} of every image seen by any rank, whether the model returned
         masks); None on the other ranks. An image without detections has an empty list; an image id met twice, as
@@ -174,18 +191,21 @@ def inference_records(
     per_image: Dict[int, List[dict]] = {}
     dropped: Counter = Counter()  # {label without a COCO category: detections left out}
     with_masks = False
+    draws = seeded_draws(device, loss_seed) if losses is not None else contextlib.nullcontext()
     try:
-        for images, targets in loader:
-            with autocast():
-                outputs = model([image.to(device) for image in images])
-            for image, target, output in zip(images, targets, outputs):
-                image_id = int(target["image_id"])
-                records = detections_to_coco(output, image_id, label_to_category, coco_scale(image, target), dropped)
-                per_image.setdefault(image_id, records)
-                with_masks = with_masks or "masks" in output
-            del outputs, output  # a Mask R-CNN's full-size masks: not held through the next batch's forward
-            if progress is not None:
-                progress(len(images))
+        with draws:
+            for images, targets in loader:
+                with autocast():
+                    outputs = _detect(model, images, targets, device, losses)
+                for image, target, output in zip(images, targets, outputs):
+                    image_id = int(target["image_id"])
+                    scale = coco_scale(image, target)
+                    per_image.setdefault(image_id, detections_to_coco(output, image_id, label_to_category, scale,
+                                                                      dropped))
+                    with_masks = with_masks or "masks" in output
+                del outputs, output  # a Mask R-CNN's full-size masks: not held through the next batch's forward
+                if progress is not None:
+                    progress(len(images))
     finally:
         model.train(was_training)
     gathered = distributed.all_gather_objects((per_image, dropped, with_masks))
@@ -305,6 +325,7 @@ def evaluate_coco(
     mask_ap: bool = True,
     curves: bool = False,
     confusion_threshold: float = SCORE_THRESHOLD,
+    val_loss: bool = False,
     **inference_kwargs,
 ) -> Optional[Dict[str, object]]:
     """Run `inference_records` then `coco_evaluate` (box AP; mask AP too when the model returns masks); on rank 0 also
@@ -323,7 +344,9 @@ def evaluate_coco(
         curves: with `output_dir`, also write pr_curves.png, confusion.png and confusion.json there
             (`fpn.engine.eval_plots`; without matplotlib confusion.json alone, after one line saying so).
         confusion_threshold: the score a detection needs to enter the confusion matrix (`fpn.engine.confusion`).
-        **inference_kwargs: batch_size, num_workers, autocast, progress of `inference_records`.
+        val_loss: also the validation loss terms `val_<term>` and `val_loss`, from the same forward passes
+            (`inference_records(losses=...)`; the dataset's targets need what the loss needs).
+        **inference_kwargs: batch_size, num_workers, autocast, progress, loss_seed of `inference_records`.
     Returns:
         the metrics dict on every rank (rank 0 computes it and broadcasts it): the floats `METRIC_NAMES`, with mask
         AP `MASK_METRIC_NAMES`, then "per_class": {class name: {"AP", "AP50", "AP75", "instances"}, with mask AP also
@@ -332,7 +355,9 @@ def evaluate_coco(
         numbers only skips the values that are not.
     """
     mapping = dataset.label_to_category if label_to_category is None else label_to_category
-    answer = inference_records(model, dataset, mapping, device=device, **inference_kwargs)
+    meter = LossMeter() if val_loss else None
+    answer = inference_records(model, dataset, mapping, device=device, losses=meter, **inference_kwargs)
+    losses = meter.mean(device) if meter is not None else {}  # a collective: every rank
     metrics = None
     if distributed.is_main_process():
         per_image, with_masks = answer
@@ -343,6 +368,7 @@ def evaluate_coco(
         if with_masks and mask_ap:
             mask_summary, mask_table = mask_metrics(dataset, results, image_ids)
             metrics.update(mask_summary)
+        metrics.update(losses)
         names = {int(c): category["name"] for c, category in dataset.coco.cats.items()}
         metrics["per_class"] = per_class_metrics(table, names, mask_table)
         if curves and output_dir is not None:

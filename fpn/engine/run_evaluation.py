@@ -95,14 +95,19 @@ class RunEvaluation:
         model = self.model
         options = dict(device=self.device, batch_size=self.batch_size, num_workers=self.workers,
                        autocast=self.autocast)
-        # an RPN alone (paper Table 1) is scored by the recall of its proposals, a detector by box (and mask) AP
+        # an RPN alone (paper Table 1) is scored by the recall of its proposals, its validation loss in a pass of
+        # its own; a detector by box (and mask) AP, the validation loss from the same forward passes (the loss set:
+        # the same images, with masks for a Mask R-CNN's mask term)
         if is_rpn_only(model):
-            run, what, table = evaluate_proposals, "proposal recall", format_recall
+            what, table = "proposal recall", format_recall
+            result = dict(evaluate_proposals(model, self.val_set, output_dir=self.output_dir, prefix=prefix,
+                                             **options))
+            result.update(validation_losses(model, self.loss_set, **options))
         else:
             masks = isinstance(model.config, MaskRCNNConfig)
-            run, what, table = evaluate_coco, f"COCO box{' and mask' if masks else ''} evaluation", format_metrics
-        result = dict(run(model, self.val_set, output_dir=self.output_dir, prefix=prefix, **options))
-        result.update(validation_losses(model, self.loss_set, **options))
+            what, table = f"COCO box{' and mask' if masks else ''} evaluation", format_metrics
+            result = dict(evaluate_coco(model, self.loss_set, output_dir=self.output_dir, prefix=prefix,
+                                        val_loss=True, curves=True, **options))
         self.metrics.write({"iter": iteration, **result})
         losses = ", ".join(f"{key} {value:.4f}" for key, value in result.items() if key.startswith("val_"))
         distributed.log(f"\n{what} at iteration {iteration} ({len(self.val_set)} images):\n{table(result)}\n"

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from fpn.backbones.build import build_backbone
 from fpn.config import MaskRCNNConfig
 from fpn.data.coco import CocoDetection
+from fpn.data.statistics import describe_dataset
 from fpn.detectors.build import arch_of, build_detector, is_rpn_only
 from fpn.device import select_device
 from fpn.engine import distributed
@@ -32,6 +33,7 @@ from fpn.engine.checkpoint import (
     checkpoint_path, load_pretrained_weights, prepare_output_dir, prune_checkpoints, save_checkpoint, to_plain,
 )
 from fpn.engine.best import BestMetric, check_best_metric
+from fpn.engine.dataset_plot import write_dataset_report
 from fpn.engine.interrupts import interrupts_deferred, sigterm_as_interrupt
 from fpn.engine.loop import MetricsLog, autocast_factory, build_grad_scaler, train_iterations
 from fpn.engine.nonfinite import FiniteWatch, NonFiniteError
@@ -42,7 +44,9 @@ from fpn.engine.rng_state import capture_rng_state
 from fpn.engine.run_evaluation import RunEvaluation, evaluation_keys, loss_dataset, on_main_or_raise
 from fpn.engine.schedule import build_lr_scheduler, build_optimizer, scaled_lr
 from fpn.engine.tensorboard import open_board, require_tensorboard
-from fpn.engine.training_data import DataSource, build_datasets, check_data_paths, dataset_paths, training_loader
+from fpn.engine.training_data import (
+    DataSource, OwnData, build_datasets, check_data_paths, dataset_paths, training_loader,
+)
 from fpn.errors import InputError, TrainingInterrupted, TrainingStopped, describe_os_error
 from fpn.deploy.visualize import save_detection_picture
 
@@ -152,6 +156,7 @@ class Trainer:
         self.started = False  # True once the checks are done and work (data generation, training) begins
         # (path, checkpoint, passed-over lines) found for --resume before any work
         self.resume_from: Tuple[Optional[Path], Optional[dict], List[str]] = (None, None, [])
+        self.own_data: Optional[OwnData] = None  # --train-data's sets, read once by check_before_work
         # the best evaluation so far (best.pt) and the early-stop count; in every checkpoint
         self.best = BestMetric(job.preset.best_metric, job.preset.early_stop)
 
@@ -181,7 +186,7 @@ class Trainer:
             InputError / ValueError: naming the flag, the file and the reason.
         """
         job, iters = self.job, self.preset.iters
-        check_data_paths(job.data)
+        self.own_data = check_data_paths(job.data)  # own label folders read (and checked) once, here
         config = copy.deepcopy(self.preset.model)
         if config.backbone.weights:  # the file is read, and loaded into a trunk to prove that it fits
             build_backbone(config.backbone)
@@ -214,10 +219,12 @@ class Trainer:
         if stale:
             distributed.log(f"removed {len(stale)} temporary file(s) of an interrupted checkpoint write: "
                             + ", ".join(p.name for p in stale))
-        paths = dataset_paths(job.data, self.output_dir, synthetic_recipe(preset))
+        paths = dataset_paths(job.data, self.output_dir, synthetic_recipe(preset), self.own_data)
         train_set, val_set = build_datasets(paths, job.data, job.seed, masks=isinstance(preset.model, MaskRCNNConfig))
         distributed.log(f"{len(train_set)} training / {len(val_set)} validation images, "
                         f"{train_set.num_classes - 1} classes")
+        if distributed.is_main_process():
+            self.describe_data(train_set)
         model, optimizer, scheduler, scaler = self.build_model(train_set)
         # DDP averages the gradients over the ranks during backward.
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
@@ -265,6 +272,14 @@ class Trainer:
         if distributed.is_main_process():
             self.write_final(model, val_set, final, evaluate.best_path, board)
         distributed.log(self.best.summary(evaluate.best_path))
+
+    def describe_data(self, train_set: CocoDetection) -> None:
+        """The training set against this model's pyramid (`fpn.data.statistics`): the table in the log,
+        dataset_report.json and dataset.png in the output folder (without matplotlib, a line says so)."""
+        report = describe_dataset(train_set.coco.dataset, self.preset.model)
+        written, missing = write_dataset_report(report, self.output_dir)
+        distributed.log("the training set at this model's input size and pyramid:\n" + report.text() + "\n"
+                        + (missing or f"dataset report: {', '.join(str(path) for path in written)}"))
 
     def write_final(self, model, val_set, final: dict, best_path: Path, board) -> None:
         """final_metrics.json (the last evaluation and `best`), detections.png and the plots (rank 0)."""

@@ -64,13 +64,16 @@ def coco_layout(root: Path) -> Dict[str, Path]:
     }
 
 
-def check_data_paths(data: DataSource) -> None:
+OwnData = Tuple[LabelledData, LabelledData, List[str]]  # what own_data_sets returns: (train, val, notes)
+
+
+def check_data_paths(data: DataSource) -> Optional[OwnData]:
     """InputError naming the first data flag whose folder or file is missing (before anything is generated or read);
-    `train_data` / `val_data` are read in full here, so a malformed label file stops the run before it starts."""
+    `train_data` / `val_data` are read in full here, so a malformed label file stops the run before it starts, and
+    returned (`own_data_sets`) for `dataset_paths`, which then does not read them again; None for other data."""
     check_data_flags(data)
     if data.train_data:
-        own_data_sets(data)
-        return
+        return own_data_sets(data)
     if data.coco_root:
         root = Path(data.coco_root)
         if not root.is_dir():
@@ -87,15 +90,18 @@ def check_data_paths(data: DataSource) -> None:
             raise InputError(f"{what}: no such {kind}")
         if not is_kind():
             raise InputError(f"{what}: not a {kind}")
+    return None
 
 
-def dataset_paths(data: DataSource, output_dir: Path, recipe: Dict[str, Any]) -> Dict[str, Path]:
+def dataset_paths(data: DataSource, output_dir: Path, recipe: Dict[str, Any],
+                  own_data: Optional[OwnData] = None) -> Dict[str, Path]:
     """Where the training and validation data are; generates the synthetic set (`recipe`: the arguments of
-    `generate_synthetic_coco`) when no data path was given, once per recipe."""
+    `generate_synthetic_coco`) when no data path was given, once per recipe. `own_data`: the sets of
+    `data.train_data` as `check_data_paths` read them (None: read here)."""
     if data.coco_root:
         return coco_layout(Path(data.coco_root))
     if data.train_data:
-        return write_own_data(data, Path(output_dir) / "data")
+        return write_own_data(data, Path(output_dir) / "data", own_data)
     if data.given():
         check_data_paths(data)  # all four or none
         return {key: Path(getattr(data, key)) for key in SPLIT_KEYS}
@@ -188,10 +194,10 @@ def unite_categories(train: dict, val: dict) -> Tuple[dict, dict, str]:
     return renumbered(train), renumbered(val), note
 
 
-def write_own_data(data: DataSource, folder: Path) -> Dict[str, Path]:
-    """Read `data.train_data` (and `val_data`), write them as `folder`/train.json and val.json (rank 0; the
-    other ranks wait) and return the paths of the usual four."""
-    train, val, notes = own_data_sets(data)
+def write_own_data(data: DataSource, folder: Path, own_data: Optional[OwnData] = None) -> Dict[str, Path]:
+    """Read `data.train_data` (and `val_data`; `own_data`: already read), write them as `folder`/train.json and
+    val.json (rank 0; the other ranks wait) and return the paths of the usual four."""
+    train, val, notes = own_data if own_data is not None else own_data_sets(data)
     paths = {"train_images": train.images_root, "train_annotations": folder / "train.json",
              "val_images": val.images_root, "val_annotations": folder / "val.json"}
 

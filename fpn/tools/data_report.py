@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,6 +24,7 @@ from typing import Optional, Sequence
 from fpn.data.formats import FORMATS, read_dataset, select_split
 from fpn.data.statistics import describe_dataset
 from fpn.detectors.build import ARCHITECTURES, arch_of, convert_config
+from fpn.engine.dataset_plot import PLOT_FILE, REPORT_FILE, write_dataset_report
 from fpn.engine.presets import PRESETS, get_preset
 from fpn.errors import InputError
 from fpn.tools.cli import ArgumentParser, run_cli
@@ -32,7 +32,6 @@ from fpn.tools.config_flags import add_config_flags, apply_config_flags, arch_in
 
 PROG = "python -m fpn.data.report"
 DEFAULT_PRESET = "paper"  # torchvision's detector settings: what a model for real photographs trains at
-REPORT_FILE, PLOT_FILE = "dataset_report.json", "dataset.png"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -86,18 +85,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     config = apply_config_flags(convert_config(model, args.arch or arch_of(model)), args)
     report = describe_dataset(read_labels(args.source, args.data_format, args.split), config,
                               max_images=args.max_images)
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    temporary = output / f".{REPORT_FILE}.tmp"
-    temporary.write_text(json.dumps(report.to_json(), indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, output / REPORT_FILE)  # a reader never sees half a file
     print(report.text())
-    try:
-        from fpn.engine.dataset_plot import save_dataset_plot
-
-        written = [save_dataset_plot(report, output / PLOT_FILE)]
-    except ImportError as missing:
+    written, missing = write_dataset_report(report, args.output)
+    if missing:
         print(f"report: {missing}", file=sys.stderr)
-        written = []
-    print(f"wrote {', '.join(str(p) for p in [output / REPORT_FILE, *written])}")
+    print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
