@@ -230,3 +230,34 @@ def test_two_iterations_from_a_converted_coco_json_beside_its_images_folder(tmp_
     train, val = written(run)
     assert len(train["images"]) == 4 and len(val["images"]) == 2
     assert f"{root / 'shapes.json'}: coco format (detected)" in capsys.readouterr().out
+
+
+def test_evaluate_reads_the_folder_the_run_trained_on_and_matches_classes_by_name(tmp_path, capsys):
+    """scripts/evaluate.py --data: the VOC folder's val split gives exactly the AP of the training's final
+    evaluation; a folder numbering its classes otherwise (only 'square', so id 1 in its own numbering) is matched
+    to the checkpoint's ids by name, and the checkpoint's other class is listed (without ground truth)."""
+    from fpn.tools.evaluate import main as evaluate
+
+    root = voc_set(tmp_path / "voc")
+    code, run = train_on(tmp_path, "--train-data", str(root))
+    assert code == 0, capsys.readouterr().err
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert evaluate([str(run / "best.pt"), "--data", str(root), "--output-dir", str(tmp_path / "eval"),
+                     "--workers", "0"]) == 0
+    got = json.loads((tmp_path / "eval" / "evaluate_metrics.json").read_text())
+    assert {key: got[key] for key in ("AP", "AP50", "per_class")} == {key: final[key] for key in ("AP", "AP50",
+                                                                                                   "per_class")}
+    assert "voc, 2 images (split val)" in capsys.readouterr().out
+
+    squares = voc_set(tmp_path / "squares")  # the same images, the circles removed from every label file
+    for xml in (squares / "Annotations").glob("*.xml"):
+        text = re.sub(r"<object><name>circle</name>.*?</object>", "", xml.read_text())
+        xml.write_text(text)
+    assert evaluate([str(run / "best.pt"), "--data", str(squares), "--split", "train", "--output-dir",
+                     str(tmp_path / "eval2"), "--workers", "0", "--no-curves"]) == 0
+    data = json.loads((tmp_path / "eval2" / "evaluate_data.json").read_text())
+    assert data["categories"] == [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}]
+    assert len(data["images"]) == 4
+    assert {a["category_id"] for a in data["annotations"]} == {2}
+    assert evaluate([str(run / "best.pt"), "--data", str(squares), "--coco-root", str(tmp_path)]) == 2
+    assert "--data and --coco-root / --images / --annotations both name the data" in capsys.readouterr().err

@@ -14,6 +14,14 @@ Several GPUs (the images are split over the processes, the detections gathered o
 CHECKPOINT is one of our training checkpoints or a torchvision `fasterrcnn_resnet50_fpn` file (whose labels are
 the COCO category ids). Writes OUTPUT_DIR/{PREFIX}_results.json (COCO results format) and {PREFIX}_metrics.json.
 
+Your own labelled folder, in any format train.py's --train-data reads (YOLO, Pascal VOC, LabelMe, COCO json):
+
+    python scripts/evaluate.py runs/mine/best.pt --data datasets/mine            # its val split, or all of it
+    python scripts/evaluate.py runs/mine/best.pt --data VOCdevkit/VOC2007 --split test
+
+The folder is read as training reads it, its classes matched to the checkpoint's by name, and written as
+OUTPUT_DIR/{PREFIX}_data.json (the COCO file the scores are computed against).
+
 Per class: below the summary table, one row per class (ground-truth instances, AP, AP50, AP75; mask AP and mask
 AP50 of a Mask R-CNN), the same numbers under "per_class" in the metrics JSON (null for a class without ground
 truth in the images evaluated). OUTPUT_DIR also gets pr_curves.png (each class's precision-recall curve at IoU 0.5
@@ -66,6 +74,8 @@ categories that do not match), one line on stderr (--debug shows the traceback);
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +89,7 @@ from fpn.io.loading import is_training_checkpoint, load_detector
 from fpn.tools.cli import ArgumentParser, run_cli
 from fpn.errors import InputError
 from fpn.data.coco import CocoDetection
+from fpn.data.formats import FORMATS, read_dataset, select_split
 from fpn.data.file_check import check_image_files, handle_bad_images
 from fpn.device import select_device
 from fpn.engine.loop import AMP_DTYPES, autocast_factory
@@ -101,6 +112,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--coco-root", help="DIR with val2017/ and annotations/instances_val2017.json")
     parser.add_argument("--images", help="images folder")
     parser.add_argument("--annotations", help="COCO json of those images")
+    parser.add_argument("--data", help="a labelled folder or file in any format train.py's --train-data reads "
+                                       "(YOLO, Pascal VOC, LabelMe, COCO json): its val split when it has one")
+    parser.add_argument("--data-format", choices=FORMATS, help="the format of --data (default: detected)")
+    parser.add_argument("--split", help="with --data: the split to evaluate on (default val when there is one, "
+                                        "else all the images)")
     parser.add_argument("--output-dir", default=None, help="where the JSON files go (default: the checkpoint's dir)")
     parser.add_argument("--prefix", default=None,
                         help="file name prefix of the JSON files (default: evaluate; proposals with --proposals)")
@@ -117,7 +133,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="CPU threads (default: the training's --threads when it set one, else torch's default; "
                              "on a CPU the thread count changes the arithmetic's order, and the scores a little)")
     parser.add_argument("--fast", action="store_true",
-                        help="evaluate the inference-optimized copy of the model (fpn.deploy.inference.optimize_for_inference)")
+                        help="evaluate the inference-optimized copy of the model "
+                             "(fpn.deploy.inference.optimize_for_inference)")
     parser.add_argument("--fast-dtype", choices=sorted(FAST_DTYPES), default="fp32",
                         help="with --fast: the dtype of the convolutions and linear layers (default fp32)")
     parser.add_argument("--no-curves", action="store_true",
@@ -133,6 +150,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     args.prefix = args.prefix or ("proposals" if args.proposals else "evaluate")
+    if args.data and (args.coco_root or args.images or args.annotations):
+        raise InputError("--data and --coco-root / --images / --annotations both name the data: give one of them")
+    if (args.data_format or args.split) and not args.data:
+        raise InputError("--data-format and --split go with --data, which is not given")
+    if args.data:
+        return args  # read (and checked) by own_data_file, once the checkpoint is known
     if args.coco_root:
         args.images = args.images or str(Path(args.coco_root) / "val2017")
         args.annotations = args.annotations or str(Path(args.coco_root) / "annotations/instances_val2017.json")
@@ -224,6 +247,39 @@ def label_map(weights: Any, num_classes: int, class_names: Mapping[int, str], da
     return mapping, warning
 
 
+def own_data_file(args: argparse.Namespace, weights: Any, output_dir: Path) -> Tuple[str, str]:
+    """--data: the folder read (`fpn.data.formats.read_dataset`), its split taken, its categories given the
+    checkpoint's category ids by name (a class named as in training is that class, whatever the order its format
+    numbers classes in) and the checkpoint's other categories added (a VOC or LabelMe folder lists only the names
+    its labels use; COCOeval leaves a category without ground truth out of the mean), written as
+    OUTPUT_DIR/{PREFIX}_data.json. Returns (images folder, that file)."""
+    labelled = read_dataset(args.data, args.data_format)
+    split = args.split or ("val" if "val" in labelled.splits else None)
+    if split is not None:
+        labelled = select_split(labelled, split)
+    trained = {}  # name -> the checkpoint's category id
+    if is_training_checkpoint(weights) and isinstance(weights.get("class_names"), dict):
+        names = {int(label): str(name) for label, name in weights["class_names"].items()}
+        trained = {names[label]: category for label, category in (label_map_of(weights, 0) or {}).items()
+                   if label in names}
+    coco = labelled.coco
+    spare = iter(range(max([*trained.values(), 0]) + 1, 1 << 31))  # ids for names the model does not know
+    new_id = {c["id"]: trained[c["name"]] if c["name"] in trained else next(spare) for c in coco["categories"]}
+    unused = [{"id": category, "name": name} for name, category in trained.items()
+              if name not in {c["name"] for c in coco["categories"]}]
+    categories = sorted([{**c, "id": new_id[c["id"]]} for c in coco["categories"]] + unused, key=lambda c: c["id"])
+    coco = {**coco, "categories": categories,
+            "annotations": [{**a, "category_id": new_id[a["category_id"]]} for a in coco["annotations"]]}
+    path = output_dir / f"{args.prefix}_data.json"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # each process of a torchrun writes its own
+    temporary.write_text(json.dumps(coco), encoding="utf-8")
+    os.replace(temporary, path)  # the same content from every process: a reader never sees half a file
+    distributed.log(f"--data {args.data}: {labelled.data_format}, {len(coco['images'])} images"
+                    f"{f' (split {split})' if split else ''}, written as {path}")
+    return str(labelled.images_root), str(path)
+
+
 def drop_bad_images(dataset: CocoDetection) -> str:
     """Check every image file's header and size (rank 0 reads them) and apply the data set's policy: an
     InputError naming the bad files, or with `skip_bad_images` drop them with one warning.
@@ -245,6 +301,9 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> int:
     """`main` without the error handling: input errors propagate as `InputError`/`OSError`."""
     args = parse_args(argv)
     weights = read_weights(args.checkpoint, "checkpoint", mmap=True)  # memory-mapped: the label map and args
+    output_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).resolve().parent
+    if args.data:
+        args.images, args.annotations = own_data_file(args, weights, output_dir)
     # masks=False: COCOeval reads the ground-truth masks from the annotation file, the samples need none
     dataset = CocoDetection(args.images, args.annotations, train=False, skip_bad_images=args.skip_bad_images,
                             masks=False)
@@ -264,7 +323,6 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> int:
             print(f"evaluate.py: warning: {warning}", file=sys.stderr, flush=True)
         mask_ap = mask_ap_possible(model, dataset)
         distributed.log(f"evaluating with {batching.described}")
-        output_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).resolve().parent
         bar = tqdm(total=len(dataset), desc="evaluate", disable=not distributed.is_main_process())
         metrics = evaluate_coco(
             model, dataset, device=device, output_dir=output_dir, prefix=args.prefix, label_to_category=mapping,
