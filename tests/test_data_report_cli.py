@@ -119,3 +119,25 @@ def test_without_matplotlib_the_numbers_are_still_written(tmp_path, capsys, monk
     assert capsys.readouterr().err == ('report: the dataset plot needs matplotlib, which is not installed: '
                                        'pip install -e ".[viz]"\n')
     assert (out / "dataset_report.json").is_file() and not (out / "dataset.png").exists()
+
+
+def test_the_trainer_draws_the_picture_once_per_data_set(tmp_path, monkeypatch):
+    """write_dataset_report leaves both files alone when they already show this report (a resumed run), draws
+    again for another report, and draws when the picture is missing (a run stopped between the two writes)."""
+    import fpn.engine.dataset_plot as dataset_plot
+
+    drawn = []
+    real = dataset_plot.save_dataset_plot
+    monkeypatch.setattr(dataset_plot, "save_dataset_plot",
+                        lambda report, path: drawn.append(path) or real(report, path))
+    coco = json.loads(write_coco(tmp_path / "train.json").read_text())
+    report = describe_dataset(coco, FasterRCNNConfig())
+    paths, missing = dataset_plot.write_dataset_report(report, tmp_path / "run")
+    assert missing is None and [p.name for p in paths] == ["dataset_report.json", "dataset.png"] and len(drawn) == 1
+    assert dataset_plot.write_dataset_report(report, tmp_path / "run") == (paths, None) and len(drawn) == 1
+    coco["annotations"].pop(0)
+    assert dataset_plot.write_dataset_report(describe_dataset(coco, FasterRCNNConfig()), tmp_path / "run")[1] is None
+    assert len(drawn) == 2
+    (tmp_path / "run" / "dataset.png").unlink()
+    dataset_plot.write_dataset_report(describe_dataset(coco, FasterRCNNConfig()), tmp_path / "run")
+    assert len(drawn) == 3 and (tmp_path / "run" / "dataset.png").read_bytes().startswith(PNG_SIGNATURE)

@@ -65,6 +65,11 @@ class BestMetric:
         """True when early stopping is on and `patience` evaluations in a row brought no improvement."""
         return self.patience > 0 and self.since >= self.patience
 
+    @property
+    def last_chance(self) -> bool:
+        """True when the next evaluation stops the run unless it improves (it is then the run's last one)."""
+        return self.patience > 0 and self.since >= self.patience - 1
+
     def state_dict(self) -> Dict[str, Any]:
         """The plain-valued state stored in every checkpoint (`best`)."""
         return asdict(self)

@@ -30,6 +30,9 @@ from fpn.engine.validation_loss import validation_losses
 from fpn.errors import InputError
 
 
+FINAL_PREFIX = "eval_final"  # the file prefix of the evaluation at the last iteration
+
+
 def evaluation_keys(model_config, rpn_only: bool) -> Sequence[str]:
     """The keys an evaluation of this detector returns that --best-metric may name."""
     if rpn_only:
@@ -106,8 +109,10 @@ class RunEvaluation:
         else:
             masks = isinstance(model.config, MaskRCNNConfig)
             what, table = f"COCO box{' and mask' if masks else ''} evaluation", format_metrics
+            # pr_curves.png and confusion.png of the run's last evaluation: the final one, or one that may stop it
+            curves = prefix == FINAL_PREFIX or self.best.last_chance
             result = dict(evaluate_coco(model, self.loss_set, output_dir=self.output_dir, prefix=prefix,
-                                        val_loss=True, curves=True, **options))
+                                        val_loss=True, curves=curves, **options))
         self.metrics.write({"iter": iteration, **result})
         losses = ", ".join(f"{key} {value:.4f}" for key, value in result.items() if key.startswith("val_"))
         distributed.log(f"\n{what} at iteration {iteration} ({len(self.val_set)} images):\n{table(result)}\n"

@@ -41,7 +41,7 @@ from fpn.engine.plots import plot_metrics
 from fpn.engine.presets import TrainingPreset, synthetic_recipe
 from fpn.engine.resume import apply_changed_arguments, check_resumable, find_resume_checkpoint, restore_training_state
 from fpn.engine.rng_state import capture_rng_state
-from fpn.engine.run_evaluation import RunEvaluation, evaluation_keys, loss_dataset, on_main_or_raise
+from fpn.engine.run_evaluation import FINAL_PREFIX, RunEvaluation, evaluation_keys, loss_dataset, on_main_or_raise
 from fpn.engine.schedule import build_lr_scheduler, build_optimizer, scaled_lr
 from fpn.engine.tensorboard import open_board, require_tensorboard
 from fpn.engine.training_data import (
@@ -259,7 +259,7 @@ class Trainer:
             if last:
                 self.save(model, optimizer, scheduler, scaler, train_set)
             if evaluated:
-                final = evaluate(end, "eval_final" if last else f"eval_{end:07d}")
+                final = evaluate(end, FINAL_PREFIX if last else f"eval_{end:07d}")
                 postfix["val_loss"] = f"{final['val_loss']:.3f}" if "val_loss" in final else "-"
             stop = evaluated and not last and self.best.exhausted
             if end % preset.checkpoint_every == 0 or last or stop:
