@@ -29,6 +29,18 @@ def test_higher_ap_is_better_ties_keep_the_earlier_and_patience_counts_evaluatio
                                 "iteration 2)"
 
 
+def test_last_chance_is_the_evaluation_that_stops_the_run_unless_it_improves():
+    best = BestMetric("AP", patience=2)
+    assert not best.last_chance
+    _updates(best, [0.3])
+    assert not best.last_chance  # one evaluation without improvement still leaves another
+    _updates(best, [0.2])
+    assert best.last_chance and not best.exhausted
+    _updates(best, [0.1])
+    assert best.exhausted
+    assert not BestMetric("AP", patience=0).last_chance  # no early stopping: no evaluation is the last by it
+
+
 def test_lower_loss_is_better_and_a_non_finite_value_never_improves():
     best = BestMetric("val_loss")
     assert _updates(best, [float("nan"), 2.0, 1.5, math.inf, 1.6]) == [False, True, True, False, False]
@@ -71,6 +83,14 @@ def test_a_bad_best_metric_stops_before_training(tmp_path, capsys):
     assert "--best-metric 'mask_AP' is not a key of this run's evaluation; valid for this detector: AP, AP50, " \
            "AP75, APs, APm, APl, val_loss" in capsys.readouterr().err
     assert not (run / "synthetic").exists()
+
+
+def test_early_stop_without_periodic_evaluations_stops_before_training(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert load_train_script().main(tiny_args(run, "--early-stop", "2", "--eval-every", "0", iters=1)) == 2
+    assert "--early-stop 2 counts evaluations, and with --eval-every 0 there is only the final one: give " \
+           "--eval-every N" in capsys.readouterr().err
+    assert not run.exists()
 
 
 def test_best_pt_is_the_best_evaluation_kept_by_keep_checkpoints_and_readable(tmp_path, capsys):

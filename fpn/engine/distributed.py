@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from contextlib import contextmanager
 from datetime import timedelta
@@ -17,6 +18,7 @@ from typing import Any, Callable, Iterator, List, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 T = TypeVar("T")
 
@@ -47,9 +49,12 @@ def is_main_process() -> bool:
 
 
 def log(message: str) -> None:
-    """Print `message` on rank 0 only (the other ranks would print the same line)."""
+    """Print `message` on rank 0 only (the other ranks would print the same line), on lines of its own above a
+    progress bar that is being drawn (tqdm.write: a message from inside a training block, e.g. an evaluation's,
+    would otherwise continue the bar's line)."""
     if is_main_process():
-        print(message, flush=True)
+        tqdm.write(message, file=sys.stdout)
+        sys.stdout.flush()
 
 
 def launched_by_torchrun() -> bool:

@@ -197,6 +197,9 @@ class Trainer:
         check_best_metric(self.best.metric, evaluation_keys(self.preset.model, is_rpn_only(probe)))
         if self.preset.early_stop < 0:
             raise InputError(f"--early-stop must be >= 0 (0: off), got {self.preset.early_stop}")
+        if self.preset.early_stop and not self.preset.eval_every:
+            raise InputError(f"--early-stop {self.preset.early_stop} counts evaluations, and with --eval-every 0 "
+                             "there is only the final one: give --eval-every N")
         if self.preset.tensorboard:
             require_tensorboard()
         if job.init_from:
