@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from fpn.data.coco import CocoDetection, collate
 from fpn.data.file_check import check_image_files, handle_bad_images
 from fpn.data.formats import LabelledData, read_dataset, select_split, split_by_fraction
+from fpn.data.formats.common import renumber_categories
 from fpn.data.samplers import GroupedBatchSampler, TrainingSampler
 from fpn.data.synthetic import generate_synthetic_coco
 from fpn.engine import distributed
@@ -181,12 +182,9 @@ def unite_categories(train: dict, val: dict) -> Tuple[dict, dict, str]:
     for categories in (train["categories"], val["categories"]):
         names += [c["name"] for c in sorted(categories, key=lambda c: c["id"]) if c["name"] not in names]
     new_id = {name: index + 1 for index, name in enumerate(names)}
-    categories = [{"id": new_id[name], "name": name} for name in names]
 
     def renumbered(coco: dict) -> dict:
-        name_of = {c["id"]: c["name"] for c in coco["categories"]}
-        annotations = [{**ann, "category_id": new_id[name_of[ann["category_id"]]]} for ann in coco["annotations"]]
-        return {**coco, "annotations": annotations, "categories": categories}
+        return renumber_categories(coco, new_id, extra=names)
 
     only_val = [name for name in names if name not in {c["name"] for c in train["categories"]}]
     note = (f"the training and validation categories are united by name: {len(names)} categories"

@@ -90,6 +90,7 @@ from fpn.tools.cli import ArgumentParser, run_cli
 from fpn.errors import InputError
 from fpn.data.coco import CocoDetection
 from fpn.data.formats import FORMATS, read_dataset, select_split
+from fpn.data.formats.common import renumber_categories
 from fpn.data.file_check import check_image_files, handle_bad_images
 from fpn.device import select_device
 from fpn.engine.loop import AMP_DTYPES, autocast_factory
@@ -262,14 +263,9 @@ def own_data_file(args: argparse.Namespace, weights: Any, output_dir: Path) -> T
         names = {int(label): str(name) for label, name in weights["class_names"].items()}
         trained = {names[label]: category for label, category in (label_map_of(weights, 0) or {}).items()
                    if label in names}
-    coco = labelled.coco
     spare = iter(range(max([*trained.values(), 0]) + 1, 1 << 31))  # ids for names the model does not know
-    new_id = {c["id"]: trained[c["name"]] if c["name"] in trained else next(spare) for c in coco["categories"]}
-    unused = [{"id": category, "name": name} for name, category in trained.items()
-              if name not in {c["name"] for c in coco["categories"]}]
-    categories = sorted([{**c, "id": new_id[c["id"]]} for c in coco["categories"]] + unused, key=lambda c: c["id"])
-    coco = {**coco, "categories": categories,
-            "annotations": [{**a, "category_id": new_id[a["category_id"]]} for a in coco["annotations"]]}
+    ids = {**{c["name"]: next(spare) for c in labelled.coco["categories"] if c["name"] not in trained}, **trained}
+    coco = renumber_categories(labelled.coco, ids, extra=list(trained))
     path = output_dir / f"{args.prefix}_data.json"
     output_dir.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # each process of a torchrun writes its own

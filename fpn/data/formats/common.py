@@ -74,6 +74,15 @@ class CocoBuilder:
                 "categories": sorted(categories, key=lambda c: c["id"])}
 
 
+def renumber_categories(coco: dict, ids: Dict[str, int], extra: Sequence[str] = ()) -> dict:
+    """`coco` with its categories given the ids `ids` (name -> id) and every annotation's `category_id` mapped by
+    name; the names of `extra` (each in `ids`) are listed too, without annotations. Categories sorted by id."""
+    name_of = {c["id"]: c["name"] for c in coco["categories"]}
+    names = list(name_of.values()) + [name for name in extra if name not in name_of.values()]
+    return {**coco, "categories": sorted(({"id": ids[name], "name": name} for name in names), key=lambda c: c["id"]),
+            "annotations": [{**a, "category_id": ids[name_of[a["category_id"]]]} for a in coco["annotations"]]}
+
+
 def polygon_area(polygon: Sequence[float]) -> float:
     """The area of a simple polygon [x0, y0, x1, y1, ...] (shoelace formula), in square pixels."""
     xs, ys = polygon[0::2], polygon[1::2]
