@@ -4,7 +4,8 @@ same inputs, one run.
 The command line of scripts/benchmark.py. The models and inputs: benchmarks/models.py; what is measured and how:
 benchmarks/side_by_side.py and benchmarks/measure.py; --deploy: benchmarks/deploy.py; --profile:
 benchmarks/profiling.py; --mask-memory (a run of its own): benchmarks/mask_memory.py; --tiling (a run of its own):
-benchmarks/tiling.py; the printed report and the
+benchmarks/tiling.py; --learning (a run of its own, the CPU demo's AP per minute of training, this release's recipe
+against the previous one's; needs no torchvision): benchmarks/learning.py; the printed report and the
 JSON file: benchmarks/report.py. The JSON of an --arch mask_rcnn run says "arch": "mask_rcnn" (no "arch": Faster
 R-CNN, as before the flag).
 """
@@ -17,6 +18,9 @@ from dataclasses import asdict, replace
 import torch
 
 from benchmarks.deploy import inference_modes, measure_modes
+from benchmarks.learning import (
+    DEFAULT_BUDGETS_MIN, DEFAULT_EVAL_EVERY, PREVIOUS_RECIPES, QUICK_BUDGETS_MIN, QUICK_EVAL_EVERY, RUNS, run_learning,
+)
 from benchmarks.mask_memory import QUICK_MASK_MEMORY, MaskMemorySettings, measure_mask_memory
 from benchmarks.models import ARCHS, QUICK, Settings, build_models, memory_formats
 from benchmarks.profiling import profile
@@ -39,6 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiling", action="store_true",
                         help="instead: recall of small objects in large images, whole-image against tiled inference "
                              "(a detector trained here on CPU for a few minutes), see benchmarks/tiling.py")
+    parser.add_argument("--learning", action="store_true",
+                        help="instead: the CPU demo's AP per minute of training, this release's recipe against the "
+                             "previous release's, each trained here by scripts/train.py (--quick: 20 iterations "
+                             "each), see benchmarks/learning.py; needs no torchvision")
+    parser.add_argument("--preset", choices=tuple(PREVIOUS_RECIPES), default=None,
+                        help="--learning: the demo preset compared (default cpu-demo)")
+    parser.add_argument("--budgets", default=None,
+                        help="--learning: training-time budgets in minutes, e.g. 2,4,8 (the default; quick "
+                             f"{','.join(f'{b:g}' for b in QUICK_BUDGETS_MIN)}); fractions allowed")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help=f"--learning: iterations between the evaluations of the AP curve (default "
+                             f"{DEFAULT_EVAL_EVERY}; quick {QUICK_EVAL_EVERY})")
+    parser.add_argument("--output-dir", default=None,
+                        help="--learning: where the runs (its new/ and previous/ emptied first), their logs and "
+                             "the synthetic set go (default runs/learning)")
+    parser.add_argument("--only", choices=RUNS, default=None,
+                        help="--learning: train this recipe only; the other's results are read from its last run "
+                             "in --output-dir (same preset, --eval-every and --quick), when there is one")
     parser.add_argument("--amp", action="store_true", help="also bf16 autocast (CPU: with channels_last)")
     parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
                         help="all: the CPU, and CUDA when present")
@@ -86,9 +108,43 @@ def mask_memory_settings(args: argparse.Namespace, parser: argparse.ArgumentPars
     return settings
 
 
+def learning(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """--learning: its flags checked (and the detector benchmark's refused), then the run."""
+    unused = [flag for flag, value in (("--arch", args.arch != "faster_rcnn"), ("--amp", args.amp),
+                                       ("--size", args.size is not None), ("--profile", args.profile),
+                                       ("--deploy", args.deploy), ("--no-onnx", args.no_onnx),
+                                       ("--device", args.device != "all"), ("--repeats", args.repeats is not None),
+                                       ("--warmup", args.warmup is not None), ("--mask-memory", args.mask_memory),
+                                       ("--tiling", args.tiling)) if value]
+    if unused:
+        parser.error(f"--learning trains the demo recipes as they are; drop {', '.join(unused)}")
+    if args.budgets is None:
+        budgets = QUICK_BUDGETS_MIN if args.quick else DEFAULT_BUDGETS_MIN
+    else:
+        try:
+            budgets = tuple(float(v) for v in args.budgets.split(","))
+        except ValueError:
+            budgets = ()
+        if not budgets or not all(b > 0 for b in budgets):  # nan too
+            parser.error(f"--budgets must be minutes > 0, e.g. 2,4,8, got {args.budgets!r}")
+    eval_every = args.eval_every if args.eval_every is not None else (
+        QUICK_EVAL_EVERY if args.quick else DEFAULT_EVAL_EVERY)
+    if eval_every < 1:
+        parser.error(f"--eval-every must be >= 1 (the AP curve's points), got {eval_every}")
+    return run_learning(args.preset or "cpu-demo", budgets, eval_every, args.output_dir or "runs/learning",
+                        args.only, args.quick, args.json)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.learning:  # trains with scripts/train.py alone: no torchvision needed
+        return learning(args, parser)
+    given = [flag for flag, value in (("--preset", args.preset), ("--budgets", args.budgets),
+                                      ("--eval-every", args.eval_every), ("--output-dir", args.output_dir),
+                                      ("--only", args.only)) if value is not None]
+    if given:
+        parser.error(f"{', '.join(given)}: flag(s) of --learning, which is not given")
     if torchvision is None:
         print(missing_reference_message("benchmark.py"), file=sys.stderr)
         return 2

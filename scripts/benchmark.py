@@ -9,9 +9,13 @@
     python scripts/benchmark.py --mask-memory --json runs/mask_memory.json  # Mask R-CNN training at COCO scale:
                                                                # 50 instances per image, memory of the mask targets
     python scripts/benchmark.py --tiling --json runs/tiling.json  # small objects in a large image: whole vs tiled
+    python scripts/benchmark.py --learning --json runs/learning.json  # the CPU demo's AP per training minute at
+                                                               # 2, 4, 8 min: this release's recipe vs the previous
+    python scripts/benchmark.py --learning --quick             # the same, 20 iterations per recipe: a smoke test
 
 The flags: `--help`; what is measured and how: benchmarks/ (benchmarks/detector.py first). Needs torchvision,
-the reference (the "test" extra); without it, exits 2 with one line saying how to install it.
+the reference (the "test" extra); without it, exits 2 with one line saying how to install it (--learning, which
+trains with scripts/train.py alone, runs without it).
 """
 import sys
 
