@@ -255,3 +255,25 @@ def test_index_out_of_range_and_negative_seed(tmp_path):
     assert dataset[-1][1]["image_id"] == 9
     with pytest.raises(ValueError, match="-1"):
         CocoDetection(dataset.images_dir, dataset.annotations_file, train=True, seed=-1)
+
+
+def test_cache_images_decodes_each_file_once_and_gives_the_same_samples(tmp_path):
+    annotations = [{"image_id": 1, "category_id": 7, "bbox": [1, 2, 3, 4]}]
+    images_dir, path = _write(tmp_path, [(1, 12, 8), (2, 10, 10), (3, 9, 7)], annotations)
+    plain = CocoDetection(images_dir, path, train=True, seed=3)
+    cached = CocoDetection(images_dir, path, train=True, seed=3, cache_images=True)
+    assert cached.decoded_bytes() == 3 * (12 * 8 + 10 * 10 + 9 * 7)
+    keys = [(index, epoch) for epoch in range(4) for index in range(3)]  # the flips change with the epoch
+    expected = {key: plain[key] for key in keys}
+    for key in keys:
+        image, target = cached[key]
+        assert image.dtype == torch.float32 and torch.equal(image, expected[key][0])
+        assert torch.equal(target["boxes"], expected[key][1]["boxes"])
+    assert sorted(cached._decoded) == [0, 1, 2] and all(v.dtype == torch.uint8 for v in cached._decoded.values())
+    for name in ("0001.png", "0002.png", "0003.png"):
+        (images_dir / name).unlink()
+    for key in reversed(keys):  # from memory now, and a flipped sample did not flip the kept pixels
+        assert torch.equal(cached[key][0], expected[key][0])
+    cached.drop_images([0])  # the sample indices shift, so the cache is emptied: the files are read again
+    with pytest.raises(InputError, match="0002.png"):
+        cached[0]

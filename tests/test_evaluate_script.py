@@ -69,7 +69,10 @@ def test_evaluation_gives_the_training_final_ap(tmp_path, capsys):
     checkpoint = run / "checkpoint_0000002.pt"
     assert _run([str(checkpoint), "--coco-root", str(run / "synthetic")], tmp_path) == 0
     out = capsys.readouterr().out
-    assert "evaluating with batch size 3 (the training's --eval-batch-size), amp none (the training's --amp)" in out
+    ran = torch.load(checkpoint, weights_only=True)["args"]  # --amp auto and --threads 0, as they were resolved
+    assert ran["amp"] in ("none", "bf16") and ran["threads"] >= 1
+    assert (f"evaluating with batch size 3 (the training's --eval-batch-size), amp {ran['amp']} (the training's "
+            f"--amp), threads {ran['threads']} (the training's --threads)") in out
     assert json.loads((tmp_path / "out" / "evaluate_metrics.json").read_text()) == final
     assert (tmp_path / "out" / "evaluate_results.json").read_text() == (run / "eval_final_results.json").read_text()
     # the batching matters: 2 at a time (the former default) scores differently

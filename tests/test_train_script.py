@@ -63,7 +63,7 @@ def test_preset_values_are_defaults_and_flags_override_them():
 
 def test_bad_flag_values_exit_with_a_message(capsys):
     train = load_train_script()
-    for argv, message in ((["--preset", "cpu-demo", "--amp", "fp8"], "--amp must be none, bf16 or fp16, got 'fp8'"),
+    for argv, message in ((["--preset", "cpu-demo", "--amp", "fp8"], "--amp must be none, bf16, fp16 or auto, got 'fp8'"),
                           (["--preset", "cpu-demo", "--iters", "0"], "--iters must be >= 1, got 0"),
                           (["--preset", "2x"], "invalid choice: '2x'")):
         with pytest.raises(SystemExit):

@@ -31,7 +31,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from fpn.errors import InputError
-from fpn.data.image_io import load_rgb_image, pil_to_tensor01
+from fpn.data.image_io import load_rgb_image, pil_to_tensor01, to_uint8_tensor
 from fpn.data.masks import decode_masks, fit_masks, segmentation_problem
 from fpn.data.transforms import Compose, RandomHorizontalFlip
 
@@ -54,6 +54,9 @@ class CocoDetection(Dataset):
         seed: non-negative seed of the flip draws (see the module docstring).
         masks: also return each target's instance masks (`masks` below); every kept annotation then needs a
             usable `segmentation`. False reads no segmentation at all.
+        cache_images: keep each image decoded (uint8, 3 bytes a pixel: `decoded_bytes()`) after its first read,
+            so that later epochs skip the file read and decode. Per process: each DataLoader worker keeps its own.
+            For sets that fit in memory (the CPU presets' synthetic set: 500 images, ~0.12 GB).
 
     Attributes:
         coco: the pycocotools `COCO` object (for COCOeval).
@@ -90,6 +93,7 @@ class CocoDetection(Dataset):
         skip_bad_images: bool = False,
         seed: int = 0,
         masks: bool = False,
+        cache_images: bool = False,
     ):
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
@@ -99,6 +103,8 @@ class CocoDetection(Dataset):
         self.skip_bad_images = skip_bad_images
         self.seed = seed
         self.with_masks = masks
+        self.cache_images = cache_images
+        self._decoded: Dict[int, torch.Tensor] = {}  # index -> uint8 (3, H, W), with cache_images
         self.epoch = 0
         self.transforms = Compose([RandomHorizontalFlip(0.5)]) if train else None
 
@@ -153,6 +159,7 @@ class CocoDetection(Dataset):
         data["images"] = [img for img in data["images"] if img.get("id") not in drop_ids]
         data["annotations"] = [ann for ann in data["annotations"] if ann.get("image_id") not in drop_ids]
         self._index(data, warn=False)  # the empty-box warning was given once, at construction
+        self._decoded.clear()  # keyed by sample index, which changed
         self.num_dropped_images += len(drop_ids)
 
     def _build_targets(self, annotations: Sequence[dict], warn: bool) -> None:
@@ -213,6 +220,11 @@ class CocoDetection(Dataset):
         """Per sample, 0 if width >= height else 1 (portrait), from the json sizes (no decoding)."""
         return [int(w < h) for h, w in self._json_sizes.tolist()]
 
+    def decoded_bytes(self) -> int:
+        """Bytes of every image decoded as uint8 RGB, from the annotation file's sizes (what cache_images holds
+        once each image was read)."""
+        return int(3 * self._json_sizes.astype(np.int64).prod(axis=1).sum())
+
     def image_paths(self) -> List[Path]:
         """Per sample, the image file (`images_dir / file_name`)."""
         return [self.images_dir / name for name in self._file_names]
@@ -250,7 +262,11 @@ class CocoDetection(Dataset):
                 continue
             path = self.images_dir / self._file_names[candidate]
             try:
-                return pil_to_tensor01(load_rgb_image(path)), candidate  # (3, H, W) float32 in [0, 1]
+                if not self.cache_images:
+                    return pil_to_tensor01(load_rgb_image(path)), candidate  # (3, H, W) float32 in [0, 1]
+                if candidate not in self._decoded:
+                    self._decoded[candidate] = to_uint8_tensor(load_rgb_image(path))  # (3, H, W) uint8
+                return self._decoded[candidate].to(torch.float32).div_(255.0), candidate  # as pil_to_tensor01
             except (FileNotFoundError, ValueError) as err:
                 if not self.skip_bad_images:
                     # One line, so that the message a DataLoader re-raises from a worker ends with all of it.

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from fpn.backbones.norm import ConvNormPair, FrozenBatchNorm2d, conv_norm_pairs_within
+from fpn.device import cpu_has_native_bf16
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -116,13 +117,6 @@ def check_dtype(dtype: Optional[torch.dtype], device: torch.device) -> None:
     elif device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise ValueError(f"dtype torch.bfloat16 is not supported on {torch.cuda.get_device_name(device)}; "
                          "use torch.float16")
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX), where bf16 pays."""
-    with contextlib.suppress(AttributeError, RuntimeError):
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
 
 
 class InferenceModel(nn.Module):

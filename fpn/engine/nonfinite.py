@@ -60,9 +60,9 @@ class FiniteWatch:
         else:
             if grad_norm is None:
                 grads = [p.grad.detach() for _, p in self.named if p.grad is not None]
-                grad_norm = torch.nn.utils.get_total_norm(grads, float("inf")) if grads else params[0].new_zeros(())
+                grad_norm = summed(grads) if grads else params[0].new_zeros(())
             grads_ok = torch.isfinite(grad_norm)
-        params_ok = torch.isfinite(torch.nn.utils.get_total_norm(params, float("inf")))  # max |p|: NaN/inf stay
+        params_ok = torch.isfinite(summed(params))
         self._flags = torch.stack([grads_ok, params_ok]).float()
         self._iteration = iteration
 
@@ -92,6 +92,14 @@ class FiniteWatch:
             if t is not None and not bool(torch.isfinite(t).all()):
                 return name
         return "(on another process)"
+
+
+def summed(tensors: Sequence[Tensor]) -> Tensor:
+    """The sum of every element of `tensors`, 0-dim: NaN or inf when any element is, so one isfinite on it checks
+    them all. (A max of |x| would say the same without overflow, but costs ~10x more on the CPU, a few ms per step
+    of the demo model; the float32 sum of finite values overflows only when they reach ~1e32, a run long diverged.)
+    """
+    return torch.stack([t.sum(dtype=torch.float32) for t in tensors]).sum()
 
 
 def check_losses(names: List[str], values: List[float], iteration: int) -> None:

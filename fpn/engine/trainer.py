@@ -35,6 +35,7 @@ from fpn.engine.checkpoint import (
 from fpn.engine.best import BestMetric, check_best_metric
 from fpn.engine.dataset_plot import write_dataset_report
 from fpn.engine.interrupts import interrupts_deferred, sigterm_as_interrupt
+from fpn.engine.hardware import choose_hardware
 from fpn.engine.loop import MetricsLog, autocast_factory, build_grad_scaler, train_iterations
 from fpn.engine.nonfinite import FiniteWatch, NonFiniteError
 from fpn.engine.plots import plot_metrics
@@ -214,18 +215,27 @@ class Trainer:
 
     def train(self) -> None:
         job, preset, device = self.job, self.preset, self.device
-        if preset.threads:
-            torch.set_num_threads(preset.threads)
         self.check_before_work()
+        _, checkpoint, _ = self.resume_from
+        resumed_threads = int(checkpoint["args"].get("threads") or 0) if checkpoint is not None else 0
+        choice = choose_hardware(preset.amp, preset.threads, device, resumed_threads)
+        # Resolved: the checkpoints record the precision and thread count that ran (scripts/evaluate.py and
+        # --resume use them).
+        preset.amp, preset.threads = choice.amp, choice.threads
+        torch.set_num_threads(choice.threads)
+        distributed.log(choice.line)
         stale = distributed.run_on_main(lambda: prepare_output_dir(self.output_dir))
         self.started = True
         if stale:
             distributed.log(f"removed {len(stale)} temporary file(s) of an interrupted checkpoint write: "
                             + ", ".join(p.name for p in stale))
         paths = dataset_paths(job.data, self.output_dir, synthetic_recipe(preset), self.own_data)
-        train_set, val_set = build_datasets(paths, job.data, job.seed, masks=isinstance(preset.model, MaskRCNNConfig))
+        train_set, val_set = build_datasets(paths, job.data, job.seed, masks=isinstance(preset.model, MaskRCNNConfig),
+                                            cache_images=preset.cache_images)
+        decoded = (train_set.decoded_bytes() + val_set.decoded_bytes()) / 1e9
+        cached = f"; kept decoded after their first read ({decoded:.2f} GB per process)" if preset.cache_images else ""
         distributed.log(f"{len(train_set)} training / {len(val_set)} validation images, "
-                        f"{train_set.num_classes - 1} classes")
+                        f"{train_set.num_classes - 1} classes{cached}")
         if distributed.is_main_process():
             self.describe_data(train_set)
         model, optimizer, scheduler, scaler = self.build_model(train_set)

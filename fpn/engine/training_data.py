@@ -215,19 +215,20 @@ def write_own_data(data: DataSource, folder: Path, own_data: Optional[OwnData] =
 
 
 def build_datasets(paths: Dict[str, Path], data: DataSource, seed: int,
-                   masks: bool = False) -> Tuple[CocoDetection, CocoDetection]:
+                   masks: bool = False, cache_images: bool = False) -> Tuple[CocoDetection, CocoDetection]:
     """The training and validation sets, every image file checked (`data.check_images`) before the first iteration.
     `masks`: the training targets hold instance masks (Mask R-CNN), every training segmentation checked now; the
-    validation set's come from its annotation file at evaluation.
+    validation set's come from its annotation file at evaluation. `cache_images`: both sets keep their images
+    decoded after the first read (CocoDetection).
 
     Raises:
         ValueError: no usable box to train on, a missing or malformed segmentation (masks), or the two sets'
             categories differ (named).
     """
     train_set = CocoDetection(paths["train_images"], paths["train_annotations"], train=True,
-                              skip_bad_images=data.skip_bad_images, seed=seed, masks=masks)
+                              skip_bad_images=data.skip_bad_images, seed=seed, masks=masks, cache_images=cache_images)
     val_set = CocoDetection(paths["val_images"], paths["val_annotations"], train=False,
-                            skip_bad_images=data.skip_bad_images)
+                            skip_bad_images=data.skip_bad_images, cache_images=cache_images)
     if data.check_images != "off":  # every file of both sets, before the first iteration (rank 0 reads them)
         for dataset in (train_set, val_set):
             bad = distributed.run_on_main(lambda: check_image_files(dataset, decode=data.check_images == "decode"))

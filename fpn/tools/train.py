@@ -36,6 +36,7 @@ from fpn.engine.presets import PRESETS, describe_presets, get_preset
 from fpn.tools.config_flags import (
     add_config_flags, add_preset_flags, apply_config_flags, apply_preset_flags, arch_in, preset_name_in,
 )
+from fpn.engine.hardware import AMP_CHOICES
 from fpn.engine.trainer import TrainingJob, run_training
 from fpn.engine.training_data import DEFAULT_VAL_SPLIT, DataSource
 from fpn.data.formats import FORMATS
@@ -93,8 +94,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     check_preset_fits_data(parser, args)
 
     chosen = apply_preset_flags(get_preset(args.preset), args)
-    if chosen.amp not in ("none", "bf16", "fp16"):
-        parser.error(f"--amp must be none, bf16 or fp16, got {chosen.amp!r}")
+    if chosen.amp not in AMP_CHOICES:
+        parser.error(f"--amp must be {', '.join(AMP_CHOICES[:-1])} or {AMP_CHOICES[-1]}, got {chosen.amp!r}")
     for name in ("iters", "batch_size", "checkpoint_every", "log_every"):
         if getattr(chosen, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(chosen, name)}")
