@@ -373,8 +373,8 @@ def _inside_op(event) -> bool:
 class ProfileSettings:
     """One profiling run: the preset and its speed settings, how long, on what data."""
     preset: str = "cpu-demo"  # a name of fpn.engine.presets.PRESETS
-    amp: str = "auto"  # none, bf16, fp16, or auto: the preset's own value (resolved by choose_hardware)
-    threads: int | None = None  # CPU compute threads; None: the preset's (0: torch's default)
+    amp: str | None = None  # none, bf16, fp16 or auto (choose_hardware decides); None: the preset's
+    threads: int | None = None  # CPU compute threads, 0: choose_hardware decides; None: the preset's
     iters: int = 30  # timed iterations
     warmup: int = 10  # iterations run first and not timed
     profile_iters: int = 3  # iterations under torch.profiler
@@ -413,13 +413,13 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def resolve_preset(settings: ProfileSettings, device: torch.device, preset: TrainingPreset | None = None):
-    """The preset (default: `settings.preset`'s) with the flags' amp and threads, amp resolved as the trainer
-    resolves it, and the choice (its line)."""
+    """The preset (default: `settings.preset`'s) with the settings' amp and threads, resolved as the trainer
+    resolves them (amp auto, threads 0: `choose_hardware`), and the choice (its line)."""
     preset = get_preset(settings.preset) if preset is None else preset
-    amp = preset.amp if settings.amp == "auto" else settings.amp
+    amp = preset.amp if settings.amp is None else settings.amp
     threads = preset.threads if settings.threads is None else settings.threads
     choice = choose_hardware(amp, threads, device)
-    preset.amp, preset.threads = choice.amp, threads
+    preset.amp, preset.threads = choice.amp, choice.threads
     return preset, choice
 
 
@@ -439,8 +439,7 @@ def profile_training(settings: ProfileSettings, preset: TrainingPreset | None = 
     saved_threads = torch.get_num_threads()
     torch.set_flush_denormal(True)  # see the module docstring
     try:
-        if preset.threads:
-            torch.set_num_threads(preset.threads)
+        torch.set_num_threads(preset.threads)
         data = DataSource(coco_root=settings.coco_root, synthetic_dir=settings.data_dir)
         t = build_training(preset, device, data, Path(settings.data_dir), settings.weights, settings.seed,
                            settings.fill_cache)
@@ -552,10 +551,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Where one training iteration of a preset goes (benchmarks/training_profile.py).")
     parser.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS), help="the training preset")
-    parser.add_argument("--amp", default="auto", choices=AMP_CHOICES,
-                        help="precision; auto: the preset's own, resolved as the trainer does (default)")
+    parser.add_argument("--amp", default=None, choices=AMP_CHOICES,
+                        help="precision (auto: bf16 where the device computes it natively); default: the preset's")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU compute threads (0: one per core); default: the preset's")
+                        help="CPU compute threads (0: the cores other processes leave free); default: the preset's")
     parser.add_argument("--iters", type=int, default=30, help="timed iterations (default 30)")
     parser.add_argument("--warmup", type=int, default=10, help="iterations run first, not timed (default 10)")
     parser.add_argument("--profile-iters", type=int, default=3, help="iterations under torch.profiler (default 3)")

@@ -62,6 +62,7 @@ def test_parts_sum_to_every_iteration(report):
         assert all(run["parts_s"][name] > 0 for name in ("forward", "backward", "optimizer"))
     settings = report["settings"]
     assert (settings["arch"], settings["amp"], settings["threads"], settings["batch"]) == ("faster_rcnn", "none", 1, 2)
+    assert report["machine"]["torch_threads"] == 1  # read while it ran
     assert settings["image_cache"] == "filled first" and settings["image_size"] == [128]
 
 
@@ -80,6 +81,18 @@ def test_categories_cover_the_profiled_op_time(report):
     assert profile["op_calls"] > profile["top_level_op_calls"] > 0
     assert len(profile["top_ops"]) == 15
     assert {op["category"] for op in profile["top_ops"]} <= set(CATEGORY_NAMES)
+
+
+def test_speed_settings_are_resolved_as_the_trainer_does():
+    """A preset's amp auto and threads 0 become a precision and a thread count; the settings win over the preset."""
+    cpu = torch.device("cpu")
+    automatic = get_preset("cpu-demo")
+    automatic.amp, automatic.threads = "auto", 0
+    preset, choice = resolve_preset(ProfileSettings(preset="cpu-demo"), cpu, automatic)
+    assert preset.amp in ("none", "bf16") and preset.threads >= 1
+    assert (choice.amp, choice.threads) == (preset.amp, preset.threads)
+    preset, _ = resolve_preset(ProfileSettings(preset="cpu-demo", amp="none", threads=3), cpu)
+    assert (preset.amp, preset.threads) == ("none", 3)
 
 
 def test_host_syncs_of_identical_iterations_are_equal(tmp_path):
