@@ -27,7 +27,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fpn"
 # (floor, same_floor rule, entries), lowest floor first: the layer order, written once.
 FLOORS: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
     ("ground: pure ops and the contracts every floor shares", "any", (
-        "fpn.ops",              # pure functions and parameter-free operators; counting host-device syncs
+        "fpn.ops",              # pure functions and operators (GroupNorm: a precision rule); counting host-device syncs
         "fpn.errors",           # the library's error types
         "fpn.spec",             # FeatureSpec, ImageBatch
         "fpn.config",           # the nested config dataclasses

@@ -83,8 +83,9 @@ def test_presets_follow_their_schedules():
     assert replace(mask, model=demo.model) == demo
     fcos = get_preset("fcos-cpu-demo")  # the demo's trunk, input and schedule, FCOS's head
     assert isinstance(fcos.model, FCOSConfig) and fcos.model.head.score_thresh == 0.05
-    assert (fcos.model.backbone, fcos.model.fpn, fcos.model.input) == (demo.model.backbone, demo.model.fpn,
-                                                                        demo.model.input)
+    assert (fcos.model.fpn, fcos.model.input) == (demo.model.fpn, demo.model.input)
+    # the demo's trunk, with residual branches started as the identity (measured: FCOS learns faster so)
+    assert fcos.model.backbone == replace(demo.model.backbone, zero_init_residual=True)
     assert (fcos.lr, fcos.batch_size, fcos.warmup_iters) == (demo.lr, demo.batch_size, demo.warmup_iters)
     assert (fcos.iters, fcos.steps) == (1600, (1200, 1500))  # FCOS learns more slowly per iteration
     for preset in (demo, fcos, mask):  # the speed settings follow the machine (fpn/engine/hardware.py)

@@ -11,6 +11,8 @@ from typing import Iterator, Tuple
 import torch
 from torch import nn
 
+from fpn.ops.group_norm import GroupNorm
+
 NORM_KINDS = ("frozen_bn", "bn", "gn")
 # (parent module, conv attribute, norm attribute): a norm that follows the conv directly, as
 # `getattr(parent, conv)` and `getattr(parent, norm)` (fpn.deploy.inference folds such norms into the conv).
@@ -70,7 +72,7 @@ def make_norm(kind: str, channels: int, gn_groups: int = 32) -> nn.Module:
     """Build the normalisation layer that follows a convolution of the backbone.
 
     Args:
-        kind: "frozen_bn" (FrozenBatchNorm2d), "bn" (nn.BatchNorm2d) or "gn" (nn.GroupNorm).
+        kind: "frozen_bn" (FrozenBatchNorm2d), "bn" (nn.BatchNorm2d) or "gn" (GroupNorm, an nn.GroupNorm).
         channels: number of channels C normalised.
         gn_groups: number of GroupNorm groups; must divide `channels`. Ignored unless kind == "gn".
 
@@ -88,7 +90,7 @@ def make_norm(kind: str, channels: int, gn_groups: int = 32) -> nn.Module:
                 f"GroupNorm: gn_groups={gn_groups} must be a positive divisor of the {channels} channels "
                 f"of this layer (choose gn_groups dividing every stage width)"
             )
-        return nn.GroupNorm(gn_groups, channels)
+        return GroupNorm(gn_groups, channels)
     raise ValueError(f"unknown norm kind {kind!r}; expected one of {NORM_KINDS}")
 
 

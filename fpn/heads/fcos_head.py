@@ -22,6 +22,7 @@ from fpn.config import FCOSHeadConfig
 from fpn.heads.fcos_targets import fcos_losses
 from fpn.ops.anchors import AnchorGenerator
 from fpn.ops.box_coder import DistanceBoxCoder
+from fpn.ops.group_norm import GroupNorm
 from fpn.ops.boxes import clip_boxes_to_image
 from fpn.ops.nms_per_image import nms_per_image
 from fpn.spec import ImageBatch
@@ -30,7 +31,7 @@ from fpn.spec import ImageBatch
 def _tower(channels: int, num_convs: int, gn_groups: int) -> nn.Sequential:
     layers = []
     for _ in range(num_convs):
-        layers += [nn.Conv2d(channels, channels, kernel_size=3, padding=1), nn.GroupNorm(gn_groups, channels),
+        layers += [nn.Conv2d(channels, channels, kernel_size=3, padding=1), GroupNorm(gn_groups, channels),
                    nn.ReLU()]
     return nn.Sequential(*layers)
 
