@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -33,7 +32,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from benchmarks.reference import torchvision
 from benchmarks.report import machine_info, write_json
 from fpn.engine.checkpoint import checkpoint_path, load_checkpoint
 from fpn.engine.presets import get_preset, synthetic_recipe
@@ -165,11 +163,8 @@ def prepare_synthetic(preset: str, output_dir: Path, quick: bool) -> None:
 
 
 def machine() -> dict:
-    """benchmarks/report.py's machine facts; they name torchvision's version, which this mode does not need."""
-    if torchvision is not None:
-        return machine_info()
-    return {"cpu": platform.processor() or platform.machine(), "cpu_cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+    """benchmarks/report.py's machine facts (torchvision's version None where it is not installed)."""
+    return machine_info()
 
 
 def _ap(value: Optional[float]) -> str:

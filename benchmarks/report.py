@@ -19,7 +19,8 @@ def machine_info() -> dict:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
+            "torch": torch.__version__, "torchvision": getattr(torchvision, "__version__", None),  # None: not installed
+            "python": platform.python_version()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

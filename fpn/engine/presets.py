@@ -64,8 +64,8 @@ def cpu_demo() -> TrainingPreset:
     """The README demo: the generated synthetic shapes set, trained and evaluated in minutes on a 2-core CPU.
 
     The recipe was chosen by measured AP per minute on this set (Intel Xeon with AMX, bf16, one thread per run,
-    evaluations every 100 iterations; the previous release's recipe: residual branches started at zero, 800
-    iterations, AP 0.444 in fp32 and 0.428 in bf16):
+    evaluations every 100 iterations, before GroupNorm ran in float32 under bf16; the previous release's recipe:
+    residual branches started at zero, 800 iterations, AP 0.444 in fp32 and 0.428 in bf16):
 
         residual branches open, LR 0.02, 800 iterations, steps 600/750:   AP 0.643 (0.445 at iteration 500)
         the same, LR 0.04:                                                 AP 0.334 (a slower start, never recovered)

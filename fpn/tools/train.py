@@ -2,7 +2,7 @@
 
 One device (GPU if there is one, else Apple MPS, else CPU):
 
-    python scripts/train.py --preset cpu-demo --output-dir runs/demo          # synthetic shapes, ~6 min on 2 CPU cores
+    python scripts/train.py --preset cpu-demo --output-dir runs/demo          # synthetic shapes, ~3 min on 2 CPU cores
     python scripts/train.py --preset 1x --coco-root /data/coco --backbone-weights resnet50.pth --output-dir runs/r50
     python scripts/train.py --preset cpu-demo --train-data datasets/mine --output-dir runs/mine  # YOLO, VOC, LabelMe, COCO
 
