@@ -110,7 +110,7 @@ def test_quick_learning_run_without_torchvision_writes_both_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert "\nLearning per CPU-minute, cpu-demo: " in done.stdout  # after the synthetic set's generation line
-    assert report["machine"]["torch"] and "torchvision" not in report["machine"]
+    assert report["machine"]["torch"] and report["machine"]["torchvision"] is None
     assert set(report["runs"]) == {"previous", "new"}
     for name, run in report["runs"].items():
         curve, train_s, _ = learning_curve(read_metrics(runs / name / "metrics.jsonl"))

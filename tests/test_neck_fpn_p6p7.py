@@ -97,3 +97,25 @@ def test_seeded_p6p7_neck_is_initialised_as_before():
     ours = [*neck.lateral_convs, *neck.output_convs, *neck.extra_convs]
     for mine, expected in zip(ours, convs):
         assert torch.equal(mine.weight, expected.weight)
+
+
+def test_p6_p7_run_in_float32_under_bf16_autocast_and_keep_the_input_dtype():
+    # the CPU's bf16 backward of the stride-2 conv over a map smaller than its kernel gave random garbage weight
+    # gradients; the two extra levels are computed in float32 instead
+    torch.manual_seed(0)
+    levels = LastLevelP6P7(8)
+    top = torch.randn(2, 8, 1, 1).to(torch.bfloat16).requires_grad_()  # P5 of a 32 px image
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        p6, p7 = levels(top)
+    assert p6.dtype == p7.dtype == torch.bfloat16 and p6.shape == p7.shape == (2, 8, 1, 1)
+    expected6 = levels[0](top.detach().float())
+    assert torch.equal(p6, expected6.to(torch.bfloat16))
+    assert torch.equal(p7, levels[1](torch.relu(expected6)).to(torch.bfloat16))
+    grads = []
+    for _ in range(3):  # the same step gives the same, finite gradients every time
+        levels.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            p6, p7 = levels(top)
+        (p6.float().sum() + p7.float().sum()).backward()
+        grads.append(levels[1].weight.grad.clone())
+    assert all(torch.isfinite(g).all() and torch.equal(g, grads[0]) for g in grads)

@@ -51,8 +51,8 @@ def test_help_shows_the_field_comment_and_the_presets_value():
     depth = _help_of(parser, "--backbone.depth")
     assert field_comments(type(FasterRCNNConfig().backbone))["depth"] in depth and "default: 18" in depth
     iters = _help_of(parser, "--iters")
-    assert iters.startswith(field_comments(TrainingPreset)["iters"]) and iters.endswith("(default: 800)")
-    assert _help_of(parser, "--steps").endswith("(default: 600,750)")
+    assert iters.startswith(field_comments(TrainingPreset)["iters"]) and iters.endswith("(default: 1000)")
+    assert _help_of(parser, "--steps").endswith("(default: 750,940)")
     assert _help_of(parser, "--clip-grad-norm").endswith("(default: 10.0)")
     assert _help_of(parser, "--backbone.weights").endswith("(default: none)")
     assert _help_of(parser, "--channels-last").endswith("(default: true)")
@@ -77,7 +77,7 @@ def test_preset_flags_change_only_what_was_given():
     assert all(getattr(changed, name) == getattr(preset, name) for name in untouched)
     assert changed.model == preset.model  # the model flags are apply_config_flags' business
     assert apply_config_flags(changed.model, args).backbone.depth == 34
-    assert preset.iters == 800 and preset.clip_grad_norm == 10.0  # the preset itself is not modified
+    assert preset.iters == 1000 and preset.clip_grad_norm == 10.0  # the preset itself is not modified
     assert apply_preset_flags(preset, parser.parse_args([])) == preset
     for argv, message in ((["--iters", "many"], "invalid int value"), (["--steps", "a,b"], "invalid")):
         with pytest.raises(SystemExit):
@@ -117,7 +117,7 @@ def test_config_flags_of_any_dataclass_escape_percent_signs():
 def test_describe_presets_has_one_line_per_preset():
     lines = describe_presets().splitlines()
     assert [line.split(":")[0] for line in lines] == list(PRESETS)
-    assert "(800 iterations)" in lines[0] and "synthetic" in lines[0]
+    assert "(1,000 iterations)" in lines[0] and "synthetic" in lines[0]
     for line in lines:
         assert ("synthetic" if line.split(":")[0] in SYNTHETIC_PRESETS else "COCO") in line
 

@@ -47,7 +47,7 @@ class TrainingPreset:
     log_every: int = 20  # iterations between metrics.jsonl lines
     workers: int = 4  # DataLoader worker processes per training process
     threads: int = 0  # CPU threads per training process; 0: torch's default (one per core)
-    cache_images: bool = False  # keep the decoded images in memory after their first read (sets that fit in RAM)
+    cache_images: bool = False  # keep decoded images in memory after their first read, if a quarter of it holds them
     eval_batch_size: int = 2  # images per forward pass in evaluation
     dist_timeout_min: float = 30.0  # minutes a collective waits for a missing rank before the job fails
     synthetic_train_images: int = 2000  # training images of the built-in synthetic set (used without data flags)

@@ -46,7 +46,7 @@ from fpn.engine.run_evaluation import FINAL_PREFIX, RunEvaluation, evaluation_ke
 from fpn.engine.schedule import build_lr_scheduler, build_optimizer, scaled_lr
 from fpn.engine.tensorboard import open_board, require_tensorboard
 from fpn.engine.training_data import (
-    DataSource, OwnData, build_datasets, check_data_paths, dataset_paths, training_loader,
+    DataSource, OwnData, build_datasets, check_data_paths, dataset_paths, image_cache_line, training_loader,
 )
 from fpn.errors import InputError, TrainingInterrupted, TrainingStopped, describe_os_error
 from fpn.deploy.visualize import save_detection_picture
@@ -232,8 +232,7 @@ class Trainer:
         paths = dataset_paths(job.data, self.output_dir, synthetic_recipe(preset), self.own_data)
         train_set, val_set = build_datasets(paths, job.data, job.seed, masks=isinstance(preset.model, MaskRCNNConfig),
                                             cache_images=preset.cache_images)
-        decoded = (train_set.decoded_bytes() + val_set.decoded_bytes()) / 1e9
-        cached = f"; kept decoded after their first read ({decoded:.2f} GB per process)" if preset.cache_images else ""
+        cached = f"; {image_cache_line(train_set, val_set, preset.workers)}" if preset.cache_images else ""
         distributed.log(f"{len(train_set)} training / {len(val_set)} validation images, "
                         f"{train_set.num_classes - 1} classes{cached}")
         if distributed.is_main_process():

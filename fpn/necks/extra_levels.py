@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import List
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -43,5 +44,12 @@ class LastLevelP6P7(nn.ModuleList):
         super().__init__(nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=1) for _ in range(2))
 
     def forward(self, top: Tensor) -> List[Tensor]:
-        p6 = self[0](top)  # (N, d, H5, W5) -> (N, d, ceil(H5/2), ceil(W5/2))
-        return [p6, self[1](F.relu(p6))]  # P7: (N, d, ceil(H6/2), ceil(W6/2))
+        # In float32 under autocast: these maps are the pyramid's smallest (P7 of a 64 px image is 1x1), and the
+        # CPU's bf16 backward of the stride-2 conv over a map smaller than its kernel returned random garbage
+        # weight gradients (1e27, inf or NaN in 3 of 4 runs of the same seeded step; float32 never). The cost is
+        # negligible at these sizes. The outputs keep the input's dtype.
+        with torch.autocast(top.device.type, enabled=False):
+            x = top.float()
+            p6 = self[0](x)  # (N, d, H5, W5) -> (N, d, ceil(H5/2), ceil(W5/2))
+            p7 = self[1](F.relu(p6))  # (N, d, ceil(H6/2), ceil(W6/2))
+        return [p6.to(top.dtype), p7.to(top.dtype)]
