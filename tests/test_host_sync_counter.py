@@ -142,6 +142,8 @@ def test_breakdown_by_op_and_site():
     ("/x/fpn/.venv/lib/python3.11/site-packages/torchvision/ops/boxes.py", "torchvision/ops/boxes.py"),
     ("/home/a user/clone dir/fpn/tests/t.py", "tests/t.py"),
     ("/home/a user/clone dir/fpn/scripts/train.py", "scripts/train.py"),
+    ("/home/a user/clone dir/fpn/benchmarks/training_profile.py", "benchmarks/training_profile.py"),
+    ("/work/main/benchmarks/training_profile.py", "benchmarks/training_profile.py"),
     ("/srv/tests/fpn/fpn/data/coco.py", "fpn/data/coco.py"),
     ("/work/main/fpn/predict.py", "fpn/predict.py"),
     ("/home/me/notebook.py", "notebook.py"),

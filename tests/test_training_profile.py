@@ -107,7 +107,7 @@ def test_host_syncs_of_identical_iterations_are_equal(tmp_path):
     first, second = counts
     assert isinstance(first.total, int) and first.total > 0
     assert first.total == second.total and first.by_site == second.by_site
-    loss_reads = [(op, site) for op, site in first.by_site if site.startswith("training_profile.py:")]
+    loss_reads = [(op, site) for op, site in first.by_site if site.startswith("benchmarks/training_profile.py:")]
     assert len(loss_reads) == 1 and loss_reads[0][0] == "Tensor.tolist"
     assert first.by_site[loss_reads[0]] == 1
 

@@ -82,7 +82,7 @@ TORCHVISION_SYNCS: Dict[str, int] = {
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _STDLIB_DIR = os.path.dirname(os.__file__) + os.sep
-_PACKAGE_FOLDERS = ("fpn", "torchvision", "tests", "scripts")  # where a site's short path starts
+_PACKAGE_FOLDERS = ("fpn", "torchvision", "tests", "scripts", "benchmarks")  # where a site's short path starts
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "mps": "MPS", "xpu": "XPU", "meta": "Meta", "hpu": "HPU"}
 
 
