@@ -162,11 +162,6 @@ def prepare_synthetic(preset: str, output_dir: Path, quick: bool) -> None:
     dataset_paths(DataSource(synthetic_dir=str(output_dir / "synthetic")), output_dir, synthetic_recipe(chosen))
 
 
-def machine() -> dict:
-    """benchmarks/report.py's machine facts (torchvision's version None where it is not installed)."""
-    return machine_info()
-
-
 def _ap(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -228,7 +223,7 @@ def run_learning(preset: str, budgets_min: Sequence[float], eval_every: int, out
             run = json.loads(saved.read_text(encoding="utf-8"))
             if (run.get("preset"), run.get("eval_every"), run.get("flags")) == (preset, eval_every, list(flags)):
                 runs[name] = {**run, "read_from": str(saved)}
-    report = {"machine": machine(), "preset": preset, "eval_every": eval_every, "quick": quick,
+    report = {"machine": machine_info(), "preset": preset, "eval_every": eval_every, "quick": quick,
               "output_dir": output_dir, "budgets_min": list(budgets_min), "runs": runs}
     if len(runs) == len(RUNS):
         report.update(compare(runs["previous"], runs["new"], budgets_min))
